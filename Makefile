@@ -1,0 +1,39 @@
+# The one way to do things here; .ci/run calls the same targets.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint typecheck bench diagrams run compile-charts clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	.ci/ensure-redis
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check service statecharts tests bench
+	$(BIN)/ruff format --check service statecharts tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	.ci/ensure-redis
+	$(BIN)/python -m bench.sweep
+
+diagrams: $(STAMP)
+	$(BIN)/python -m service.diagram docs
+
+compile-charts: $(STAMP)
+	$(BIN)/python -m statecharts.compile > statecharts/compiled.py.new && mv statecharts/compiled.py.new statecharts/compiled.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var

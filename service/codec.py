@@ -1,0 +1,93 @@
+"""The one serialization of a lot in Redis: ``"<rev>|<compact json>"``.
+
+The revision prefix lets the commit script compare revisions without decoding JSON. Short
+keys and positional option/intent arrays keep a free lot well under 200 bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from statecharts.model import STATUS_OF_CONFIG, Intent, Lot, Option, Prereservation
+
+
+def _opt(o: Option) -> list[Any]:
+    return [
+        o.id,
+        o.rank,
+        o.holder,
+        o.partner,
+        o.placed_at,
+        o.deadline,
+        o.expiry,
+        int(o.prolonged),
+        1 if o.source == "koban" else 0,
+        o.original_deadline,
+        int(o.via_api),
+    ]
+
+
+def _unopt(a: list[Any]) -> Option:
+    return Option(
+        id=a[0],
+        rank=a[1],
+        holder=a[2],
+        partner=a[3],
+        placed_at=a[4],
+        deadline=a[5],
+        expiry=a[6],
+        prolonged=bool(a[7]),
+        source="koban" if a[8] else "estimated",
+        original_deadline=a[9],
+        via_api=bool(a[10]),
+    )
+
+
+def encode_lot(lot: Lot) -> bytes:
+    d: dict[str, Any] = {"c": lot.config, "v": lot.version, "q": lot.sequence}
+    if lot.status != _default_status(lot.config):
+        d["s"] = lot.status
+    if lot.options:
+        d["o"] = [_opt(o) for o in lot.options]
+    if lot.intents:
+        d["i"] = [[i.id, i.rank, i.holder, i.partner, i.created_at] for i in lot.intents]
+    if lot.prereservation is not None:
+        p = lot.prereservation
+        d["r"] = [p.holder, p.partner, p.price_cents, p.deposit_cents, p.at]
+    for key, value in (("p", lot.program), ("l", lot.label), ("g", lot.guid), ("k", lot.link)):
+        if value is not None:
+            d[key] = value
+    if lot.secondary:
+        d["t"] = 1
+    d["m"] = lot.modified_at
+    return b"%d|" % lot.rev + orjson.dumps(d)
+
+
+def decode_lot(extcode: str, raw: bytes) -> Lot:
+    bar = raw.index(b"|")
+    d = orjson.loads(raw[bar + 1 :])
+    config = d["c"]
+    r = d.get("r")
+    return Lot(
+        extcode=extcode,
+        config=config,
+        status=d.get("s") or _default_status(config),
+        version=d["v"],
+        sequence=d["q"],
+        rev=int(raw[:bar]),
+        options=[_unopt(a) for a in d.get("o", ())],
+        intents=[Intent(*a) for a in d.get("i", ())],
+        prereservation=Prereservation(*r) if r else None,
+        program=d.get("p"),
+        label=d.get("l"),
+        guid=d.get("g"),
+        secondary=bool(d.get("t")),
+        link=d.get("k"),
+        modified_at=d.get("m", 0),
+    )
+
+
+def _default_status(config: str) -> str:
+    return STATUS_OF_CONFIG.get(config, "")

@@ -1,0 +1,70 @@
+"""Every Redis key of the service, built in one place.
+
+All keys of a tenant share the hash tag ``{tenant}`` so that they live in one Redis Cluster
+slot: a tenant's transition (lot, counts, indexes, events) is one atomic step on one node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class TenantKeys:
+    tenant: str
+
+    @property
+    def prefix(self) -> str:
+        return f"kol:{{{self.tenant}}}:"
+
+    def lot(self, extcode: str) -> str:
+        """String ``"<rev>|<json>"``: the lot, its options, intents and préréservation."""
+        return f"{self.prefix}lot:{extcode}"
+
+    def history(self, extcode: str) -> str:
+        """List of the lot's CloudEvents (JSON), oldest first, capped."""
+        return f"{self.prefix}hist:{extcode}"
+
+    @property
+    def counts(self) -> str:
+        """Hash ``p:<thirdGuid>`` -> options + pending intents held; ``u:api`` -> the API user's."""
+        return f"{self.prefix}counts"
+
+    @property
+    def expiries(self) -> str:
+        """Sorted set ``<extcode>/<optionId>`` scored by effective expiry (a tick)."""
+        return f"{self.prefix}exp"
+
+    @property
+    def lots(self) -> str:
+        """Sorted set of extcodes scored by last modification (listing, modifiedAfter)."""
+        return f"{self.prefix}lots"
+
+    @property
+    def tombstones(self) -> str:
+        """Sorted set ``<extcode>|<thirdGuid>|<deadline>|<optionId>`` scored by end time."""
+        return f"{self.prefix}tombs"
+
+    @property
+    def intents(self) -> str:
+        """Sorted set ``<extcode>/<intentId>`` scored by creation time (pending intents)."""
+        return f"{self.prefix}intents"
+
+    @property
+    def events(self) -> str:
+        """The tenant's event stream (one CloudEvents JSON per entry, field ``ce``)."""
+        return f"{self.prefix}events"
+
+    def sweep_lease(self, tick: int) -> str:
+        return f"{self.prefix}lease:{tick}"
+
+    @property
+    def last_tick(self) -> str:
+        return f"{self.prefix}lasttick"
+
+
+def prospect_field(holder: str) -> str:
+    return f"p:{holder}"
+
+
+API_USER_FIELD = "u:api"

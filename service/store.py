@@ -1,0 +1,424 @@
+"""The Redis store: lots, options, intents, indexes, counts, history and the event stream.
+
+A transition is one atomic step (``commit.lua``): the lot's new value, every index and count
+that follows from it, and its CloudEvents, guarded by the lot's revision. Writers never
+lock: they read, let the chart decide, and commit; when another writer got there first the
+commit is refused and the writer re-reads and re-decides. Indexes and counts are derived by
+diffing the lot before and after, so they cannot drift from the lots.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, TypeVar, cast
+
+import orjson
+from redis.asyncio import Redis
+
+from service.codec import decode_lot, encode_lot
+from service.events import cloud_event
+from service.keys import API_USER_FIELD, TenantKeys, prospect_field
+from statecharts import transitions as tr
+from statecharts.errors import ErrorCode, RuleViolation
+from statecharts.model import DomainEvent, Intent, Lot, Option, Rules
+
+T = TypeVar("T")
+
+LUA_COMMIT = resources.files("service").joinpath("commit.lua").read_text()
+
+
+class StoreConflict(Exception):
+    """A lot changed under us more times than `max_attempts`: the caller may retry later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """What the placement rules need beyond the lot: tenant-wide counts."""
+
+    prospect: int = 0
+    user: int = 0
+
+
+ChangeFn = Callable[[Lot, Counts], tuple[list[DomainEvent], T]]
+
+
+@dataclass(slots=True)
+class _View:
+    """The part of a lot that indexes and counts are derived from."""
+
+    expiries: dict[str, int]
+    counts: Counter[str]
+    intents: dict[str, int]
+    options: dict[str, Option]
+
+
+def _view(lot: Lot | None) -> _View:
+    if lot is None:
+        return _View({}, Counter(), {}, {})
+    code = lot.extcode
+    counts: Counter[str] = Counter()
+    for o in lot.options:
+        if o.holder is not None:
+            counts[prospect_field(o.holder)] += 1
+        if o.via_api:
+            counts[API_USER_FIELD] += 1
+    for i in lot.intents:
+        counts[prospect_field(i.holder)] += 1
+        counts[API_USER_FIELD] += 1
+    return _View(
+        expiries={f"{code}/{o.id}": o.expiry for o in lot.options if o.expiry is not None},
+        counts=counts,
+        intents={f"{code}/{i.id}": i.created_at for i in lot.intents},
+        options={o.id: o for o in lot.options},
+    )
+
+
+class LotStore:
+    """One tenant's lots in Redis."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        tenant: str,
+        rules: Rules,
+        *,
+        history_cap: int = 500,
+        max_attempts: int = 200,
+    ) -> None:
+        self.redis = redis
+        self.tenant = tenant
+        self.rules = rules
+        self.keys = TenantKeys(tenant)
+        self.history_cap = history_cap
+        self.max_attempts = max_attempts
+        self._commit = redis.register_script(LUA_COMMIT)
+
+    # --- reads ------------------------------------------------------------------------
+
+    async def load(self, extcode: str) -> Lot | None:
+        """The lot as stored (due options possibly not yet swept)."""
+        raw = cast(bytes | None, await self.redis.get(self.keys.lot(extcode)))
+        return decode_lot(extcode, raw) if raw is not None else None
+
+    async def read(self, extcode: str, now: int) -> Lot | None:
+        """The lot as of `now`: lazy expiry applied in memory (§2.2), nothing written."""
+        lot = await self.load(extcode)
+        if lot is not None:
+            tr.expire_due(lot, now, self.rules)
+        return lot
+
+    async def counts(self, holder: str | None = None) -> Counts:
+        fields = [API_USER_FIELD] + ([prospect_field(holder)] if holder else [])
+        values = await self.redis.hmget(self.keys.counts, fields)
+        user = int(values[0] or 0)
+        prospect = int(values[1] or 0) if holder else 0
+        return Counts(prospect, user)
+
+    async def history(self, extcode: str) -> list[dict[str, Any]]:
+        return [orjson.loads(e) for e in await self.redis.lrange(self.keys.history(extcode), 0, -1)]
+
+    # --- the one write path -----------------------------------------------------------------
+
+    def commit_args(
+        self,
+        old: Lot | None,
+        new: Lot,
+        events: Sequence[DomainEvent],
+        now: int,
+        limits: Mapping[str, int] | None = None,
+    ) -> tuple[list[str], list[Any]]:
+        """Keys and arguments of one transition for ``commit.lua``; stamps `new` in place."""
+        before, after = _view(old), _view(new)
+        new.rev = (old.rev if old else 0) + 1
+        expected_rev = old.rev if old else 0
+        payloads = []
+        if events:
+            new.version = (old.version if old else 0) + 1
+            for event in events:
+                new.sequence += 1
+                payloads.append(
+                    cloud_event(self.tenant, new.extcode, event, new.sequence, new.version)
+                )
+            new.modified_at = now
+        exp_rem = [m for m in before.expiries if m not in after.expiries]
+        exp_add = [
+            x
+            for m, score in after.expiries.items()
+            if before.expiries.get(m) != score
+            for x in (score, m)
+        ]
+        deltas = after.counts.copy()
+        deltas.subtract(before.counts)
+        counts = [
+            x
+            for field, delta in deltas.items()
+            if delta
+            for x in (field, delta, (limits or {}).get(field, 0))
+        ]
+        tombs = [
+            x
+            for oid, o in before.options.items()
+            if oid not in after.options and o.holder is not None
+            for x in (f"{new.extcode}|{o.holder}|{o.deadline}|{oid}", now)
+        ]
+        int_rem = [m for m in before.intents if m not in after.intents]
+        int_add = [
+            x for m, score in after.intents.items() if m not in before.intents for x in (score, m)
+        ]
+        args: list[Any] = [
+            expected_rev,
+            encode_lot(new),
+            new.extcode,
+            new.modified_at if events or old is None else "",
+        ]
+        for part, width in (
+            (exp_rem, 1),
+            (exp_add, 2),
+            (counts, 3),
+            (tombs, 2),
+            (int_rem, 1),
+            (int_add, 2),
+            (payloads, 1),
+        ):
+            args.append(len(part) // width)
+            args.extend(part)
+        return [self.keys.lot(new.extcode), self.keys.history(new.extcode)], args
+
+    def _fixed_keys(self) -> list[str]:
+        k = self.keys
+        return [k.counts, k.expiries, k.lots, k.tombstones, k.intents, k.events]
+
+    async def commit(
+        self, transitions: Sequence[tuple[list[str], list[Any]]], mode: str = "all"
+    ) -> Any:
+        keys = self._fixed_keys()
+        args: list[Any] = [mode, self.history_cap, len(transitions)]
+        for lot_keys, lot_args in transitions:
+            keys.extend(lot_keys)
+            args.extend(lot_args)
+        return await self._commit(keys=keys, args=args)
+
+    async def mutate(
+        self,
+        extcode: str,
+        change: ChangeFn[T],
+        *,
+        now: int,
+        holder: str | None = None,
+        limits: Mapping[str, int] | None = None,
+        create: Callable[[], Lot] | None = None,
+    ) -> T:
+        """Read, decide, commit; on a lost race re-read and re-decide.
+
+        Due options are expired first, in the same step (their events keep their own
+        ticks), so a write always judges the lot as of `now`. `create` builds the lot when
+        it does not exist yet (imports, webhooks about unknown lots); otherwise an unknown
+        lot is refused with LOT_UNKNOWN.
+        """
+        lot_key = self.keys.lot(extcode)
+        fields = [API_USER_FIELD] + ([prospect_field(holder)] if holder else [])
+        for _ in range(self.max_attempts):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.get(lot_key)
+                pipe.hmget(self.keys.counts, fields)
+                raw, values = await pipe.execute()
+            counts = Counts(int(values[1] or 0) if holder else 0, int(values[0] or 0))
+            if raw is None:
+                if create is None:
+                    raise RuleViolation(ErrorCode.LOT_UNKNOWN, f"lot {extcode} is unknown")
+                old, lot = None, create()
+            else:
+                old, lot = decode_lot(extcode, raw), decode_lot(extcode, raw)
+            events = tr.expire_due(lot, now, self.rules)
+            if events:  # options lazily expired here no longer count toward the limits
+                freed = _view(old).counts
+                freed.subtract(_view(lot).counts)
+                counts = Counts(
+                    counts.prospect - (freed[fields[1]] if holder else 0),
+                    counts.user - freed[API_USER_FIELD],
+                )
+            more, result = change(lot, counts)
+            events.extend(more)
+            if old is not None and not events and encode_lot(old) == encode_lot(lot):
+                return result  # nothing to write (e.g. a replayed webhook)
+            reply = await self.commit([self.commit_args(old, lot, events, now, limits)])
+            if reply[0] == b"ok":
+                return result
+            # b"rev": another writer won; b"limit": a count moved; both: re-read, re-decide.
+        raise StoreConflict(f"lot {extcode}: too many concurrent writers")
+
+    # --- the business operations (each one transition) ------------------------------------
+
+    def _place_limits(self, holder: str) -> dict[str, int]:
+        limits = {prospect_field(holder): self.rules.max_options_per_prospect}
+        if self.rules.max_options_per_user is not None:
+            limits[API_USER_FIELD] = self.rules.max_options_per_user
+        return limits
+
+    async def import_lot(
+        self,
+        extcode: str,
+        now: int,
+        *,
+        program: str | None = None,
+        label: str | None = None,
+        guid: str | None = None,
+        secondary: bool = False,
+        link: str | None = None,
+        actor: str = "sync",
+    ) -> bool:
+        """Create a lot (LIBRE) with its `lot.imported` event; False when it already exists."""
+
+        def create() -> Lot:
+            return Lot(
+                extcode, program=program, label=label, guid=guid, secondary=secondary, link=link
+            )
+
+        def change(lot: Lot, _: Counts) -> tuple[list[DomainEvent], bool]:
+            if lot.version:
+                return [], False
+            data: dict[str, object] = {
+                "program": program,
+                "label": label,
+                "status": lot.status,
+                "actor": actor,
+            }
+            if secondary:
+                data["link"] = link
+            return [DomainEvent("lot.imported", now, data)], True
+
+        return await self.mutate(extcode, change, now=now, create=create)
+
+    async def reserve_placement(
+        self,
+        extcode: str,
+        holder: str,
+        partner: str | None,
+        now: int,
+        rank: int | None = None,
+        intent_id: str | None = None,
+    ) -> Intent:
+        """§4 step 1: the rules against state + intents; holds the rank and the allowance."""
+        iid = intent_id or uuid.uuid4().hex
+
+        def change(lot: Lot, counts: Counts) -> tuple[list[DomainEvent], Intent]:
+            intent = tr.reserve_placement(
+                lot, iid, holder, partner, rank, now, self.rules, counts.prospect, counts.user
+            )
+            return [], intent
+
+        return await self.mutate(
+            extcode, change, now=now, holder=holder, limits=self._place_limits(holder)
+        )
+
+    async def confirm_placement(
+        self,
+        extcode: str,
+        intent_id: str,
+        now: int,
+        placed_at: int | None = None,
+        koban_deadline: int | None = None,
+        option_id: str | None = None,
+    ) -> Option:
+        """§4 step 3, Koban placed it: the intent becomes the option."""
+        oid = option_id or uuid.uuid4().hex
+
+        def change(lot: Lot, _: Counts) -> tuple[list[DomainEvent], Option]:
+            events = tr.confirm_placement(
+                lot,
+                intent_id,
+                oid,
+                placed_at if placed_at is not None else now,
+                self.rules,
+                koban_deadline,
+            )
+            option = next(o for o in lot.options if o.id == oid)
+            return events, option
+
+        return await self.mutate(extcode, change, now=now)
+
+    async def release_intent(self, extcode: str, intent_id: str, now: int) -> bool:
+        """§4 step 3, Koban refused: the reservation is dropped."""
+
+        def change(lot: Lot, _: Counts) -> tuple[list[DomainEvent], bool]:
+            known = tr.find_intent(lot, intent_id) is not None
+            return tr.release_intent(lot, intent_id, now, self.rules), known
+
+        return await self.mutate(extcode, change, now=now)
+
+    async def place_local(
+        self, extcode: str, holder: str, partner: str | None, now: int, rank: int | None = None
+    ) -> Option:
+        """Reserve and confirm at once: the service's own view of a placement Koban accepted."""
+        intent = await self.reserve_placement(extcode, holder, partner, now, rank)
+        return await self.confirm_placement(extcode, intent.id, now)
+
+    async def cancel(
+        self, extcode: str, rank: int, now: int, holder: str | None = None, actor: str = "api"
+    ) -> Option:
+        def change(lot: Lot, _: Counts) -> tuple[list[DomainEvent], Option]:
+            option = lot.option_at(rank)
+            events = tr.cancel_option(lot, rank, holder, now, self.rules, actor)  # type: ignore[arg-type]
+            assert option is not None
+            return events, option
+
+        return await self.mutate(extcode, change, now=now)
+
+    async def prolong(
+        self,
+        extcode: str,
+        rank: int,
+        until: int,
+        now: int,
+        holder: str | None = None,
+        actor: str = "api",
+    ) -> Option:
+        def change(lot: Lot, _: Counts) -> tuple[list[DomainEvent], Option]:
+            events = tr.prolong_option(lot, rank, until, holder, now, self.rules, actor)  # type: ignore[arg-type]
+            option = lot.option_at(rank)
+            assert option is not None
+            return events, option
+
+        return await self.mutate(extcode, change, now=now)
+
+    async def prereserve(
+        self,
+        extcode: str,
+        holder: str,
+        partner: str | None,
+        price_cents: int,
+        deposit_cents: int,
+        now: int,
+    ) -> Lot:
+        def change(lot: Lot, _: Counts) -> tuple[list[DomainEvent], Lot]:
+            return tr.prereserve(
+                lot, holder, partner, price_cents, deposit_cents, now, self.rules
+            ), lot
+
+        return await self.mutate(extcode, change, now=now)
+
+    async def validate_reservation(self, extcode: str, now: int) -> bool:
+        def change(lot: Lot, _: Counts) -> tuple[list[DomainEvent], bool]:
+            return tr.validate_reservation(lot, now, self.rules)
+
+        return await self.mutate(extcode, change, now=now)
+
+    async def withdraw(self, extcode: str, holder: str | None, now: int) -> Lot:
+        def change(lot: Lot, _: Counts) -> tuple[list[DomainEvent], Lot]:
+            return tr.withdraw(lot, holder, now, self.rules), lot
+
+        return await self.mutate(extcode, change, now=now)
+
+    async def sync_status(
+        self, extcode: str, target: str, label: str, now: int, rank1_end: int | None = None
+    ) -> Lot:
+        def change(lot: Lot, _: Counts) -> tuple[list[DomainEvent], Lot]:
+            if lot.config == target and lot.status == label:
+                return [], lot
+            return tr.sync_status(lot, target, label, now, self.rules, rank1_end=rank1_end), lot
+
+        return await self.mutate(extcode, change, now=now)

@@ -1,0 +1,40 @@
+"""Fast decisions from the compiled lot chart (a dict lookup instead of a chart run).
+
+``decide`` answers exactly what ``lot_chart.run_chart`` answers (proved for every
+configuration, event and fact combination by ``tests/test_compiled_table.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .compiled import TABLE
+from .errors import ErrorCode, RuleViolation
+from .lot_chart import CONFIGS, FACTS
+
+_CONFIGS = frozenset(CONFIGS)
+_NO_FACTS: dict[str, tuple[bool | str, ...]] = {
+    event: tuple(False for _ in names) for event, names in FACTS.items()
+}
+
+
+def decide(config: str, event: str, facts: Mapping[str, bool | str] | None = None) -> str:
+    """The configuration ``event`` leads to from ``config`` given ``facts``.
+
+    Raises :class:`RuleViolation` when the chart refuses the event; ``ValueError`` for an
+    unknown configuration or event, or fact values outside their domain (e.g. a missing
+    or unknown ``sync_status`` target). Missing facts are False.
+    """
+    names = FACTS.get(event)
+    if names is None:
+        raise ValueError(f"unknown lot event {event!r}")
+    if config not in _CONFIGS:
+        raise ValueError(f"unknown lot configuration {config!r}")
+    values = tuple(facts.get(n, False) for n in names) if facts else _NO_FACTS[event]
+    row = TABLE.get((config, event, values))
+    if row is None:
+        raise ValueError(f"fact values out of domain for {event!r}: {values!r}")
+    kind, value = row
+    if kind == "ok":
+        return value
+    raise RuleViolation(ErrorCode(value))

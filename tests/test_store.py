@@ -1,0 +1,459 @@
+"""The store against a real redis-server: rules, ticks, promotion, concurrency, events."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from service.store import LotStore
+from service.sweep import expire_due
+from statecharts.errors import ErrorCode, RuleViolation
+from statecharts.ticks import parse_duration
+from tests.conftest import make_rules
+
+
+def ts(text: str) -> int:
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+
+
+T0 = ts("2026-11-23T10:00:00Z")
+
+
+async def stream(store: LotStore) -> list[dict[str, object]]:
+    entries = await store.redis.xrange(store.keys.events)
+    return [orjson.loads(fields[b"ce"]) for _, fields in entries]
+
+
+async def types(store: LotStore) -> list[str]:
+    return [str(e["type"]) for e in await stream(store)]
+
+
+async def lots(store: LotStore, *codes: str, now: int = T0) -> None:
+    for code in codes:
+        await store.import_lot(code, now, program="P1")
+
+
+def code_of(excinfo: pytest.ExceptionInfo[RuleViolation]) -> ErrorCode:
+    return excinfo.value.code
+
+
+# --- placement refusals and their order ---------------------------------------------------
+
+
+async def test_unknown_lot_is_refused(store: LotStore) -> None:
+    with pytest.raises(RuleViolation) as e:
+        await store.place_local("NOPE", "p1", None, T0)
+    assert code_of(e) is ErrorCode.LOT_UNKNOWN
+
+
+async def test_rank_two_only_after_rank_one(store: LotStore) -> None:
+    await lots(store, "A1")
+    with pytest.raises(RuleViolation) as e:
+        await store.place_local("A1", "p1", None, T0, rank=2)
+    assert code_of(e) is ErrorCode.RANK_NOT_AVAILABLE
+    first = await store.place_local("A1", "p1", None, T0, rank=1)
+    second = await store.place_local("A1", "p2", None, T0)
+    assert (first.rank, second.rank) == (1, 2)
+    lot = await store.load("A1")
+    assert lot is not None and lot.config == "two_options" and lot.status == "OPTION"
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected", "koban"),
+    [
+        ("blocked", ErrorCode.LOT_NOT_AVAILABLE, "02"),
+        ("reserved", ErrorCode.LOT_NOT_AVAILABLE, "02"),
+        ("sold", ErrorCode.LOT_NOT_AVAILABLE, "02"),
+        ("prereserved", ErrorCode.LOT_PRERESERVED, "04"),
+        ("full", ErrorCode.LOT_FULL, "05"),
+        ("holds", ErrorCode.PROSPECT_ALREADY_HOLDS, None),
+        ("limit", ErrorCode.PROSPECT_OPTION_LIMIT, "01"),
+    ],
+)
+async def test_each_placement_refusal(
+    store: LotStore, setup: str, expected: ErrorCode, koban: str | None
+) -> None:
+    await lots(store, "A1", "B1", "B2", "B3")
+    if setup in ("blocked", "reserved", "sold"):
+        await store.sync_status("A1", setup, setup.upper(), T0)
+    elif setup == "prereserved":
+        await store.prereserve("A1", "other", None, 100_000_00, 5_000_00, T0)
+    elif setup == "full":
+        await store.place_local("A1", "x1", None, T0)
+        await store.place_local("A1", "x2", None, T0)
+    elif setup == "holds":
+        await store.place_local("A1", "p1", None, T0)
+    elif setup == "limit":
+        for code in ("B1", "B2", "B3"):
+            await store.place_local(code, "p1", None, T0)
+    before = await store.redis.xlen(store.keys.events)
+    with pytest.raises(RuleViolation) as e:
+        await store.place_local("A1", "p1", None, T0)
+    assert code_of(e) is expected
+    assert e.value.koban_code == koban
+    assert await store.redis.xlen(store.keys.events) == before  # nothing written
+
+
+async def test_user_limit(redis: Redis, tenant: str) -> None:
+    store = LotStore(redis, tenant, make_rules(max_options_per_user=2))
+    await lots(store, "A1", "A2", "A3")
+    await store.place_local("A1", "p1", None, T0)
+    await store.place_local("A2", "p2", None, T0)
+    with pytest.raises(RuleViolation) as e:
+        await store.place_local("A3", "p3", None, T0)
+    assert code_of(e) is ErrorCode.USER_OPTION_LIMIT
+    assert e.value.koban_code == "03"
+
+
+async def test_precedence_full_before_holder_and_limits(store: LotStore) -> None:
+    await lots(store, "A1", "B1", "B2", "B3")
+    for code in ("B1", "B2"):
+        await store.place_local(code, "p1", None, T0)
+    await store.place_local("A1", "p1", None, T0)  # p1 now at its limit of 3, and holds A1
+    await store.place_local("A1", "p2", None, T0)
+    with pytest.raises(RuleViolation) as e:  # full wins over "already holds" and "limit"
+        await store.place_local("A1", "p1", None, T0)
+    assert code_of(e) is ErrorCode.LOT_FULL
+    await store.cancel("A1", 2, T0)
+    with pytest.raises(RuleViolation) as e:  # holds wins over limit
+        await store.place_local("A1", "p1", None, T0)
+    assert code_of(e) is ErrorCode.PROSPECT_ALREADY_HOLDS
+    await store.prereserve("A1", "p9", None, 1, 1, T0)
+    with pytest.raises(RuleViolation) as e:  # PRERESV wins over everything after it
+        await store.place_local("A1", "p1", None, T0)
+    assert code_of(e) is ErrorCode.LOT_PRERESERVED
+
+
+async def test_prospect_limit_across_lots_frees_on_cancel(store: LotStore) -> None:
+    await lots(store, "A1", "A2", "A3", "A4")
+    for code in ("A1", "A2", "A3"):
+        await store.place_local(code, "p1", None, T0)
+    with pytest.raises(RuleViolation) as e:
+        await store.place_local("A4", "p1", None, T0)
+    assert code_of(e) is ErrorCode.PROSPECT_OPTION_LIMIT
+    assert (await store.counts("p1")).prospect == 3
+    await store.cancel("A2", 1, T0, holder="p1")
+    assert (await store.place_local("A4", "p1", None, T0)).rank == 1
+
+
+async def test_pending_intents_reserve_ranks_and_allowance(store: LotStore) -> None:
+    await lots(store, "A1")
+    i1 = await store.reserve_placement("A1", "p1", None, T0)
+    i2 = await store.reserve_placement("A1", "p2", None, T0)
+    assert (i1.rank, i2.rank) == (1, 2)
+    with pytest.raises(RuleViolation) as e:
+        await store.reserve_placement("A1", "p3", None, T0)
+    assert code_of(e) is ErrorCode.LOT_FULL
+    assert (await store.counts("p1")).prospect == 1
+    # Koban refused rank 1: its reservation is dropped and rank 2's intent moves up.
+    assert await store.release_intent("A1", i1.id, T0)
+    lot = await store.load("A1")
+    assert lot is not None and [(i.holder, i.rank) for i in lot.intents] == [("p2", 1)]
+    assert (await store.counts("p1")).prospect == 0
+    option = await store.confirm_placement("A1", i2.id, T0)
+    assert option.rank == 1 and option.holder == "p2" and option.via_api
+    assert await types(store) == ["koban.lot.imported", "koban.option.placed"]
+
+
+# --- ticks ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("deadline", "expiry"),
+    [
+        ("2026-11-23T10:29:59Z", "2026-11-23T10:30:00Z"),
+        ("2026-11-23T10:30:00Z", "2026-11-23T10:30:00Z"),
+        ("2026-11-23T10:30:01Z", "2026-11-23T11:00:00Z"),
+    ],
+)
+async def test_tick_boundaries(store: LotStore, deadline: str, expiry: str) -> None:
+    await lots(store, "A1")
+    intent = await store.reserve_placement("A1", "p1", None, T0)
+    option = await store.confirm_placement("A1", intent.id, T0, koban_deadline=ts(deadline))
+    assert option.expiry == ts(expiry) and option.source == "koban"
+    just_before = await store.read("A1", ts(expiry) - 1)
+    at_tick = await store.read("A1", ts(expiry))
+    assert just_before is not None and just_before.options
+    assert at_tick is not None and not at_tick.options and at_tick.config == "free"
+    report = await expire_due(store, ts(expiry) - 1)
+    assert report.expired == 0
+    report = await expire_due(store, ts(expiry))
+    assert report.expired == 1
+    events = await stream(store)
+    assert events[-1]["type"] == "koban.option.expired"
+    assert events[-1]["time"] == expiry
+
+
+@pytest.mark.parametrize(
+    ("placed", "expiry"),
+    [
+        # Saturday before spring-forward: same wall clock two days later is 47 h later.
+        ("2026-03-28T10:15:00+01:00", "2026-03-30T08:30:00Z"),
+        # Saturday before fall-back: 49 h later.
+        ("2026-10-24T10:15:00+02:00", "2026-10-26T09:30:00Z"),
+    ],
+)
+async def test_two_day_lifetime_across_dst(store: LotStore, placed: str, expiry: str) -> None:
+    await lots(store, "A1")
+    at = int(datetime.fromisoformat(placed).timestamp())
+    option = await store.place_local("A1", "p1", None, at)
+    assert option.expiry == ts(expiry) and option.source == "estimated"
+
+
+# --- prolongation ---------------------------------------------------------------------
+
+
+async def test_prolongation_once_later_only_on_a_tick(redis: Redis, tenant: str) -> None:
+    store = LotStore(redis, tenant, make_rules(max_prolongation=parse_duration("P3D")))
+    await lots(store, "A1")
+    option = await store.place_local("A1", "p1", None, T0)  # deadline T0 + 2 days, on a tick
+    assert option.expiry == T0 + 2 * 86400
+    with pytest.raises(RuleViolation) as e:  # same tick is not later
+        await store.prolong("A1", 1, T0 + 2 * 86400 - 600, T0)
+    assert code_of(e) is ErrorCode.PROLONGATION_NOT_LATER
+    with pytest.raises(RuleViolation) as e:  # beyond original deadline + P3D
+        await store.prolong("A1", 1, T0 + 5 * 86400 + 1, T0)
+    assert code_of(e) is ErrorCode.PROLONGATION_TOO_LONG
+    with pytest.raises(RuleViolation) as e:
+        await store.prolong("A1", 1, T0 + 3 * 86400, T0, holder="someone-else")
+    assert code_of(e) is ErrorCode.OPTION_MOVED
+    exactly_on_tick = T0 + 3 * 86400 + 1800
+    prolonged = await store.prolong("A1", 1, exactly_on_tick, T0, holder="p1")
+    assert prolonged.expiry == exactly_on_tick and prolonged.prolonged
+    with pytest.raises(RuleViolation) as e:
+        await store.prolong("A1", 1, exactly_on_tick + 3600, T0)
+    assert code_of(e) is ErrorCode.ALREADY_PROLONGED and e.value.koban_code == "02"
+    with pytest.raises(RuleViolation) as e:
+        await store.prolong("A1", 2, exactly_on_tick + 3600, T0)
+    assert code_of(e) is ErrorCode.OPTION_NOT_FOUND and e.value.koban_code == "01"
+    assert (await store.read("A1", exactly_on_tick - 1)).options  # type: ignore[union-attr]
+    report = await expire_due(store, exactly_on_tick)
+    assert report.expired == 1
+
+
+# --- promotion ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("clock", ["own", "restart"])
+async def test_promotion_modes(redis: Redis, tenant: str, clock: str) -> None:
+    store = LotStore(redis, tenant, make_rules(rank2_clock=clock))
+    await lots(store, "A1")
+    first = await store.place_local("A1", "p1", None, T0)
+    second = await store.place_local("A1", "p2", None, T0 + 3600)  # due one hour later
+    assert first.expiry is not None and second.expiry is not None
+    report = await expire_due(store, first.expiry)
+    assert (report.expired, report.promoted) == (1, 1)
+    lot = await store.load("A1")
+    assert lot is not None and lot.config == "one_option"
+    (promoted,) = lot.options
+    assert promoted.rank == 1 and promoted.holder == "p2"
+    if clock == "own":
+        assert promoted.expiry == second.expiry
+    else:  # the lifetime restarts from the promotion instant (the tick)
+        assert promoted.expiry == first.expiry + 2 * 86400
+        assert promoted.source == "estimated"
+    events = await stream(store)
+    assert [e["type"] for e in events[-2:]] == ["koban.option.expired", "koban.option.promoted"]
+    assert events[-1]["time"] == events[-2]["time"]
+    assert events[-1]["lotversion"] == events[-2]["lotversion"]  # one bump, two events
+
+
+async def test_both_ranks_due_at_one_tick_both_expire(store: LotStore) -> None:
+    await lots(store, "A1")
+    await store.place_local("A1", "p1", None, T0 + 60)
+    await store.place_local("A1", "p2", None, T0 + 120)  # same tick (10:30 two days on)
+    report = await expire_due(store, T0 + 2 * 86400 + 1800)
+    assert (report.expired, report.promoted) == (2, 0)
+    assert (await types(store))[-2:] == ["koban.option.expired", "koban.option.expired"]
+    lot = await store.load("A1")
+    assert lot is not None and lot.config == "free" and not lot.options
+
+
+async def test_cancel_rank_one_promotes_rank_two(store: LotStore) -> None:
+    await lots(store, "A1")
+    await store.place_local("A1", "p1", None, T0)
+    await store.place_local("A1", "p2", None, T0)
+    with pytest.raises(RuleViolation) as e:
+        await store.cancel("A1", 1, T0, holder="p2")
+    assert code_of(e) is ErrorCode.OPTION_MOVED
+    ended = await store.cancel("A1", 1, T0, holder="p1")
+    assert ended.holder == "p1"
+    lot = await store.load("A1")
+    assert lot is not None and [(o.rank, o.holder) for o in lot.options] == [(1, "p2")]
+    assert (await types(store))[-2:] == ["koban.option.cancelled", "koban.option.promoted"]
+
+
+# --- préréservation, reservation, désistement -------------------------------------------
+
+
+async def test_prereservation_converts_own_option_and_keeps_others(store: LotStore) -> None:
+    await lots(store, "A1")
+    await store.place_local("A1", "p1", None, T0)
+    await store.place_local("A1", "p2", None, T0)
+    await store.prereserve("A1", "p1", "part", 250_000_00, 10_000_00, T0)
+    lot = await store.load("A1")
+    assert lot is not None and lot.config == "prereserved" and lot.status == "PRERESV"
+    assert [(o.rank, o.holder) for o in lot.options] == [(1, "p2")]
+    assert (await types(store))[-3:] == [
+        "koban.option.converted",
+        "koban.option.promoted",
+        "koban.lot.prereserved",
+    ]
+    assert (await store.counts("p1")).prospect == 0
+    assert (await store.counts("p2")).prospect == 1
+    # the remaining option is ordinary: it can be prolonged and expires on its tick
+    await store.prolong("A1", 1, T0 + 3 * 86400, T0)
+    assert (await expire_due(store, T0 + 3 * 86400)).expired == 1
+    lot = await store.load("A1")
+    assert lot is not None and lot.config == "prereserved" and not lot.options
+
+
+@pytest.mark.parametrize(("keep_option", "back_to"), [(True, "OPTION"), (False, "LIBRE")])
+async def test_withdrawal_back_to_option_or_free(
+    store: LotStore, keep_option: bool, back_to: str
+) -> None:
+    await lots(store, "A1")
+    if keep_option:
+        await store.place_local("A1", "p2", None, T0)
+    await store.prereserve("A1", "p1", None, 1, 1, T0)
+    with pytest.raises(RuleViolation) as e:
+        await store.withdraw("A1", "p2", T0)
+    assert code_of(e) is ErrorCode.PRERESERVATION_HOLDER_MISMATCH
+    lot = await store.withdraw("A1", "p1", T0)
+    assert lot.status == back_to
+    with pytest.raises(RuleViolation) as e:
+        await store.withdraw("A1", "p1", T0)
+    assert code_of(e) is ErrorCode.NOT_PRERESERVED
+
+
+async def test_reservation_supersedes_remaining_options(store: LotStore) -> None:
+    await lots(store, "A1")
+    await store.place_local("A1", "p1", None, T0)
+    await store.place_local("A1", "p2", None, T0)
+    await store.prereserve("A1", "p1", None, 1, 1, T0)
+    drift = await store.validate_reservation("A1", T0)
+    assert drift is False
+    lot = await store.load("A1")
+    assert lot is not None and lot.status == "RESV" and not lot.options
+    assert (await types(store))[-2:] == ["koban.option.superseded", "koban.lot.reserved"]
+    assert await store.redis.zcard(store.keys.expiries) == 0
+    assert (await store.counts("p2")).prospect == 0
+    # withdrawal from RESV goes back to LIBRE: the options were superseded
+    assert (await store.withdraw("A1", "p1", T0)).status == "LIBRE"
+
+
+async def test_reservation_from_free_records_drift(store: LotStore) -> None:
+    await lots(store, "A1")
+    assert await store.validate_reservation("A1", T0) is True
+
+
+# --- concurrency ----------------------------------------------------------------------
+
+
+async def test_fifty_concurrent_reservations_on_one_lot(store: LotStore) -> None:
+    await lots(store, "A1")
+
+    async def attempt(i: int) -> int | ErrorCode:
+        try:
+            return (await store.reserve_placement("A1", f"p{i}", None, T0)).rank
+        except RuleViolation as e:
+            return e.code
+
+    results = await asyncio.gather(*(attempt(i) for i in range(50)))
+    assert sorted(r for r in results if isinstance(r, int)) == [1, 2]
+    assert results.count(ErrorCode.LOT_FULL) == 48
+
+
+async def test_one_prospect_on_ten_lots_concurrently(store: LotStore) -> None:
+    codes = [f"L{i}" for i in range(10)]
+    await lots(store, *codes)
+
+    async def attempt(code: str) -> bool | ErrorCode:
+        try:
+            await store.reserve_placement(code, "p1", None, T0)
+            return True
+        except RuleViolation as e:
+            return e.code
+
+    results = await asyncio.gather(*(attempt(c) for c in codes))
+    assert results.count(True) == 3
+    assert results.count(ErrorCode.PROSPECT_OPTION_LIMIT) == 7
+    assert (await store.counts("p1")).prospect == 3
+
+
+# --- the sweep ------------------------------------------------------------------------
+
+
+async def test_expire_due_twice_gives_one_event_per_option(store: LotStore) -> None:
+    codes = [f"L{i}" for i in range(30)]
+    await lots(store, *codes)
+    for i, code in enumerate(codes):
+        await store.place_local(code, f"p{i}", None, T0 + (i % 3) * 1800)
+    tick = T0 + 2 * 86400 + 3600
+    first = await expire_due(store, tick, batch=7)
+    second = await expire_due(store, tick, batch=7)
+    assert first.expired == 30 and first.batches >= 5
+    assert second.expired == 0 and second.batches == 0
+    expired = [e for e in await stream(store) if e["type"] == "koban.option.expired"]
+    assert len(expired) == 30
+    assert len({e["data"]["optionId"] for e in expired}) == 30  # type: ignore[index]
+    # each event carries its option's own tick, not the sweep's
+    assert {e["time"] for e in expired} == {
+        "2026-11-25T10:00:00Z",
+        "2026-11-25T10:30:00Z",
+        "2026-11-25T11:00:00Z",
+    }
+    assert await store.redis.zcard(store.keys.expiries) == 0
+
+
+async def test_sweep_crash_between_batches_loses_nothing(
+    store: LotStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    codes = [f"L{i}" for i in range(20)]
+    await lots(store, *codes)
+    for i, code in enumerate(codes):
+        await store.place_local(code, f"p{i}", None, T0)
+    tick = T0 + 2 * 86400
+    real_commit = store.commit
+    calls = 0
+
+    async def crashing_commit(*args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise ConnectionError("process died here")
+        return await real_commit(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "commit", crashing_commit)
+    with pytest.raises(ConnectionError):
+        await expire_due(store, tick, batch=3)
+    assert await store.redis.zcard(store.keys.expiries) == 20 - 6  # two batches landed whole
+    monkeypatch.setattr(store, "commit", real_commit)
+    report = await expire_due(store, tick, batch=3)
+    assert report.expired == 14
+    expired = [e for e in await stream(store) if e["type"] == "koban.option.expired"]
+    assert len(expired) == 20
+    assert len({e["subject"] for e in expired}) == 20
+
+
+async def test_sweep_and_api_writes_race_without_duplicates(store: LotStore) -> None:
+    codes = [f"L{i}" for i in range(40)]
+    await lots(store, *codes)
+    for i, code in enumerate(codes):
+        await store.place_local(code, f"p{i}", None, T0)
+    tick = T0 + 2 * 86400
+
+    async def writer() -> None:  # places on the same lots at the tick: each write expires first
+        for i, code in enumerate(codes):
+            await store.place_local(code, f"q{i}", None, tick)
+
+    await asyncio.gather(expire_due(store, tick, batch=5), writer())
+    expired = [e for e in await stream(store) if e["type"] == "koban.option.expired"]
+    assert len(expired) == 40
+    for code in codes:
+        lot = await store.load(code)
+        assert lot is not None and [o.holder for o in lot.options] == [f"q{codes.index(code)}"]
