@@ -1,107 +1,155 @@
 -- One atomic step for one or many lot transitions (state + indexes + counts + events).
 --
 -- KEYS: 1 counts hash, 2 expiry zset, 3 lots zset, 4 tombstones zset, 5 intents zset,
---       6 event stream, then per transition t: lot key (6 + 2t - 1), history key (6 + 2t).
--- ARGV: 1 mode ("all": every transition or none; "each": apply those whose revision still
---       matches, skip the others), 2 history cap, 3 number of transitions, then for each:
---   expected_rev, new_value, extcode, lot_score ("" = leave),
---   n, (member)*                 expiry index removals
---   n, (score, member)*          expiry index additions
---   n, (field, delta, limit)*    count deltas (limit 0 = unchecked)
---   n, (member, score)*          tombstones of ended options
---   n, (member)*                 pending-intent index removals
---   n, (score, member)*          pending-intent index additions
---   n, (cloudevent json)*        events: appended to the stream and the lot's history
+--       6 event stream. Lot and history keys are built here from ARGV[3], the tenant's key
+--       prefix "kol:{tenant}:": every key shares the tenant's hash tag, hence its cluster
+--       slot, and passing them one by one would cost more than the transition itself.
+-- ARGV: 1 mode ("all": every transition or none; "each": apply the transitions whose
+--       revision still matches, skip the others), 2 history cap, 3 key prefix,
+--       4 msgpack array of transitions, each an array:
+--   {expected_rev, new_value, extcode, lot_score ("" = leave),
+--    {member...}                 expiry index removals
+--    {score, member, ...}        expiry index additions
+--    {field, delta, limit, ...}  count deltas (limit 0 = unchecked)
+--    {member, score, ...}        tombstones of ended options
+--    {member...}                 pending-intent index removals
+--    {score, member, ...}        pending-intent index additions
+--    {cloudevent...}             appended to the stream
+--    {history entry...}}         appended to the lot's history (one line each)
 -- Returns: mode "all": {"ok"} | {"rev", t} | {"limit", field};
 --          mode "each": a list with 1 (applied) or 0 (revision moved) per transition.
 
-local mode = ARGV[1]
-local cap = tonumber(ARGV[2])
-local n = tonumber(ARGV[3])
-local pos = 4
-local trs = {}
+local mode, cap, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local trs = cmsgpack.unpack(ARGV[4])
 
-local function take(width)
-  local count = tonumber(ARGV[pos])
-  local first = pos + 1
-  pos = first + count * width
-  return {first, count}
+local function trim_history(h)
+  if #h <= cap * 48 then return h end  -- no entry is shorter than 48 bytes
+  local starts, pos = {1}, 1
+  while true do
+    local nl = string.find(h, '\n', pos, true)
+    if not nl then break end
+    starts[#starts + 1] = nl + 1
+    pos = nl + 1
+  end
+  if #starts <= cap then return h end
+  return string.sub(h, starts[#starts - cap + 1])
 end
 
-for t = 1, n do
-  local tr = {rev = tonumber(ARGV[pos]), value = ARGV[pos + 1], extcode = ARGV[pos + 2],
-              score = ARGV[pos + 3]}
-  pos = pos + 4
-  tr.exp_rem = take(1)
-  tr.exp_add = take(2)
-  tr.counts = take(3)
-  tr.tombs = take(2)
-  tr.int_rem = take(1)
-  tr.int_add = take(2)
-  tr.events = take(1)
-  trs[t] = tr
-end
-
-local function current_rev(key)
-  local cur = redis.call('GET', key)
-  if not cur then return 0 end
-  return tonumber(string.match(cur, '^(%d+)|'))
-end
-
-local function apply(t, tr)
-  local lot_key, hist_key = KEYS[5 + 2 * t], KEYS[6 + 2 * t]
-  redis.call('SET', lot_key, tr.value)
-  if tr.score ~= '' then redis.call('ZADD', KEYS[3], tr.score, tr.extcode) end
-  local f, c = tr.exp_rem[1], tr.exp_rem[2]
-  for i = f, f + c - 1 do redis.call('ZREM', KEYS[2], ARGV[i]) end
-  f, c = tr.exp_add[1], tr.exp_add[2]
-  for i = f, f + 2 * c - 1, 2 do redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1]) end
-  f, c = tr.counts[1], tr.counts[2]
-  for i = f, f + 3 * c - 1, 3 do
-    if redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) <= 0 then
-      redis.call('HDEL', KEYS[1], ARGV[i])
+-- Redis commands taking many arguments are called once per chunk, not once per lot:
+-- per-call overhead, not the work, dominates a sweep otherwise.
+local function call_many(cmd, key, args)
+  local n = #args
+  for i = 1, n, 6000 do
+    local last = math.min(i + 5999, n)
+    if key then
+      redis.call(cmd, key, unpack(args, i, last))
+    else
+      redis.call(cmd, unpack(args, i, last))
     end
   end
-  f, c = tr.tombs[1], tr.tombs[2]
-  for i = f, f + 2 * c - 1, 2 do redis.call('ZADD', KEYS[4], ARGV[i + 1], ARGV[i]) end
-  f, c = tr.int_rem[1], tr.int_rem[2]
-  for i = f, f + c - 1 do redis.call('ZREM', KEYS[5], ARGV[i]) end
-  f, c = tr.int_add[1], tr.int_add[2]
-  for i = f, f + 2 * c - 1, 2 do redis.call('ZADD', KEYS[5], ARGV[i], ARGV[i + 1]) end
-  f, c = tr.events[1], tr.events[2]
-  local len = 0
-  for i = f, f + c - 1 do
-    redis.call('XADD', KEYS[6], '*', 'ce', ARGV[i])
-    len = redis.call('RPUSH', hist_key, ARGV[i])
+end
+
+local function append_all(dst, src)
+  for i = 1, #src do dst[#dst + 1] = src[i] end
+end
+
+local function apply(list)
+  local lots, scored, exp_rem, exp_add, tombs, int_rem, int_add = {}, {}, {}, {}, {}, {}, {}
+  local deltas, fields = {}, {}
+  local hist_keys, hist_add = {}, {}
+  for _, tr in ipairs(list) do
+    local code = tr[3]
+    lots[#lots + 1] = prefix .. 'l:' .. code
+    lots[#lots + 1] = tr[2]
+    if tr[4] ~= '' then
+      scored[#scored + 1] = tr[4]
+      scored[#scored + 1] = code
+    end
+    append_all(exp_rem, tr[5])
+    append_all(exp_add, tr[6])
+    local c = tr[7]
+    for i = 1, #c, 3 do
+      local f = c[i]
+      if deltas[f] == nil then
+        deltas[f] = 0
+        fields[#fields + 1] = f
+      end
+      deltas[f] = deltas[f] + tonumber(c[i + 1])
+    end
+    local tb = tr[8]
+    for i = 1, #tb, 2 do
+      tombs[#tombs + 1] = tb[i + 1]
+      tombs[#tombs + 1] = tb[i]
+    end
+    append_all(int_rem, tr[9])
+    append_all(int_add, tr[10])
+    local ev = tr[11]
+    for i = 1, #ev do redis.call('XADD', KEYS[6], '*', 'ce', ev[i]) end
+    if #tr[12] > 0 then
+      hist_keys[#hist_keys + 1] = prefix .. 'h:' .. code
+      hist_add[#hist_add + 1] = table.concat(tr[12], '\n')
+    end
   end
-  if len > cap then redis.call('LTRIM', hist_key, -cap, -1) end
+  call_many('MSET', nil, lots)
+  if #scored > 0 then call_many('ZADD', KEYS[3], scored) end
+  if #exp_rem > 0 then call_many('ZREM', KEYS[2], exp_rem) end
+  if #exp_add > 0 then call_many('ZADD', KEYS[2], exp_add) end
+  for _, f in ipairs(fields) do
+    local d = deltas[f]
+    if d ~= 0 and redis.call('HINCRBY', KEYS[1], f, d) <= 0 then
+      redis.call('HDEL', KEYS[1], f)
+    end
+  end
+  if #tombs > 0 then call_many('ZADD', KEYS[4], tombs) end
+  if #int_rem > 0 then call_many('ZREM', KEYS[5], int_rem) end
+  if #int_add > 0 then call_many('ZADD', KEYS[5], int_add) end
+  if #hist_keys > 0 then
+    local old = redis.call('MGET', unpack(hist_keys))
+    local pairs_ = {}
+    for i = 1, #hist_keys do
+      local h = old[i]
+      if h then h = h .. '\n' .. hist_add[i] else h = hist_add[i] end
+      pairs_[#pairs_ + 1] = hist_keys[i]
+      pairs_[#pairs_ + 1] = trim_history(h)
+    end
+    call_many('MSET', nil, pairs_)
+  end
+end
+
+local lot_keys = {}
+for t = 1, #trs do lot_keys[t] = prefix .. 'l:' .. trs[t][3] end
+local current = redis.call('MGET', unpack(lot_keys))
+local function rev_of(value)
+  if not value then return 0 end
+  return tonumber(string.match(value, '^(%d+)|'))
 end
 
 if mode == 'all' then
-  for t = 1, n do
-    if current_rev(KEYS[5 + 2 * t]) ~= trs[t].rev then return {'rev', t} end
+  for t = 1, #trs do
+    if rev_of(current[t]) ~= trs[t][1] then return {'rev', t} end
   end
-  for t = 1, n do
-    local f, c = trs[t].counts[1], trs[t].counts[2]
-    for i = f, f + 3 * c - 1, 3 do
-      local delta, limit = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  for t = 1, #trs do
+    local x = trs[t][7]
+    for i = 1, #x, 3 do
+      local delta, limit = tonumber(x[i + 1]), tonumber(x[i + 2])
       if limit > 0 and delta > 0 then
-        local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
-        if cur + delta > limit then return {'limit', ARGV[i]} end
+        local cur = tonumber(redis.call('HGET', KEYS[1], x[i]) or '0')
+        if cur + delta > limit then return {'limit', x[i]} end
       end
     end
   end
-  for t = 1, n do apply(t, trs[t]) end
+  apply(trs)
   return {'ok'}
 end
 
-local out = {}
-for t = 1, n do
-  if current_rev(KEYS[5 + 2 * t]) == trs[t].rev then
-    apply(t, trs[t])
+local out, ok = {}, {}
+for t = 1, #trs do
+  if rev_of(current[t]) == trs[t][1] then
+    ok[#ok + 1] = trs[t]
     out[t] = 1
   else
     out[t] = 0
   end
 end
+if #ok > 0 then apply(ok) end
 return out

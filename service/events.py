@@ -1,6 +1,15 @@
-"""The one CloudEvents 1.0 builder (§3): every entry of the stream and of a lot's history."""
+"""The one CloudEvents 1.0 builder (§3), and the compact form kept in a lot's history.
+
+Domain events carry times as UNIX seconds; they become ISO-8601 UTC strings here, at the
+edge. The stream holds full CloudEvents JSON (what consumers read); a lot's history keeps a
+compact entry per event (derivable attributes dropped, known keys shortened, times as
+integers) that `expand_history_entry` turns back into exactly the same CloudEvent.
+"""
 
 from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
 
 import orjson
 
@@ -8,6 +17,30 @@ from statecharts.model import DomainEvent
 from statecharts.ticks import to_iso
 
 TYPE_PREFIX = "koban."
+# `data` keys holding instants: integers inside, ISO strings on the wire.
+TIME_KEYS = frozenset({"placedAt", "deadline", "effectiveExpiry", "at", "endDate"})
+_SHORT = {
+    "optionId": "i",
+    "rank": "r",
+    "thirdGuid": "t",
+    "partnerGuid": "p",
+    "placedAt": "pa",
+    "deadline": "d",
+    "effectiveExpiry": "e",
+    "deadlineSource": "s",
+    "prolonged": "pr",
+    "actor": "a",
+    "program": "pg",
+    "label": "lb",
+    "status": "st",
+}
+_LONG = {v: k for k, v in _SHORT.items()}
+
+
+@lru_cache(maxsize=1 << 16)
+def iso(ts: int) -> str:
+    """Ticks and deadlines repeat a lot across options: format each instant once."""
+    return to_iso(ts)
 
 
 def event_id(extcode: str, sequence: int) -> str:
@@ -15,21 +48,44 @@ def event_id(extcode: str, sequence: int) -> str:
     return f"{extcode}-{sequence:012d}"
 
 
+def _wire_data(data: dict[str, object]) -> dict[str, object]:
+    return {k: iso(v) if k in TIME_KEYS and isinstance(v, int) else v for k, v in data.items()}
+
+
+def _envelope(
+    tenant: str, extcode: str, type_: str, time: int, sequence: int, version: int, data: object
+) -> dict[str, Any]:
+    return {
+        "specversion": "1.0",
+        "id": event_id(extcode, sequence),
+        "source": f"koban-options/{tenant}",
+        "type": TYPE_PREFIX + type_,
+        "subject": extcode,
+        "time": iso(time),
+        "datacontenttype": "application/json",
+        "partitionkey": extcode,
+        "sequence": f"{sequence:012d}",
+        "lotversion": version,
+        "data": data,
+    }
+
+
 def cloud_event(
     tenant: str, extcode: str, event: DomainEvent, sequence: int, lot_version: int
 ) -> bytes:
     return orjson.dumps(
-        {
-            "specversion": "1.0",
-            "id": event_id(extcode, sequence),
-            "source": f"koban-options/{tenant}",
-            "type": TYPE_PREFIX + event.type,
-            "subject": extcode,
-            "time": to_iso(event.time),
-            "datacontenttype": "application/json",
-            "partitionkey": extcode,
-            "sequence": f"{sequence:012d}",
-            "lotversion": lot_version,
-            "data": event.data,
-        }
+        _envelope(
+            tenant, extcode, event.type, event.time, sequence, lot_version, _wire_data(event.data)
+        )
     )
+
+
+def history_entry(event: DomainEvent, sequence: int, lot_version: int) -> bytes:
+    data = {_SHORT.get(k, k): v for k, v in event.data.items()}
+    return orjson.dumps([sequence, lot_version, event.type, event.time, data])
+
+
+def expand_history_entry(tenant: str, extcode: str, entry: bytes) -> dict[str, Any]:
+    sequence, version, type_, time, short = orjson.loads(entry)
+    data = {_LONG.get(k, k): v for k, v in short.items()}
+    return _envelope(tenant, extcode, type_, time, sequence, version, _wire_data(data))

@@ -19,11 +19,11 @@ class TenantKeys:
 
     def lot(self, extcode: str) -> str:
         """String ``"<rev>|<json>"``: the lot, its options, intents and préréservation."""
-        return f"{self.prefix}lot:{extcode}"
+        return f"{self.prefix}l:{extcode}"
 
     def history(self, extcode: str) -> str:
-        """List of the lot's CloudEvents (JSON), oldest first, capped."""
-        return f"{self.prefix}hist:{extcode}"
+        """String of the lot's compact history entries, one per line, oldest first, capped."""
+        return f"{self.prefix}h:{extcode}"
 
     @property
     def counts(self) -> str:

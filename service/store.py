@@ -9,18 +9,18 @@ diffing the lot before and after, so they cannot drift from the lots.
 
 from __future__ import annotations
 
-import uuid
+import secrets
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeVar, cast
 
-import orjson
+import msgpack
 from redis.asyncio import Redis
 
 from service.codec import decode_lot, encode_lot
-from service.events import cloud_event
+from service.events import cloud_event, expand_history_entry, history_entry
 from service.keys import API_USER_FIELD, TenantKeys, prospect_field
 from statecharts import transitions as tr
 from statecharts.errors import ErrorCode, RuleViolation
@@ -29,6 +29,12 @@ from statecharts.model import DomainEvent, Intent, Lot, Option, Rules
 T = TypeVar("T")
 
 LUA_COMMIT = resources.files("service").joinpath("commit.lua").read_text()
+LUA_DUE = resources.files("service").joinpath("due.lua").read_text()
+
+
+def new_id() -> str:
+    """Option and intent ids: 72 random bits, URL-safe, short (they sit in several indexes)."""
+    return secrets.token_urlsafe(9)
 
 
 class StoreConflict(Exception):
@@ -47,18 +53,18 @@ ChangeFn = Callable[[Lot, Counts], tuple[list[DomainEvent], T]]
 
 
 @dataclass(slots=True)
-class _View:
-    """The part of a lot that indexes and counts are derived from."""
+class View:
+    """What indexes and counts are derived from: a lot's options and intents, keyed."""
 
+    rev: int
+    version: int
     expiries: dict[str, int]
     counts: Counter[str]
     intents: dict[str, int]
     options: dict[str, Option]
 
 
-def _view(lot: Lot | None) -> _View:
-    if lot is None:
-        return _View({}, Counter(), {}, {})
+def view(lot: Lot) -> View:
     code = lot.extcode
     counts: Counter[str] = Counter()
     for o in lot.options:
@@ -69,7 +75,9 @@ def _view(lot: Lot | None) -> _View:
     for i in lot.intents:
         counts[prospect_field(i.holder)] += 1
         counts[API_USER_FIELD] += 1
-    return _View(
+    return View(
+        rev=lot.rev,
+        version=lot.version,
         expiries={f"{code}/{o.id}": o.expiry for o in lot.options if o.expiry is not None},
         counts=counts,
         intents={f"{code}/{i.id}": i.created_at for i in lot.intents},
@@ -96,6 +104,7 @@ class LotStore:
         self.history_cap = history_cap
         self.max_attempts = max_attempts
         self._commit = redis.register_script(LUA_COMMIT)
+        self._due = redis.register_script(LUA_DUE)
 
     # --- reads ------------------------------------------------------------------------
 
@@ -119,88 +128,85 @@ class LotStore:
         return Counts(prospect, user)
 
     async def history(self, extcode: str) -> list[dict[str, Any]]:
-        return [orjson.loads(e) for e in await self.redis.lrange(self.keys.history(extcode), 0, -1)]
+        """The lot's CloudEvents, oldest first (kept apart from the stream's retention)."""
+        raw = cast(bytes | None, await self.redis.get(self.keys.history(extcode)))
+        if not raw:
+            return []
+        return [expand_history_entry(self.tenant, extcode, line) for line in raw.split(b"\n")]
 
     # --- the one write path -----------------------------------------------------------------
 
-    def commit_args(
+    def transition(
         self,
-        old: Lot | None,
+        before: View,
         new: Lot,
         events: Sequence[DomainEvent],
         now: int,
         limits: Mapping[str, int] | None = None,
-    ) -> tuple[list[str], list[Any]]:
-        """Keys and arguments of one transition for ``commit.lua``; stamps `new` in place."""
-        before, after = _view(old), _view(new)
-        new.rev = (old.rev if old else 0) + 1
-        expected_rev = old.rev if old else 0
-        payloads = []
+    ) -> list[Any]:
+        """One transition for ``commit.lua``, from the lot's view before the change.
+
+        Stamps `new` in place: next revision, and when there are events the next version
+        (one bump for all of them) and one sequence number each.
+        """
+        after = view(new)
+        new.rev = before.rev + 1
+        stream: list[bytes] = []
+        history: list[bytes] = []
         if events:
-            new.version = (old.version if old else 0) + 1
+            new.version = before.version + 1
+            new.modified_at = now
             for event in events:
                 new.sequence += 1
-                payloads.append(
+                stream.append(
                     cloud_event(self.tenant, new.extcode, event, new.sequence, new.version)
                 )
-            new.modified_at = now
-        exp_rem = [m for m in before.expiries if m not in after.expiries]
-        exp_add = [
-            x
-            for m, score in after.expiries.items()
-            if before.expiries.get(m) != score
-            for x in (score, m)
-        ]
+                history.append(history_entry(event, new.sequence, new.version))
+        code = new.extcode
         deltas = after.counts.copy()
         deltas.subtract(before.counts)
-        counts = [
-            x
-            for field, delta in deltas.items()
-            if delta
-            for x in (field, delta, (limits or {}).get(field, 0))
-        ]
-        tombs = [
-            x
-            for oid, o in before.options.items()
-            if oid not in after.options and o.holder is not None
-            for x in (f"{new.extcode}|{o.holder}|{o.deadline}|{oid}", now)
-        ]
-        int_rem = [m for m in before.intents if m not in after.intents]
-        int_add = [
-            x for m, score in after.intents.items() if m not in before.intents for x in (score, m)
-        ]
-        args: list[Any] = [
-            expected_rev,
+        limits = limits or {}
+        return [
+            before.rev,
             encode_lot(new),
-            new.extcode,
-            new.modified_at if events or old is None else "",
+            code,
+            new.modified_at if events or before.rev == 0 else "",
+            [m for m in before.expiries if m not in after.expiries],
+            [
+                x
+                for m, score in after.expiries.items()
+                if before.expiries.get(m) != score
+                for x in (score, m)
+            ],
+            [x for f, d in deltas.items() if d for x in (f, d, limits.get(f, 0))],
+            [
+                x
+                for oid, o in before.options.items()
+                if oid not in after.options and o.holder is not None
+                for x in (f"{code}|{o.holder}|{o.deadline}|{oid}", now)
+            ],
+            [m for m in before.intents if m not in after.intents],
+            [x for m, t in after.intents.items() if m not in before.intents for x in (t, m)],
+            stream,
+            history,
         ]
-        for part, width in (
-            (exp_rem, 1),
-            (exp_add, 2),
-            (counts, 3),
-            (tombs, 2),
-            (int_rem, 1),
-            (int_add, 2),
-            (payloads, 1),
-        ):
-            args.append(len(part) // width)
-            args.extend(part)
-        return [self.keys.lot(new.extcode), self.keys.history(new.extcode)], args
 
-    def _fixed_keys(self) -> list[str]:
+    async def commit(self, transitions: Sequence[list[Any]], mode: str = "all") -> Any:
         k = self.keys
-        return [k.counts, k.expiries, k.lots, k.tombstones, k.intents, k.events]
+        return await self._commit(
+            keys=[k.counts, k.expiries, k.lots, k.tombstones, k.intents, k.events],
+            args=[
+                mode,
+                self.history_cap,
+                k.prefix,
+                msgpack.packb(transitions, use_bin_type=False),
+            ],
+        )
 
-    async def commit(
-        self, transitions: Sequence[tuple[list[str], list[Any]]], mode: str = "all"
-    ) -> Any:
-        keys = self._fixed_keys()
-        args: list[Any] = [mode, self.history_cap, len(transitions)]
-        for lot_keys, lot_args in transitions:
-            keys.extend(lot_keys)
-            args.extend(lot_args)
-        return await self._commit(keys=keys, args=args)
+    async def fetch_due(self, tick: int, limit: int) -> list[tuple[str, bytes | None]]:
+        """Lots with options due at or before `tick` (at most `limit` index entries)."""
+        flat = await self._due(keys=[self.keys.expiries], args=[tick, limit, self.keys.prefix])
+        return [(flat[i].decode(), flat[i + 1]) for i in range(0, len(flat), 2)]
 
     async def mutate(
         self,
@@ -230,22 +236,23 @@ class LotStore:
             if raw is None:
                 if create is None:
                     raise RuleViolation(ErrorCode.LOT_UNKNOWN, f"lot {extcode} is unknown")
-                old, lot = None, create()
+                lot = create()
             else:
-                old, lot = decode_lot(extcode, raw), decode_lot(extcode, raw)
+                lot = decode_lot(extcode, raw)
+            before = view(lot)
             events = tr.expire_due(lot, now, self.rules)
             if events:  # options lazily expired here no longer count toward the limits
-                freed = _view(old).counts
-                freed.subtract(_view(lot).counts)
+                freed = before.counts.copy()
+                freed.subtract(view(lot).counts)
                 counts = Counts(
                     counts.prospect - (freed[fields[1]] if holder else 0),
                     counts.user - freed[API_USER_FIELD],
                 )
             more, result = change(lot, counts)
             events.extend(more)
-            if old is not None and not events and encode_lot(old) == encode_lot(lot):
+            if raw is not None and not events and encode_lot(lot) == raw:
                 return result  # nothing to write (e.g. a replayed webhook)
-            reply = await self.commit([self.commit_args(old, lot, events, now, limits)])
+            reply = await self.commit([self.transition(before, lot, events, now, limits)])
             if reply[0] == b"ok":
                 return result
             # b"rev": another writer won; b"limit": a count moved; both: re-read, re-decide.
@@ -303,7 +310,7 @@ class LotStore:
         intent_id: str | None = None,
     ) -> Intent:
         """§4 step 1: the rules against state + intents; holds the rank and the allowance."""
-        iid = intent_id or uuid.uuid4().hex
+        iid = intent_id or new_id()
 
         def change(lot: Lot, counts: Counts) -> tuple[list[DomainEvent], Intent]:
             intent = tr.reserve_placement(
@@ -325,7 +332,7 @@ class LotStore:
         option_id: str | None = None,
     ) -> Option:
         """§4 step 3, Koban placed it: the intent becomes the option."""
-        oid = option_id or uuid.uuid4().hex
+        oid = option_id or new_id()
 
         def change(lot: Lot, _: Counts) -> tuple[list[DomainEvent], Option]:
             events = tr.confirm_placement(

@@ -28,22 +28,21 @@ from statecharts.ticks import (
     add_duration,
     ceil_tick,
     deadline_from_lifetime,
-    to_iso,
 )
 
 OPTIONED = ("one_option", "two_options")
 
 
 def option_data(o: Option, actor: Actor, **extra: object) -> dict[str, object]:
-    """The `data` of every option event (§3)."""
+    """The `data` of every option event (§3); instants stay integers until the wire."""
     data: dict[str, object] = {
         "optionId": o.id,
         "rank": o.rank,
         "thirdGuid": o.holder,
         "partnerGuid": o.partner,
-        "placedAt": to_iso(o.placed_at),
-        "deadline": to_iso(o.deadline) if o.deadline is not None else None,
-        "effectiveExpiry": to_iso(o.expiry) if o.expiry is not None else None,
+        "placedAt": o.placed_at,
+        "deadline": o.deadline,
+        "effectiveExpiry": o.expiry,
         "deadlineSource": o.source,
         "prolonged": o.prolonged,
         "actor": actor,

@@ -457,3 +457,17 @@ async def test_sweep_and_api_writes_race_without_duplicates(store: LotStore) -> 
     for code in codes:
         lot = await store.load(code)
         assert lot is not None and [o.holder for o in lot.options] == [f"q{codes.index(code)}"]
+
+
+async def test_sweep_repairs_a_tampered_index(store: LotStore) -> None:
+    await lots(store, "A1", "A2")
+    option = await store.place_local("A1", "p1", None, T0)
+    later = option.expiry
+    assert later is not None
+    tick = T0 + 3600
+    # an entry for a lot that does not exist, and one with a wrong (too early) score
+    await store.redis.zadd(store.keys.expiries, {"GONE/x": tick, f"A1/{option.id}": tick})
+    report = await expire_due(store, tick)
+    assert report.expired == 0 and report.repaired == 2
+    index = dict(await store.redis.zrange(store.keys.expiries, 0, -1, withscores=True))
+    assert index == {f"A1/{option.id}".encode(): float(later)}

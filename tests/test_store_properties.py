@@ -154,10 +154,7 @@ class StoreMachine(RuleBasedStateMachine):
         assert all(v <= 3 for k, v in counts.items() if k.startswith("p:"))
 
     async def check_events(self, lot: Lot) -> None:
-        history = [
-            orjson.loads(e)
-            for e in await self.store.redis.lrange(self.store.keys.history(lot.extcode), 0, -1)
-        ]
+        history = await self.store.history(lot.extcode)
         assert len(history) == lot.sequence
         assert [int(e["sequence"]) for e in history] == list(range(1, lot.sequence + 1))
         # every version bump has at least one event carrying it, and no event without it
@@ -176,8 +173,8 @@ class StoreMachine(RuleBasedStateMachine):
             subject = orjson.loads(fields[b"ce"])["subject"]
             by_lot.setdefault(subject, []).append(fields[b"ce"])
         for code in LOTS:
-            history = await self.redis.lrange(self.store.keys.history(code), 0, -1)
-            assert by_lot.get(code, []) == history
+            history = await self.store.history(code)
+            assert [orjson.loads(e) for e in by_lot.get(code, [])] == history
 
 
 @pytest.mark.slow

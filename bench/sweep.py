@@ -1,0 +1,158 @@
+"""`make bench` (core): the sweep's speed and Redis memory per lot.
+
+(a) expire_due over N_DUE options due at one tick among N_LOTS stored lots;
+(b) the same sweep with one python-statemachine object built per decision (the chart run
+    directly instead of its compiled table), on N_BASE options, in the same process;
+(c) Redis memory per free lot and per lot holding two options, as SPEC §11 defines it:
+    (used_memory after loading N lots - before) / N, indexes included.
+
+Everything runs against a private redis-server started here (never the machine's 6379),
+loaded through the store's own atomic commit path. Sizes come from the environment
+(KOBAN_BENCH_LOTS, KOBAN_BENCH_DUE, KOBAN_BENCH_BASELINE, KOBAN_BENCH_MEMORY_LOTS).
+Each figure is also printed as ``BENCH <name> <value> <unit>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from redis.asyncio import Redis
+
+from service.store import LotStore, View, view
+from service.sweep import expire_due
+from statecharts import lot_chart
+from statecharts import transitions as tr
+from statecharts.model import DomainEvent, Lot, Rules
+from statecharts.ticks import parse_duration
+from tests.conftest import start_redis_server
+
+N_LOTS = int(os.environ.get("KOBAN_BENCH_LOTS", "1000000"))
+N_DUE = int(os.environ.get("KOBAN_BENCH_DUE", "100000"))
+N_BASE = int(os.environ.get("KOBAN_BENCH_BASELINE", "10000"))
+N_MEMORY = int(os.environ.get("KOBAN_BENCH_MEMORY_LOTS", "20000"))
+T0 = 1_795_000_000 - 1_795_000_000 % 1800
+RULES = Rules(zone=ZoneInfo("Europe/Paris"), option_lifetime=parse_duration("P2D"))
+LOAD_BATCH = 500
+EMPTY: View = view(Lot(""))
+
+
+def bench(name: str, value: float, unit: str) -> None:
+    print(f"BENCH {name} {value:.6g} {unit}", flush=True)
+
+
+def progress(label: str, done: int, total: int) -> None:
+    if sys.stderr.isatty():
+        print(f"\r  {label}: {done}/{total}", end="", file=sys.stderr, flush=True)
+
+
+async def load(store: LotStore, codes: Iterable[str], holders: int, placed_at: int) -> None:
+    """Import lots (LIBRE, `lot.imported`) and place `holders` options on each, in batches."""
+    codes = list(codes)
+    for start in range(0, len(codes), LOAD_BATCH):
+        batch: list[list[Any]] = []
+        for code in codes[start : start + LOAD_BATCH]:
+            lot = Lot(code, program="P1")
+            events = [DomainEvent("lot.imported", T0, {"program": "P1", "actor": "sync"})]
+            for h in range(holders):
+                events += tr.place_option(
+                    lot,
+                    option_id=f"{code}o{h}",
+                    holder=f"third-{code}-{h}",
+                    partner=None,
+                    placed_at=placed_at,
+                    rules=RULES,
+                    via_api=True,
+                    actor="api",
+                )
+            batch.append(store.transition(EMPTY, lot, events, T0))
+        await store.commit(batch, mode="each")
+        progress("loading", start + LOAD_BATCH, len(codes))
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+
+
+async def used_memory(redis: Redis) -> int:
+    info = await redis.info("memory")
+    return int(info["used_memory"])
+
+
+async def memory_per_lot(redis: Redis, tenant: str, holders: int) -> tuple[float, float]:
+    """Bytes per lot, (state + indexes + history, event stream entries)."""
+    store = LotStore(redis, tenant, RULES)
+    before = await used_memory(redis)
+    await load(store, (f"M{holders}-{i:07d}" for i in range(N_MEMORY)), holders, T0)
+    after = await used_memory(redis)
+    stream = await redis.memory_usage(store.keys.events, samples=0) or 0
+    return (after - before - stream) / N_MEMORY, stream / N_MEMORY
+
+
+async def run(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    print(
+        f"core bench: {N_LOTS} lots, {N_DUE} due at one tick, baseline {N_BASE}; "
+        "1 client process, Redis on loopback",
+        flush=True,
+    )
+
+    # (c) first, on an empty server, so nothing else moves used_memory
+    free_state, free_stream = await memory_per_lot(redis, "memfree", 0)
+    two_state, two_stream = await memory_per_lot(redis, "memtwo", 2)
+
+    # (a) one tick with N_DUE options due among N_LOTS lots
+    store = LotStore(redis, "bench", RULES)
+    t = time.perf_counter()
+    await load(store, (f"F{i:07d}" for i in range(N_LOTS - N_DUE - N_BASE)), 0, T0)
+    await load(store, (f"D{i:07d}" for i in range(N_DUE)), 1, T0)
+    # the baseline's options are due one tick later, on other lots
+    await load(store, (f"B{i:07d}" for i in range(N_BASE)), 1, T0 + 1800)
+    print(f"  loaded in {time.perf_counter() - t:.1f} s", flush=True)
+    tick = T0 + 2 * 86400
+    t = time.perf_counter()
+    report = await expire_due(store, tick)
+    sweep_s = time.perf_counter() - t
+    assert report.expired == N_DUE, report
+
+    # (b) the same sweep deciding with a chart object built per decision
+    compiled = tr.decide
+    tr.decide = lot_chart.run_chart
+    try:
+        t = time.perf_counter()
+        base = await expire_due(store, tick + 1800)
+        base_s = time.perf_counter() - t
+    finally:
+        tr.decide = compiled
+    assert base.expired == N_BASE, base
+    await redis.aclose()
+
+    rate = N_DUE / sweep_s
+    base_rate = N_BASE / base_s
+    bench("sweep_100k_s", sweep_s, "s")
+    bench("sweep_rate_per_s", rate, "expiries/s")
+    bench("chart_per_option_rate_per_s", base_rate, "expiries/s")
+    bench("chart_per_option_ratio", rate / base_rate, "x")
+    bench("redis_bytes_free_lot", free_state, "B")
+    bench("redis_bytes_two_options", two_state, "B")
+    bench("redis_stream_bytes_free_lot", free_stream, "B")
+    bench("redis_stream_bytes_two_options", two_stream, "B")
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = start_redis_server(Path(tmp))
+        try:
+            asyncio.run(run(url))
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+if __name__ == "__main__":
+    main()

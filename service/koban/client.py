@@ -1,0 +1,452 @@
+"""Async client for Koban's API (SPEC §4, §6).
+
+Failure semantics — what a caller may conclude:
+
+* a ``KobanAnswer`` with ``success=False``: Koban refused (business rule); nothing changed.
+  Map its code with :func:`koban_refusal`.
+* ``KobanOutcomeUnknown`` (a write only): the request may have reached Koban — timeout or
+  connection lost after sending, a 5xx, or a 2xx whose body cannot be read. It is never
+  resent; the caller keeps its intent pending and resolves it later (webhook, GetLotStatus).
+* ``KobanUnavailable``: Koban could not be reached, and for a write nothing was sent
+  (connection refused, DNS, connect timeout — retried first), or a read kept failing
+  (network error / 5xx) after the retries, or Koban answered 429.
+* ``KobanError``: Koban answered something unexpected that retrying will not fix — 401/403,
+  another 4xx without a business error code, an unreadable body to a read. Not retried.
+
+Retries: exponential backoff with full jitter (tenacity ``wait_random_exponential``) on
+network errors and 5xx for reads; for writes only when the connection could not be
+established (nothing sent). Never on 4xx. ``retries`` counts the extra attempts (so at most
+``1 + retries`` requests). Every attempt first takes a slot from a per-client leaky-bucket
+limiter (aiolimiter) of ``rate_per_s`` requests per second — one client per tenant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from enum import StrEnum
+from typing import Any, NoReturn, TypeVar
+
+import aiohttp
+from aiolimiter import AsyncLimiter
+from pydantic import ValidationError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from service.koban import wire
+from service.koban.wire import DealPage, Endpoint, KobanAnswer, LotStatus, Program, ThirdKind
+from statecharts.errors import ErrorCode
+
+__all__ = [
+    "KobanClient",
+    "KobanError",
+    "KobanMethod",
+    "KobanOutcomeUnknown",
+    "KobanUnavailable",
+    "koban_refusal",
+]
+
+Sleep = Callable[[float], Awaitable[None]]
+T = TypeVar("T")
+
+
+class KobanError(Exception):
+    """Koban answered something unexpected (401/403/4xx, unreadable body). Not retried."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class KobanUnavailable(Exception):
+    """Koban could not be reached (after retries); for a write, nothing was sent.
+
+    ``transient`` is true when the failure was of a retryable kind (network, 5xx)."""
+
+    def __init__(self, message: str, *, status: int | None = None, transient: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.transient = transient
+
+
+class KobanOutcomeUnknown(KobanUnavailable):
+    """A write that may have reached Koban: keep the intent pending, never resend blindly."""
+
+
+# --------------------------------------------------------------------------------------
+# Refusal codes → service error codes
+# --------------------------------------------------------------------------------------
+
+
+class KobanMethod(StrEnum):
+    """Koban write methods whose refusal codes have a meaning."""
+
+    ADD = "Add"
+    PROLONG = "Prolong"
+    UNDO = "Undo"
+    PRERESV = "PreresvAdd"
+    DESIST = "PreresvDesist"
+
+
+_REFUSALS: dict[KobanMethod, dict[str, ErrorCode]] = {
+    KobanMethod.ADD: {
+        "01": ErrorCode.PROSPECT_OPTION_LIMIT,
+        "02": ErrorCode.LOT_NOT_AVAILABLE,
+        "03": ErrorCode.USER_OPTION_LIMIT,
+        "04": ErrorCode.LOT_PRERESERVED,
+        "05": ErrorCode.LOT_FULL,
+    },
+    KobanMethod.PROLONG: {"01": ErrorCode.OPTION_NOT_FOUND, "02": ErrorCode.ALREADY_PROLONGED},
+    KobanMethod.UNDO: {"01": ErrorCode.OPTION_NOT_FOUND},
+    KobanMethod.PRERESV: {"01": ErrorCode.LOT_UNKNOWN, "02": ErrorCode.PROSPECT_UNKNOWN},
+    KobanMethod.DESIST: {"01": ErrorCode.LOT_UNKNOWN, "02": ErrorCode.PROSPECT_UNKNOWN},
+}
+
+_METHOD_ALIASES: dict[str, KobanMethod] = {
+    **{m.value.lower(): m for m in KobanMethod},
+    "preresv": KobanMethod.PRERESV,
+    "desist": KobanMethod.DESIST,
+}
+
+REFUSAL_FALLBACK: dict[KobanMethod, ErrorCode] = {
+    KobanMethod.ADD: ErrorCode.LOT_NOT_AVAILABLE,
+    KobanMethod.PROLONG: ErrorCode.OPTION_NOT_FOUND,
+    KobanMethod.UNDO: ErrorCode.OPTION_NOT_FOUND,
+    KobanMethod.PRERESV: ErrorCode.LOT_NOT_AVAILABLE,
+    KobanMethod.DESIST: ErrorCode.NOT_PRERESERVED,
+}
+"""An unknown or missing code: the closest generic refusal of that method. Add/Preresv →
+LOT_NOT_AVAILABLE (409: Koban will not do it on this lot), Prolong/Undo → OPTION_NOT_FOUND
+(no option Koban will act on), Desist → NOT_PRERESERVED. The caller should treat it like
+any refusal that contradicts local state: record drift and reconcile the lot."""
+
+
+def koban_refusal(method: str, code: str | None) -> ErrorCode:
+    """The service's error code for Koban's refusal ``code`` to ``method``.
+
+    ``method`` is a :class:`KobanMethod` value (``"Add"``, ``"Prolong"``, ``"Undo"``,
+    ``"PreresvAdd"`` or ``"Preresv"``, ``"PreresvDesist"`` or ``"Desist"``), any case.
+    ``code`` is normalised (``5`` → ``"05"``). Unknown codes fall back per
+    :data:`REFUSAL_FALLBACK`; an unknown method raises ``ValueError``.
+    """
+    koban_method = _METHOD_ALIASES.get(method.lower())
+    if koban_method is None:
+        raise ValueError(f"not a Koban write method: {method!r}")
+    normalised = wire.normalise_error_code(code)
+    known = _REFUSALS[koban_method].get(normalised) if normalised else None
+    return known if known is not None else REFUSAL_FALLBACK[koban_method]
+
+
+# --------------------------------------------------------------------------------------
+# Client
+# --------------------------------------------------------------------------------------
+
+_NETWORK_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+_NOT_SENT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return (
+        isinstance(exc, KobanUnavailable)
+        and not isinstance(exc, KobanOutcomeUnknown)
+        and exc.transient
+    )
+
+
+def _decode(body: bytes) -> Any:
+    return json.loads(body.decode("utf-8-sig"))
+
+
+class KobanClient:
+    """One tenant's Koban client. The ``session`` belongs to the caller (app cleanup_ctx).
+
+    ``calls`` counts ``(method, outcome)`` with outcome one of ``ok``, ``refused``,
+    ``retry`` (one per retried attempt), ``unavailable``, ``outcome_unknown``, ``error``.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        api_key: str,
+        user_key: str,
+        *,
+        timeout_s: float = 10,
+        connect_timeout_s: float = 3,
+        retries: int = 3,
+        backoff_base_s: float = 0.2,
+        backoff_max_s: float = 5.0,
+        rate_per_s: float = 5.0,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        if rate_per_s <= 0:
+            raise ValueError("rate_per_s must be positive")
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        self._session = session
+        self._base_url = base_url.rstrip("/")
+        self._headers = {
+            wire.HEADER_API_KEY: api_key,
+            wire.HEADER_USER_KEY: user_key,
+            "Accept": "application/json",
+        }
+        # A connect timeout shorter than the total one: when it fires, nothing was sent
+        # (aiohttp raises ConnectionTimeoutError), so even a write may be retried.
+        self._timeout = aiohttp.ClientTimeout(
+            total=timeout_s, sock_connect=min(connect_timeout_s, timeout_s)
+        )
+        self._retries = retries
+        self._backoff_base_s = backoff_base_s
+        self._backoff_max_s = backoff_max_s
+        self._sleep = sleep
+        # Bucket of max(1, rate) so rates below one per second still admit one request.
+        burst = max(1.0, rate_per_s)
+        self.limiter = AsyncLimiter(burst, burst / rate_per_s)
+        self.calls: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    # ---------------------------------------------------------------- transport
+
+    def _url(self, endpoint: Endpoint) -> str:
+        return self._base_url + endpoint.path
+
+    def _unavailable(self, endpoint: Endpoint, why: str, **kw: Any) -> KobanUnavailable:
+        return KobanUnavailable(f"Koban {endpoint.name}: {why}", **kw)
+
+    def _unknown(self, endpoint: Endpoint, why: str, **kw: Any) -> KobanOutcomeUnknown:
+        return KobanOutcomeUnknown(f"Koban {endpoint.name}: outcome unknown ({why})", **kw)
+
+    async def _attempt(
+        self,
+        endpoint: Endpoint,
+        params: Mapping[str, str] | None,
+        body: Mapping[str, Any] | None,
+    ) -> tuple[int, bytes]:
+        """One HTTP exchange → (status, body), or a Koban* exception classifying the failure."""
+        async with self.limiter:
+            try:
+                async with self._session.request(
+                    endpoint.verb,
+                    self._url(endpoint),
+                    headers=self._headers,
+                    params=params,
+                    json=body,
+                    timeout=self._timeout,
+                    allow_redirects=False,
+                ) as response:
+                    return response.status, await response.read()
+            except _NOT_SENT_ERRORS as exc:
+                raise self._unavailable(
+                    endpoint, f"cannot connect: {exc!r}", transient=True
+                ) from exc
+            except aiohttp.InvalidURL as exc:
+                raise KobanError(f"Koban {endpoint.name}: bad URL {exc}") from exc
+            except _NETWORK_ERRORS as exc:
+                if endpoint.is_write:
+                    raise self._unknown(endpoint, repr(exc)) from exc
+                raise self._unavailable(endpoint, repr(exc), transient=True) from exc
+
+    async def _exchange(
+        self,
+        endpoint: Endpoint,
+        params: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> tuple[int, bytes]:
+        """The exchange with retries; a 5xx is returned as such only on a write."""
+
+        def before_sleep(_state: RetryCallState) -> None:
+            self.calls[(endpoint.name, "retry")] += 1
+
+        retrying = AsyncRetrying(
+            sleep=self._sleep,
+            stop=stop_after_attempt(1 + self._retries),
+            wait=wait_random_exponential(multiplier=self._backoff_base_s, max=self._backoff_max_s),
+            retry=retry_if_exception(_is_transient),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    status, raw = await self._attempt(endpoint, params, body)
+                    if status >= 500:
+                        if endpoint.is_write:
+                            raise self._unknown(endpoint, f"HTTP {status}", status=status)
+                        raise self._unavailable(
+                            endpoint, f"HTTP {status}", status=status, transient=True
+                        )
+                    return status, raw
+        except KobanOutcomeUnknown:
+            self.calls[(endpoint.name, "outcome_unknown")] += 1
+            raise
+        except KobanUnavailable:
+            self.calls[(endpoint.name, "unavailable")] += 1
+            raise
+        except KobanError:
+            self.calls[(endpoint.name, "error")] += 1
+            raise
+        raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
+
+    def _fail(self, endpoint: Endpoint, exc: Exception) -> NoReturn:
+        outcome = (
+            "outcome_unknown"
+            if isinstance(exc, KobanOutcomeUnknown)
+            else "unavailable"
+            if isinstance(exc, KobanUnavailable)
+            else "error"
+        )
+        self.calls[(endpoint.name, outcome)] += 1
+        raise exc
+
+    def _client_error(self, endpoint: Endpoint, status: int, raw: bytes) -> Exception:
+        detail = raw[:200].decode("utf-8", "replace")
+        if status == 429:
+            return self._unavailable(endpoint, "HTTP 429 (rate limited)", status=status)
+        return KobanError(f"Koban {endpoint.name}: HTTP {status}: {detail}", status=status)
+
+    async def _read(self, endpoint: Endpoint, params: Mapping[str, str] | None = None) -> Any:
+        """A GET → decoded JSON (2xx only)."""
+        status, raw = await self._exchange(endpoint, params=params)
+        if not 200 <= status < 300:
+            self._fail(endpoint, self._client_error(endpoint, status, raw))
+        try:
+            return _decode(raw)
+        except ValueError as exc:
+            self._fail(endpoint, KobanError(f"Koban {endpoint.name}: unreadable body: {exc}"))
+
+    def _parse_read(self, endpoint: Endpoint, parse: Callable[[Any], T], payload: Any) -> T:
+        try:
+            result = parse(payload)
+        except (ValidationError, ValueError, TypeError) as exc:
+            self._fail(endpoint, KobanError(f"Koban {endpoint.name}: unexpected answer: {exc}"))
+        self.calls[(endpoint.name, "ok")] += 1
+        return result
+
+    async def _write(self, endpoint: Endpoint, body: Mapping[str, Any]) -> KobanAnswer:
+        """A POST → KobanAnswer (success or business refusal)."""
+        status, raw = await self._exchange(endpoint, body=body)
+        answer: KobanAnswer | None
+        try:
+            answer = KobanAnswer.model_validate(_decode(raw))
+        except (ValidationError, ValueError):
+            answer = None
+        if 200 <= status < 300:
+            if answer is None:
+                # Koban took the request and answered 2xx: it may well have applied it.
+                self._fail(endpoint, self._unknown(endpoint, f"unreadable {status} answer"))
+        elif 400 <= status < 500 and status not in (401, 403, 407, 429):
+            # A refusal carried by a 4xx is still a refusal when it has a code.
+            if answer is None or answer.success or answer.error_code is None:
+                self._fail(endpoint, self._client_error(endpoint, status, raw))
+        else:
+            self._fail(endpoint, self._client_error(endpoint, status, raw))
+        assert answer is not None
+        self.calls[(endpoint.name, "ok" if answer.success else "refused")] += 1
+        return answer
+
+    # ---------------------------------------------------------------- reads
+
+    async def get_lot_status(self, extcode: str) -> LotStatus:
+        endpoint = wire.GET_LOT_STATUS
+        payload = await self._read(endpoint, wire.lot_status_params(extcode))
+        return self._parse_read(endpoint, LotStatus.model_validate, payload)
+
+    async def get_updated(
+        self, updated: int, page_size: int = 200, process_code: str | None = None
+    ) -> AsyncIterator[DealPage]:
+        """Lots updated since ``updated`` (UNIX s), page by page until ``s >= Length``.
+
+        With ``process_code``, GetUpdatedProcess for that programme. Stops early on an empty
+        page (a shrinking ``Length`` must not loop forever)."""
+        if page_size < 1:
+            raise ValueError("page_size must be >= 1")
+        endpoint = wire.DEAL_GET_UPDATED if process_code is None else wire.DEAL_GET_UPDATED_PROCESS
+        start = 0
+        while True:
+            params = wire.updated_params(updated, start, page_size, process_code)
+            payload = await self._read(endpoint, params)
+            page = self._parse_read(endpoint, DealPage.model_validate, payload)
+            yield page
+            start += len(page.items)
+            if start >= page.length or not page.items:
+                return
+
+    async def get_programs(self) -> list[Program]:
+        endpoint = wire.DEAL_PROCESS_GET_ALL
+        payload = await self._read(endpoint)
+        return self._parse_read(endpoint, wire.parse_programs, payload)
+
+    # ---------------------------------------------------------------- writes
+
+    async def add_option(
+        self,
+        extcode: str,
+        third_guid: str,
+        rank: int,
+        date_option: int,
+        partner_guid: str | None = None,
+    ) -> KobanAnswer:
+        body = wire.add_body(extcode, third_guid, rank, date_option, partner_guid)
+        return await self._write(wire.OPTION_ADD, body)
+
+    async def prolong_option(self, extcode: str, rank: int, until: int) -> KobanAnswer:
+        return await self._write(wire.OPTION_PROLONG, wire.prolong_body(extcode, rank, until))
+
+    async def undo_option(self, extcode: str, rank: int) -> KobanAnswer:
+        return await self._write(wire.OPTION_UNDO, wire.undo_body(extcode, rank))
+
+    async def add_prereservation(
+        self,
+        extcode: str,
+        third_guid: str,
+        price_cents: int,
+        deposit_cents: int,
+        partner_guid: str | None = None,
+    ) -> KobanAnswer:
+        body = wire.preresv_add_body(extcode, third_guid, price_cents, deposit_cents, partner_guid)
+        return await self._write(wire.PRERESV_ADD, body)
+
+    async def desist(self, extcode: str, third_guid: str) -> KobanAnswer:
+        return await self._write(wire.PRERESV_DESIST, wire.desist_body(extcode, third_guid))
+
+    async def post_third(
+        self,
+        name: str,
+        first_name: str,
+        email: str,
+        phone: str | None = None,
+        kind: ThirdKind = "PROSPECT",
+        *,
+        mobile: str | None = None,
+        extcode: str | None = None,
+        process_code: str | None = None,
+    ) -> str:
+        """Create a third (prospect or CGP) → its Koban Guid.
+
+        A refusal raises ``KobanError`` (no code table for PostOne); a success without a
+        Guid raises ``KobanOutcomeUnknown`` (the third exists but we cannot name it)."""
+        endpoint = wire.THIRD_POST_ONE
+        body = wire.third_body(
+            name,
+            first_name,
+            email,
+            phone,
+            kind,
+            mobile=mobile,
+            extcode=extcode,
+            process_code=process_code,
+        )
+        answer = await self._write(endpoint, body)
+        if not answer.success:
+            raise KobanError(
+                f"Koban {endpoint.name}: refused {answer.error_code}: {answer.message}"
+            )
+        if answer.guid is None:
+            raise self._unknown(endpoint, "success without a Guid")
+        return answer.guid
