@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeVar, cast
@@ -47,6 +47,7 @@ class Counts:
 
     prospect: int = 0
     user: int = 0
+    extra: Any = None  # what `mutate(prefetch=...)` read at this attempt
 
 
 ChangeFn = Callable[[Lot, Counts], tuple[list[DomainEvent], T]]
@@ -217,8 +218,14 @@ class LotStore:
         holder: str | None = None,
         limits: Mapping[str, int] | None = None,
         create: Callable[[], Lot] | None = None,
+        prefetch: Callable[[], Awaitable[Any]] | None = None,
     ) -> T:
         """Read, decide, commit; on a lost race re-read and re-decide.
+
+        `prefetch` (optional) is awaited at every attempt *before* the lot is read and its
+        result handed to `change` as ``counts.extra``: data written only together with a
+        lot change (tombstones, say) read this way is consistent with the lot, because a
+        later write would bump the revision and fail this attempt's commit.
 
         Due options are expired first, in the same step (their events keep their own
         ticks), so a write always judges the lot as of `now`. `create` builds the lot when
@@ -228,11 +235,12 @@ class LotStore:
         lot_key = self.keys.lot(extcode)
         fields = [API_USER_FIELD] + ([prospect_field(holder)] if holder else [])
         for _ in range(self.max_attempts):
+            extra = await prefetch() if prefetch is not None else None
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.get(lot_key)
                 pipe.hmget(self.keys.counts, fields)
                 raw, values = await pipe.execute()
-            counts = Counts(int(values[1] or 0) if holder else 0, int(values[0] or 0))
+            counts = Counts(int(values[1] or 0) if holder else 0, int(values[0] or 0), extra)
             if raw is None:
                 if create is None:
                     raise RuleViolation(ErrorCode.LOT_UNKNOWN, f"lot {extcode} is unknown")
@@ -247,6 +255,7 @@ class LotStore:
                 counts = Counts(
                     counts.prospect - (freed[fields[1]] if holder else 0),
                     counts.user - freed[API_USER_FIELD],
+                    extra,
                 )
             more, result = change(lot, counts)
             events.extend(more)
