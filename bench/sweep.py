@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
 
+from service.redis_client import connect
 from service.store import LotStore, View, view
 from service.sweep import expire_due
 from statecharts import lot_chart
@@ -95,7 +96,7 @@ async def memory_per_lot(redis: Redis, tenant: str, holders: int) -> tuple[float
 
 
 async def run(redis_url: str) -> None:
-    redis = Redis.from_url(redis_url)
+    redis = connect(redis_url)
     print(
         f"core bench: {N_LOTS} lots, {N_DUE} due at one tick, baseline {N_BASE}; "
         "1 client process, Redis on loopback",

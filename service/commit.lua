@@ -5,22 +5,46 @@
 --       prefix "kol:{tenant}:": every key shares the tenant's hash tag, hence its cluster
 --       slot, and passing them one by one would cost more than the transition itself.
 -- ARGV: 1 mode ("all": every transition or none; "each": apply the transitions whose
---       revision still matches, skip the others), 2 history cap, 3 key prefix,
---       4 msgpack array of transitions, each an array:
---   {expected_rev, new_value, extcode, lot_score ("" = leave),
---    {member...}                 expiry index removals
---    {score, member, ...}        expiry index additions
---    {field, delta, limit, ...}  count deltas (limit 0 = unchecked)
---    {member, score, ...}        tombstones of ended options
---    {member...}                 pending-intent index removals
---    {score, member, ...}        pending-intent index additions
---    {cloudevent...}             appended to the stream
---    {history entry...}}         appended to the lot's history (one line each)
+--       revision still matches, skip the others), 2 history cap, 3 key prefix, then per
+--       transition, flat:
+--   expected_rev, new_value, extcode, lot_score ("" = leave),
+--   n, member...                 expiry index removals
+--   n, (score, member)...        expiry index additions
+--   n, (field, delta, limit)...  count deltas (limit 0 = unchecked)
+--   n, (member, score)...        tombstones of ended options
+--   n, member...                 pending-intent index removals
+--   n, (score, member)...        pending-intent index additions
+--   n, cloudevent...             appended to the stream
+--   n, history entry...          appended to the lot's history (one line each)
+--   (n counts items, not arguments)
 -- Returns: mode "all": {"ok"} | {"rev", t} | {"limit", field};
 --          mode "each": a list with 1 (applied) or 0 (revision moved) per transition.
 
 local mode, cap, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local trs = cmsgpack.unpack(ARGV[4])
+
+-- Decode the flat arguments into one table per transition; sections are slices of ARGV.
+local trs = {}
+local pos = 4
+local function section(width)
+  local count = tonumber(ARGV[pos])
+  local out = {}
+  for i = pos + 1, pos + count * width do out[#out + 1] = ARGV[i] end
+  pos = pos + 1 + count * width
+  return out
+end
+while pos <= #ARGV do
+  local tr = {tonumber(ARGV[pos]), ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3]}
+  pos = pos + 4
+  tr[5] = section(1)
+  tr[6] = section(2)
+  tr[7] = section(3)
+  tr[8] = section(2)
+  tr[9] = section(1)
+  tr[10] = section(2)
+  tr[11] = section(1)
+  tr[12] = section(1)
+  trs[#trs + 1] = tr
+end
 
 local function trim_history(h)
   if #h <= cap * 48 then return h end  -- no entry is shorter than 48 bytes

@@ -55,6 +55,11 @@ class TenantKeys:
         """The tenant's event stream (one CloudEvents JSON per entry, field ``ce``)."""
         return f"{self.prefix}events"
 
+    @property
+    def needs_sync(self) -> str:
+        """Set of extcodes the reconciler re-reads from Koban (drift seen, opaque options)."""
+        return f"{self.prefix}needsync"
+
     def sweep_lease(self, tick: int) -> str:
         return f"{self.prefix}lease:{tick}"
 

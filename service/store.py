@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeVar, cast
 
-import msgpack
 from redis.asyncio import Redis
 
 from service.codec import decode_lot, encode_lot
@@ -30,6 +29,20 @@ T = TypeVar("T")
 
 LUA_COMMIT = resources.files("service").joinpath("commit.lua").read_text()
 LUA_DUE = resources.files("service").joinpath("due.lua").read_text()
+
+
+_WIDTHS = (1, 2, 3, 2, 1, 2, 1, 1)
+
+
+def flatten(mode: str, cap: int, prefix: str, transitions: Sequence[list[Any]]) -> list[Any]:
+    """``commit.lua``'s flat arguments: each section of a transition prefixed by its count."""
+    args: list[Any] = [mode, cap, prefix]
+    for t in transitions:
+        args.extend(t[:4])
+        for part, width in zip(t[4:], _WIDTHS, strict=True):
+            args.append(len(part) // width)
+            args.extend(part)
+    return args
 
 
 def new_id() -> str:
@@ -137,6 +150,14 @@ class LotStore:
 
     # --- the one write path -----------------------------------------------------------------
 
+    def event(self, extcode: str, event: DomainEvent, sequence: int, version: int) -> bytes:
+        """The stream's CloudEvent for one of this tenant's events."""
+        return cloud_event(self.tenant, extcode, event, sequence, version)
+
+    @staticmethod
+    def history_line(event: DomainEvent, sequence: int, version: int) -> bytes:
+        return history_entry(event, sequence, version)
+
     def transition(
         self,
         before: View,
@@ -159,10 +180,8 @@ class LotStore:
             new.modified_at = now
             for event in events:
                 new.sequence += 1
-                stream.append(
-                    cloud_event(self.tenant, new.extcode, event, new.sequence, new.version)
-                )
-                history.append(history_entry(event, new.sequence, new.version))
+                stream.append(self.event(new.extcode, event, new.sequence, new.version))
+                history.append(self.history_line(event, new.sequence, new.version))
         code = new.extcode
         deltas = after.counts.copy()
         deltas.subtract(before.counts)
@@ -196,12 +215,7 @@ class LotStore:
         k = self.keys
         return await self._commit(
             keys=[k.counts, k.expiries, k.lots, k.tombstones, k.intents, k.events],
-            args=[
-                mode,
-                self.history_cap,
-                k.prefix,
-                msgpack.packb(transitions, use_bin_type=False),
-            ],
+            args=flatten(mode, self.history_cap, k.prefix, transitions),
         )
 
     async def fetch_due(self, tick: int, limit: int) -> list[tuple[str, bytes | None]]:

@@ -11,7 +11,7 @@ throw it away when the atomic write loses a race.
 
 from __future__ import annotations
 
-from statecharts.decide import decide
+from statecharts.decide import decide as decide  # re-exported: the benchmark swaps engines here
 from statecharts.errors import ErrorCode, RuleViolation
 from statecharts.model import (
     STATUS_OF_CONFIG,
@@ -110,8 +110,10 @@ def expire_due(lot: Lot, now: int, rules: Rules, actor: Actor = "sweep") -> list
         if tick is None or tick > now:
             return events
         due = [o for o in lot.options if o.expiry is not None and o.expiry <= tick]
-        first, second = lot.option_at(1), lot.option_at(2)
-        facts = {"rank1_due": first in due, "rank2_due": second in due}
+        # The chart's "rank 1" / "rank 2" are the first and second option held: a rank 2
+        # option waiting behind a pending rank 1 intent is the lot's first option.
+        held = sorted(lot.options, key=lambda o: o.rank)
+        facts = {"rank1_due": held[0] in due, "rank2_due": len(held) > 1 and held[1] in due}
         target = decide(lot.config, "expire", facts)
         for o in sorted(due, key=lambda o: o.rank):
             lot.options.remove(o)

@@ -21,6 +21,7 @@ import redis as redis_sync
 from redis.asyncio import Redis
 
 from service.keys import TenantKeys
+from service.redis_client import connect
 from service.store import LotStore
 from statecharts.model import Rules
 from statecharts.ticks import parse_duration
@@ -86,7 +87,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
+    client = connect(redis_url)
     yield client
     await client.aclose()
 

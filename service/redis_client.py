@@ -1,0 +1,35 @@
+"""The one way the service connects to Redis.
+
+redis-py's asyncio connection packs commands in pure Python (~7 µs for a five-argument
+XADD); hiredis packs the same in ~0.7 µs. The sweep sends tens of thousands of arguments
+per tick, so every client made here packs with hiredis (exactly as redis-py's own sync
+`HiredisRespSerializer` does).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hiredis
+from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
+from redis.exceptions import DataError
+
+
+class HiredisPackConnection(Connection):
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str):
+            args = tuple(args[0].encode().split()) + args[1:]
+        elif b" " in args[0]:
+            args = tuple(args[0].split()) + args[1:]
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError as e:
+            raise DataError(f"invalid argument in {args[0]!r}: {e}") from e
+
+
+def connect(url: str, **kwargs: Any) -> Redis:
+    """A client for `url`; plain TCP connections pack with hiredis (TLS keeps its own)."""
+    if url.startswith("redis://") and "connection_class" not in kwargs:
+        kwargs["connection_class"] = HiredisPackConnection
+    return Redis.from_url(url, **kwargs)
