@@ -1,0 +1,138 @@
+"""The form bodies Koban posts to the webhooks, as pydantic models.
+
+Field aliases are Koban's own parameter names (docs/koban-wire.md); every other field of a
+form is ignored. Koban's forms may carry empty fields rather than omit them, so an empty
+value counts as absent: an optional field becomes None, a required one is missing.
+
+- Identifiers (`Deal_Extcode`, `Third_Guid`, ...) are stripped; at most 200 characters,
+  no control characters.
+- `Rank` is a hint (1 or 2) and optional; anything else is malformed.
+- Instants (`ExpDate`, `PrgDate`) are UNIX timestamps, in seconds or milliseconds (above
+  1e11, see `statecharts.ticks.parse_instant`), as digits with an optional fraction. A
+  fraction of a second is rounded up, as `ceil_tick` does. ISO strings, negative or
+  out-of-range values are malformed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from statecharts.ticks import parse_instant
+
+__all__ = [
+    "OptionCancelledForm",
+    "OptionExpiredForm",
+    "OptionPlacedForm",
+    "OptionProlongedForm",
+    "ReservationValidatedForm",
+    "ReservationWithdrawnForm",
+    "WebhookForm",
+]
+
+MAX_IDENTIFIER = 200
+# 9999-12-31T23:59:59Z: later instants cannot be written as ISO-8601 in events.
+_MAX_INSTANT = 253402300799
+_DIGITS = re.compile(r"\d+(?:\.\d+)?")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_RANKS = {"1": 1, "2": 2}
+
+
+def _blank_to_none(value: object) -> object:
+    if isinstance(value, str):
+        value = value.strip()
+        return value or None
+    return value
+
+
+def _identifier(value: object) -> object:
+    value = _blank_to_none(value)
+    if isinstance(value, str):
+        if len(value) > MAX_IDENTIFIER:
+            raise ValueError(f"longer than {MAX_IDENTIFIER} characters")
+        if _CONTROL.search(value):
+            raise ValueError("contains control characters")
+    return value
+
+
+def _rank(value: object) -> object:
+    value = _blank_to_none(value)
+    if value is None:
+        return None
+    if isinstance(value, str) and value in _RANKS:
+        return _RANKS[value]
+    raise ValueError("must be 1 or 2")
+
+
+def _instant(value: object) -> object:
+    value = _blank_to_none(value)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _DIGITS.fullmatch(value):
+        raise ValueError("must be a UNIX timestamp (seconds or milliseconds)")
+    seconds = math.ceil(parse_instant(value))
+    if not 0 < seconds <= _MAX_INSTANT:
+        raise ValueError("timestamp out of range")
+    return seconds
+
+
+Identifier = Annotated[str, BeforeValidator(_identifier)]
+OptionalIdentifier = Annotated[str | None, BeforeValidator(_identifier)]
+RankHint = Annotated[int | None, BeforeValidator(_rank)]
+Instant = Annotated[int, BeforeValidator(_instant)]
+OptionalInstant = Annotated[int | None, BeforeValidator(_instant)]
+
+
+class WebhookForm(BaseModel):
+    """What every webhook names: the lot (its extcode, and Koban's guid when given)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, validate_by_name=False)
+
+    extcode: Identifier = Field(alias="Deal_Extcode")
+    lot_guid: OptionalIdentifier = Field(default=None, alias="Deal_Guid")
+
+
+class _ThirdForm(WebhookForm):
+    third_guid: Identifier = Field(alias="Third_Guid")
+    third_extcode: OptionalIdentifier = Field(default=None, alias="Third_Extcode")
+
+
+class OptionPlacedForm(_ThirdForm):
+    """Koban's "Après la pose d'option"."""
+
+    rank: RankHint = Field(default=None, alias="Rank")
+    exp_date: Instant = Field(alias="ExpDate")
+
+
+class OptionCancelledForm(_ThirdForm):
+    """Koban's "Après une annulation d'option"."""
+
+    rank: RankHint = Field(default=None, alias="Rank")
+
+
+class OptionProlongedForm(_ThirdForm):
+    """Koban's "Après une prolongation d'option": `PrgDate` is the new deadline."""
+
+    rank: RankHint = Field(default=None, alias="Rank")
+    exp_date: OptionalInstant = Field(default=None, alias="ExpDate")
+    prg_date: Instant = Field(alias="PrgDate")
+
+
+class OptionExpiredForm(_ThirdForm):
+    """Koban's "Expiration d'option" (no rank, no date)."""
+
+
+class ReservationValidatedForm(WebhookForm):
+    """Koban's "Validation d'un dossier de réservation": the lot is `Lot_Code` / `DealId`."""
+
+    extcode: Identifier = Field(alias="Lot_Code")
+    lot_guid: OptionalIdentifier = Field(default=None, alias="DealId")
+    third_guid: OptionalIdentifier = Field(default=None, alias="ThirdId")
+    prereservation_guid: OptionalIdentifier = Field(default=None, alias="_id")
+
+
+class ReservationWithdrawnForm(WebhookForm):
+    """Koban's "Désistement d'un dossier de réservation" (names no third)."""
