@@ -3,8 +3,13 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+.DEFAULT_GOAL := test
 
 .PHONY: install test lint typecheck bench diagrams run compile-charts clean
+
+# The Koban sandbox with its demo stock; the API and the scheduler join it with their issues.
+run: $(STAMP)
+	$(BIN)/koban-options sandbox
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

@@ -43,6 +43,11 @@ def iso(ts: int) -> str:
     return to_iso(ts)
 
 
+@lru_cache(maxsize=1024)
+def source(tenant: str) -> str:
+    return f"koban-options/{tenant}"
+
+
 def event_id(extcode: str, sequence: int) -> str:
     """Deterministic and unique within the tenant's source: the lot and its event counter."""
     return f"{extcode}-{sequence:012d}"
@@ -58,7 +63,7 @@ def _envelope(
     return {
         "specversion": "1.0",
         "id": event_id(extcode, sequence),
-        "source": f"koban-options/{tenant}",
+        "source": source(tenant),
         "type": TYPE_PREFIX + type_,
         "subject": extcode,
         "time": iso(time),
@@ -81,7 +86,8 @@ def cloud_event(
 
 
 def history_entry(event: DomainEvent, sequence: int, lot_version: int) -> bytes:
-    data = {_SHORT.get(k, k): v for k, v in event.data.items()}
+    short = _SHORT.get
+    data = {short(k, k): v for k, v in event.data.items()}
     return orjson.dumps([sequence, lot_version, event.type, event.time, data])
 
 

@@ -60,12 +60,10 @@ class TenantKeys:
         """Set of extcodes the reconciler re-reads from Koban (drift seen, opaque options)."""
         return f"{self.prefix}needsync"
 
-    def sweep_lease(self, tick: int) -> str:
-        return f"{self.prefix}lease:{tick}"
-
     @property
-    def last_tick(self) -> str:
-        return f"{self.prefix}lasttick"
+    def last_sync(self) -> str:
+        """Start time (UNIX seconds) of the last successful stock sync."""
+        return f"{self.prefix}lastsync"
 
 
 def prospect_field(holder: str) -> str:

@@ -94,6 +94,9 @@ def _option_data(o: list[Any], actor: str) -> dict[str, object]:
     }
 
 
+_FAST_CONFIGS = frozenset({"one_option", "two_options", "prereserved"})
+
+
 def fast_expiry(
     store: LotStore, code: str, raw: bytes, tick: int
 ) -> tuple[list[Any], list[DomainEvent]] | None:
@@ -101,53 +104,63 @@ def fast_expiry(
 
     Returns None when the lot is not of such a shape (pending intents, a custom status,
     due options on several ticks, a promotion restarting the clock...): the generic path
-    decides those. The chart decides here as everywhere (`decide`).
+    decides those. The chart decides here as everywhere (`decide`). This is the hot loop of
+    a tick (100 000 lots): written for speed, proved equal to the generic path by tests.
     """
     bar = raw.index(b"|")
     d = orjson.loads(raw[bar + 1 :])
     config = d["c"]
-    if "i" in d or "s" in d or config not in ("one_option", "two_options", "prereserved"):
+    if "i" in d or "s" in d or config not in _FAST_CONFIGS:
         return None
     options = d.get("o")
-    if not options:
+    if not options or len(options) > 2:
         return None
-    due = [o for o in options if o[6] is not None and o[6] <= tick]
-    if not due:
+    first = options[0]
+    second = options[1] if len(options) == 2 else None
+    if second is not None and second[1] < first[1]:
+        first, second = second, first
+    e1 = first[6]
+    due1 = e1 is not None and e1 <= tick
+    e2 = second[6] if second is not None else None
+    due2 = e2 is not None and e2 <= tick
+    if due1 and due2:
+        if e1 != e2:
+            return None  # several ticks to replay: the generic path does it in order
+        due, rest, at = [first, second], None, e1
+    elif due1:
+        due, rest, at = [first], second, e1
+    elif due2:
+        due, rest, at = [second], first, e2
+    else:
         return None
-    at = due[0][6]
-    if any(o[6] != at for o in due):
-        return None
-    rest = [o for o in options if o not in due]
-    held = sorted(options, key=lambda o: o[1])
-    facts = {"rank1_due": held[0] in due, "rank2_due": len(held) > 1 and held[1] in due}
-    target = tr.decide(config, "expire", facts)
-    due.sort(key=lambda o: o[1])
+    target = tr.decide(config, "expire", {"rank1_due": due1, "rank2_due": due2})
     events = [DomainEvent("option.expired", at, _option_data(o, "sweep")) for o in due]
-    if rest and rest[0][1] == 2:
+    if rest is not None and rest[1] == 2:
         if store.rules.rank2_clock != "own":
             return None
         tr.decide(target, "promote")
-        rest[0][1] = 1
-        events.append(DomainEvent("option.promoted", at, _option_data(rest[0], "sweep")))
-    rev, version, sequence = int(raw[:bar]), d["v"], d["q"]
+        rest[1] = 1
+        events.append(DomainEvent("option.promoted", at, _option_data(rest, "sweep")))
+    rev, version, sequence = int(raw[:bar]), d["v"] + 1, d["q"]
     d["c"] = target
-    if rest:
-        d["o"] = rest
+    if rest is not None:
+        d["o"] = [rest]
     else:
         del d["o"]
-    d["v"] = version + 1
+    d["v"] = version
     d["q"] = sequence + len(events)
     d["m"] = tick
-    counts: Counter[str] = Counter()
+    counts: list[Any] = []
+    tombs: list[Any] = []
     for o in due:
         if o[2] is not None:
-            counts[prospect_field(o[2])] -= 1
-        if o[10]:
-            counts[API_USER_FIELD] -= 1
-    stream, history = [], []
-    for i, event in enumerate(events, start=sequence + 1):
-        stream.append(store.event(code, event, i, version + 1))
-        history.append(store.history_line(event, i, version + 1))
+            counts += (prospect_field(o[2]), -1, 0)
+            tombs += (f"{code}|{o[2]}|{o[5]}|{o[0]}", tick)
+    via_api = sum(1 for o in due if o[10])
+    if via_api:
+        counts += (API_USER_FIELD, -via_api, 0)
+    stream = [store.event(code, e, sequence + i, version) for i, e in enumerate(events, 1)]
+    history = [store.history_line(e, sequence + i, version) for i, e in enumerate(events, 1)]
     transition = [
         rev,
         b"%d|" % (rev + 1) + orjson.dumps(d),
@@ -155,8 +168,8 @@ def fast_expiry(
         tick,
         [f"{code}/{o[0]}" for o in due],
         [],
-        [x for f, n in counts.items() for x in (f, n, 0)],
-        [x for o in due if o[2] is not None for x in (f"{code}|{o[2]}|{o[5]}|{o[0]}", tick)],
+        counts,
+        tombs,
         [],
         [],
         stream,

@@ -61,7 +61,7 @@ _TARGET_OF_STATUS: dict[str, str] = {
 
 def last_sync_key(tenant: Tenant) -> str:
     """String: start time (UNIX s) of the last successful stock sync."""
-    return f"{tenant.store.keys.prefix}lastsync"
+    return tenant.store.keys.last_sync
 
 
 def drift_event(now: int, actor: Actor, reason: str, **data: object) -> DomainEvent:

@@ -122,7 +122,7 @@ class Rules:
     max_prolongation: IsoDuration | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DomainEvent:
     """A change to publish; the store gives it an id, sequence and lot version."""
 
