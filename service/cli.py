@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -106,10 +107,15 @@ async def _sandbox(host: str, port: int) -> int:
     await web.TCPSite(runner, host, port).start()
     print(f"Koban sandbox on http://{host}:{port}/api/v1 ({len(state.lots)} demo lots)")
     print(f"X-ncApi: {DEV_KOBAN_API_KEY}   X-ncUser: {DEV_KOBAN_USER_KEY}  (dev keys)")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
         await runner.cleanup()
+    print("Koban sandbox stopped")
     return 0
 
 

@@ -28,7 +28,6 @@ from statecharts.model import DomainEvent, Intent, Lot, Option, Rules
 T = TypeVar("T")
 
 LUA_COMMIT = resources.files("service").joinpath("commit.lua").read_text()
-LUA_DUE = resources.files("service").joinpath("due.lua").read_text()
 
 
 _WIDTHS = (1, 2, 3, 2, 1, 2, 1, 1)
@@ -118,7 +117,6 @@ class LotStore:
         self.history_cap = history_cap
         self.max_attempts = max_attempts
         self._commit = redis.register_script(LUA_COMMIT)
-        self._due = redis.register_script(LUA_DUE)
 
     # --- reads ------------------------------------------------------------------------
 
@@ -217,11 +215,6 @@ class LotStore:
             keys=[k.counts, k.expiries, k.lots, k.tombstones, k.intents, k.events],
             args=flatten(mode, self.history_cap, k.prefix, transitions),
         )
-
-    async def fetch_due(self, tick: int, limit: int) -> list[tuple[str, bytes | None]]:
-        """Lots with options due at or before `tick` (at most `limit` index entries)."""
-        flat = await self._due(keys=[self.keys.expiries], args=[tick, limit, self.keys.prefix])
-        return [(flat[i].decode(), flat[i + 1]) for i in range(0, len(flat), 2)]
 
     async def mutate(
         self,
