@@ -243,19 +243,34 @@ def _queue(pipe: Any, store: LotStore, transitions: list[list[Any]], histories: 
         pipe.mset(hist)
 
 
-async def _chunk(
-    store: LotStore, codes: list[str], tick: int, report: SweepReport
-) -> tuple[Any, list[list[DomainEvent]]] | None:
-    """WATCH, read, decide and queue one chunk; returns the pending EXEC and its events."""
+@dataclass(slots=True)
+class _Chunk:
+    """One chunk's lots and histories, read under WATCH (the pipe holds the WATCH)."""
+
+    pipe: Any
+    codes: list[str]
+    raws: list[bytes | None]
+    histories: list[bytes | None]
+
+
+async def _read(store: LotStore, codes: list[str]) -> _Chunk:
     redis: Redis = store.redis
     pipe: Any = redis.pipeline(transaction=True)
     lot_keys = [store.keys.lot(c) for c in codes]
     await pipe.watch(*lot_keys)
     raws = cast(list[bytes | None], await pipe.mget(lot_keys))
+    # A history changes only together with its lot, which is watched.
+    histories = cast(list[bytes | None], await pipe.mget([store.keys.history(c) for c in codes]))
+    return _Chunk(pipe, codes, raws, histories)
+
+
+async def _decide(
+    store: LotStore, chunk: _Chunk, tick: int, report: SweepReport
+) -> tuple[list[list[Any]], list[bytes | None], list[list[DomainEvent]]]:
     transitions: list[list[Any]] = []
+    histories: list[bytes | None] = []
     decided: list[list[DomainEvent]] = []
-    needs_history: list[str] = []
-    for code, raw in zip(codes, raws, strict=True):
+    for code, raw, history in zip(chunk.codes, chunk.raws, chunk.histories, strict=True):
         if raw is None:
             await _repair(store, code, None)
             report.repaired += 1
@@ -272,15 +287,9 @@ async def _chunk(
             report.repaired += 1
             continue
         transitions.append(result[0])
+        histories.append(history)
         decided.append(result[1])
-        needs_history.append(store.keys.history(result[0][2]))
-    if not transitions:
-        await pipe.reset()
-        return None
-    histories = await pipe.mget(needs_history)
-    pipe.multi()
-    _queue(pipe, store, transitions, histories)
-    return asyncio.ensure_future(_exec(pipe)), decided
+    return transitions, histories, decided
 
 
 async def _exec(pipe: Any) -> bool:
@@ -307,24 +316,37 @@ async def expire_due(
         if not members:
             return report
         codes = list(dict.fromkeys(m.rsplit(b"/", 1)[0].decode() for m in members))
+        chunks = [codes[i : i + batch] for i in range(0, len(codes), batch)]
         inflight: tuple[Any, list[list[DomainEvent]]] | None = None
+        upcoming: _Chunk | None = await _read(store, chunks[0])
         try:
-            for start in range(0, len(codes), batch):
-                queued = await _chunk(store, codes[start : start + batch], tick, report)
-                previous, inflight = inflight, queued
+            for i in range(len(chunks)):
+                current, upcoming = upcoming, None
+                assert current is not None
+                # Decided here while Redis runs the previous chunk's EXEC.
+                transitions, histories, decided = await _decide(store, current, tick, report)
+                if i + 1 < len(chunks):  # read the next chunk before queueing this EXEC
+                    upcoming = await _read(store, chunks[i + 1])
+                previous, inflight = inflight, None
+                if transitions:
+                    current.pipe.multi()
+                    _queue(current.pipe, store, transitions, histories)
+                    inflight = asyncio.ensure_future(_exec(current.pipe)), decided
+                    report.batches += 1
+                    for _ in range(3):  # let the EXEC reach the socket
+                        await asyncio.sleep(0)
+                else:
+                    await current.pipe.reset()
                 if previous is not None:
                     await _settle(previous, report)
-                if queued is not None:
-                    report.batches += 1
-                    # Let the EXEC reach the socket before deciding the next chunk.
-                    for _ in range(3):
-                        await asyncio.sleep(0)
             if inflight is not None:
                 done, inflight = inflight, None
                 await _settle(done, report)
         finally:
             if inflight is not None:  # failing: the last EXEC lands whole or not at all
                 await asyncio.gather(inflight[0], return_exceptions=True)
+            if upcoming is not None:
+                await upcoming.pipe.reset()
 
 
 async def _settle(inflight: tuple[Any, list[list[DomainEvent]]], report: SweepReport) -> None:
