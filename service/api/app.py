@@ -1,0 +1,112 @@
+"""Composition of the API app: tenants, tokens, Koban clients, middlewares and routes.
+
+``build_api_app(settings_or_tenants, redis, ...)`` returns an aiohttp application serving
+
+* the internal API under ``/v1/tenants/{t}/…`` (routes_lots, routes_options);
+* Koban's webhooks under ``/koban/{t}/…`` (service.webhooks), unless ``webhooks=False``;
+* ``GET /healthz`` (no token).
+
+Middlewares, outermost first: the request id + access log line (service.api.logging),
+then the error envelope (service.api.errors). The Koban HTTP session is created in the
+app's ``cleanup_ctx`` (so it lives on the serving event loop and is closed on shutdown),
+with one `KobanClient` and one `OptionFlows` per tenant that has Koban credentials
+(``koban_factory`` makes them; the default builds them from the tenant's settings).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from redis.asyncio import Redis
+
+from service.api.auth import TokenIndex
+from service.api.context import (
+    FLOWS_KEY,
+    KOBAN_SETTINGS_KEY,
+    TENANTS_KEY,
+    TOKENS_KEY,
+    FlowSettings,
+    KobanFactory,
+    KobanPool,
+)
+from service.api.errors import error_middleware, json_response
+from service.api.logging import request_id_middleware, stamp_request_id
+from service.api.models import MAX_BODY
+from service.api.routes_lots import routes as lot_routes
+from service.api.routes_options import routes as option_routes
+from service.clock import Clock
+from service.config import Settings
+from service.koban import KobanClient
+from service.tenancy import Tenant, Tenants, build_tenants
+from service.webhooks import add_webhook_routes
+
+__all__ = ["REDIS_KEY", "build_api_app", "koban_from_settings"]
+
+REDIS_KEY = web.AppKey("api_redis", Redis)
+
+
+def koban_from_settings(tenant: Tenant, session: aiohttp.ClientSession) -> KobanClient | None:
+    """The tenant's Koban client from its settings; None without credentials."""
+    s = tenant.settings
+    if s.koban_api_key is None or s.koban_user_key is None:
+        return None
+    return KobanClient(
+        session,
+        s.koban_base_url,
+        s.koban_api_key.get_secret_value(),
+        s.koban_user_key.get_secret_value(),
+        rate_per_s=s.koban_rate_limit_per_s,
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+def build_api_app(
+    source: Settings | Tenants,
+    redis: Redis,
+    *,
+    koban_factory: KobanFactory | None = None,
+    clock: Clock | None = None,
+    flow_settings: FlowSettings | None = None,
+    webhooks: bool = True,
+) -> web.Application:
+    """The API app for `source` (a configuration, or tenants already built on `redis`).
+
+    `clock` is the base clock when tenants are built here (sandbox tenants get a test
+    clock on top of it)."""
+    tenants = source if isinstance(source, Tenants) else build_tenants(source, redis, clock)
+    factory = koban_factory or koban_from_settings
+    app = web.Application(
+        middlewares=[request_id_middleware, error_middleware], client_max_size=MAX_BODY
+    )
+    app[TENANTS_KEY] = tenants
+    app[TOKENS_KEY] = TokenIndex(tenants)
+    app[REDIS_KEY] = redis
+    app[KOBAN_SETTINGS_KEY] = flow_settings or FlowSettings()
+    app[FLOWS_KEY] = KobanPool()
+
+    async def koban_clients(app: web.Application) -> AsyncIterator[None]:
+        pool = app[FLOWS_KEY]
+        async with aiohttp.ClientSession() as session:
+            for tenant in tenants.values():
+                client = factory(tenant, session)
+                if client is not None:
+                    pool.add(tenant, client, app[KOBAN_SETTINGS_KEY])
+            try:
+                yield
+            finally:
+                pool.clients.clear()
+                pool.flows.clear()
+
+    app.cleanup_ctx.append(koban_clients)
+    app.on_response_prepare.append(stamp_request_id)
+    app.router.add_get("/healthz", healthz)
+    app.add_routes(lot_routes)
+    app.add_routes(option_routes)
+    if webhooks:
+        add_webhook_routes(app, tenants)
+    return app

@@ -1,0 +1,111 @@
+"""Structured logs (structlog) and the request id every line and response carries.
+
+``configure_logging`` sets structlog up once per process: JSON lines by default, a
+console renderer for a person. Every request gets an id — the caller's ``X-Request-ID``
+when it is a sane token, else a fresh one — bound into structlog's context variables for
+the whole request (every log line of the request carries ``request_id``), stored on the
+request, and echoed on every response (errors, 404s and streamed responses included,
+through ``on_response_prepare``). One ``http_request`` line per request, with the query's
+``token`` redacted.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+import uuid
+from typing import Literal
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from service.webhooks import redact_token
+
+__all__ = [
+    "REQUEST_ID",
+    "REQUEST_ID_HEADER",
+    "configure_logging",
+    "request_id_middleware",
+    "request_id_of",
+    "stamp_request_id",
+]
+
+REQUEST_ID_HEADER = "X-Request-ID"
+REQUEST_ID = web.RequestKey("request_id", str)
+# A caller's id is kept only when it is short and harmless in logs and headers.
+_ACCEPTED_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+
+log = structlog.get_logger("service.api")
+
+
+def configure_logging(
+    fmt: Literal["json", "console"] = "json",
+    level: Literal["debug", "info", "warning", "error"] = "info",
+) -> None:
+    """Process-wide structlog set-up: context variables merged into every line."""
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    return given if _ACCEPTED_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+def request_id_of(request: web.Request) -> str:
+    """The request's id (assigned on first use, so even early failures have one)."""
+    rid = request.get(REQUEST_ID)
+    if rid is None:
+        rid = _request_id(request)
+        request[REQUEST_ID] = rid
+    return rid
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost middleware: the id in the log context, one access line per request."""
+    rid = request_id_of(request)
+    started = time.perf_counter()
+    status = 500
+    with structlog.contextvars.bound_contextvars(request_id=rid):
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            log.info(
+                "http_request",
+                method=request.method,
+                path=redact_token(request.path_qs),
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+
+
+async def stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: every response, streamed or not, carries the id."""
+    response.headers[REQUEST_ID_HEADER] = request_id_of(request)
