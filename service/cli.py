@@ -1,6 +1,8 @@
 """`koban-options`: the operator's command line (SPEC §1).
 
 Only commands that work are listed; `api`, `scheduler` and `run` arrive with their issues.
+Exit codes: 0 done, 1 not found (lot, intent), 2 bad configuration or usage, 3 Koban or
+Redis unavailable (or Koban answered an error).
 """
 
 from __future__ import annotations
@@ -10,15 +12,23 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
+from redis.exceptions import RedisError
 
 from service import diagram
 from service.config import ConfigError, Settings, load_settings
+from service.intents import list_pending, resolve_one
+from service.koban import KobanError, KobanUnavailable
+from service.koban_session import KobanConfigError, koban_session, missing_keys
 from service.redis_client import connect
-from service.tenancy import build_tenants
+from service.sync import SyncReport, sync_stock
+from service.tenancy import Tenant, build_tenants
+from statecharts.errors import RuleViolation
 from statecharts.ticks import next_tick, to_iso
 
 DEV_KOBAN_API_KEY = "sandbox-api-key"
@@ -119,6 +129,186 @@ async def _sandbox(host: str, port: int) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- sync
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    """`progress(done, total)` for `sync_stock`: a rich bar on a terminal, else a plain
+    line at every tenth of the run (and at its end)."""
+    if sys.stdout.isatty():
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        columns = (
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("lots"),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns) as bar:
+            task = bar.add_task(f"sync {label}", total=None)
+
+            def update(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            yield update
+        return
+
+    def line(done: int, total: int) -> None:
+        step = max(1, total // 10)
+        if done == total or done % step == 0:
+            print(f"sync {label}: {done}/{total} lots", flush=True)
+
+    yield line
+
+
+def _summary(name: str, report: SyncReport, seconds: float) -> str:
+    since = "the beginning" if report.since == 0 else to_iso(report.since)
+    return (
+        f"{name}: imported {report.imported}, changed {report.changed}, "
+        f"unchanged {report.unchanged}, deferred {report.deferred}, drift {report.drift}; "
+        f"{report.seen} lots in {report.pages} pages since {since}"
+        f"{' (full)' if report.full else ''} in {seconds:.1f} s"
+    )
+
+
+async def _sync_tenant(tenant: Tenant, full: bool) -> int:
+    url = tenant.settings.koban_base_url
+    started = time.monotonic()
+    try:
+        async with koban_session(tenant) as koban:
+            with _progress(tenant.name) as progress:
+                report = await sync_stock(
+                    tenant, koban, tenant.clock.now(), full=full, progress=progress
+                )
+    except KobanUnavailable as exc:
+        print(
+            f"koban-options: Koban unavailable for {tenant.name} at {url}: {exc}", file=sys.stderr
+        )
+        return 3
+    except KobanError as exc:
+        print(f"koban-options: Koban error for {tenant.name} at {url}: {exc}", file=sys.stderr)
+        return 3
+    print(_summary(tenant.name, report, time.monotonic() - started), flush=True)
+    return 0
+
+
+async def _sync(tenant_name: str | None, full: bool) -> int:
+    settings = _settings()
+    if tenant_name is not None and tenant_name not in settings.tenants:
+        print(f"unknown tenant {tenant_name!r}", file=sys.stderr)
+        return 2
+    names = [tenant_name] if tenant_name is not None else sorted(settings.tenants)
+    if not names:
+        print("koban-options: no tenant configured", file=sys.stderr)
+        return 2
+    problems = [p for name in names for p in missing_keys(name, settings.tenants[name])]
+    if problems:
+        print("koban-options: bad configuration\n" + "\n".join(problems), file=sys.stderr)
+        return 2
+    url = _redis_url(settings)
+    redis = connect(url)
+    try:
+        tenants = build_tenants(settings, redis)
+        for name in names:
+            code = await _sync_tenant(tenants[name], full)
+            if code:
+                return code
+        return 0
+    except (RedisError, OSError) as exc:
+        print(f"koban-options: Redis unavailable at {url}: {exc}", file=sys.stderr)
+        return 3
+    finally:
+        await redis.aclose()
+
+
+# --------------------------------------------------------------------------- intents
+
+
+def _age(seconds: int) -> str:
+    seconds = max(0, seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+async def _list_intents(tenant: Tenant) -> int:
+    now = tenant.clock.now()
+    pending = await list_pending(tenant)
+    if not pending:
+        print(f"{tenant.name}: no pending intents")
+        return 0
+    print(f"{'intent':<14} {'lot':<16} {'rank':>4}  {'third':<26} {'age':>7}  created")
+    for p in pending:
+        print(
+            f"{p.intent_id:<14} {p.extcode:<16} {p.rank:>4}  {p.third:<26} "
+            f"{_age(now - p.created_at):>7}  {to_iso(p.created_at)}"
+        )
+    print(f"{len(pending)} pending; resolve one: koban-options intents {tenant.name} --resolve=ID")
+    return 0
+
+
+async def _resolve_intent(tenant: Tenant, intent_id: str) -> int:
+    problems = missing_keys(tenant.name, tenant.settings)
+    if problems:
+        print("koban-options: bad configuration\n" + "\n".join(problems), file=sys.stderr)
+        return 2
+    url = tenant.settings.koban_base_url
+    try:
+        async with koban_session(tenant) as koban:
+            res = await resolve_one(tenant, koban, None, intent_id, tenant.clock.now())
+    except RuleViolation:
+        print(f"no pending intent {intent_id} in tenant {tenant.name}", file=sys.stderr)
+        return 1
+    except KobanUnavailable as exc:
+        print(
+            f"koban-options: Koban unavailable for {tenant.name} at {url}: {exc}", file=sys.stderr
+        )
+        return 3
+    except (KobanError, KobanConfigError) as exc:
+        print(f"koban-options: Koban error for {tenant.name} at {url}: {exc}", file=sys.stderr)
+        return 3
+    print(f"intent {res.intent_id} on {res.extcode} (rank {res.rank}, {res.third}): {res.outcome}")
+    option = res.option
+    if option is not None:
+        expiry = to_iso(option.expiry) if option.expiry is not None else "unknown"
+        print(f"  option {option.id}: rank {option.rank}, expires {expiry} [{option.source}]")
+    return 0
+
+
+async def _intents(tenant_name: str, resolve: str | None) -> int:
+    settings = _settings()
+    if tenant_name not in settings.tenants:
+        print(f"unknown tenant {tenant_name!r}", file=sys.stderr)
+        return 2
+    url = _redis_url(settings)
+    redis = connect(url)
+    try:
+        tenant = build_tenants(settings, redis)[tenant_name]
+        if resolve is None:
+            return await _list_intents(tenant)
+        return await _resolve_intent(tenant, resolve)
+    except (RedisError, OSError) as exc:
+        print(f"koban-options: Redis unavailable at {url}: {exc}", file=sys.stderr)
+        return 3
+    finally:
+        await redis.aclose()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="koban-options", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,6 +323,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = events.add_parser("tail", help="follow a tenant's events")
     p.add_argument("tenant")
     p.add_argument("--from-start", action="store_true")
+    p = sub.add_parser("sync", help="one stock import from Koban, with a progress bar")
+    p.add_argument("--tenant", help="only this tenant (default: every configured tenant)")
+    p.add_argument("--full", action="store_true", help="read every lot, not only changes")
+    p = sub.add_parser("intents", help="pending placement intents; resolve one by asking Koban")
+    p.add_argument("tenant")
+    p.add_argument(
+        "--resolve",
+        metavar="ID",
+        help="ask Koban and settle this intent now (write --resolve=ID: ids may start with '-')",
+    )
     p = sub.add_parser("sandbox", help="the Koban simulator alone, with demo stock")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8081)
@@ -145,6 +345,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_show_lot(args.tenant, args.extcode))
         if args.command == "events":
             return asyncio.run(_tail(args.tenant, args.from_start))
+        if args.command == "sync":
+            return asyncio.run(_sync(args.tenant, args.full))
+        if args.command == "intents":
+            return asyncio.run(_intents(args.tenant, args.resolve))
         if args.command == "sandbox":
             return asyncio.run(_sandbox(args.host, args.port))
     except KeyboardInterrupt:

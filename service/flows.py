@@ -199,9 +199,13 @@ class OptionFlows:
             )
         except KobanOutcomeUnknown:
             return Pending(extcode, iid, ready, third)
-        except (KobanUnavailable, KobanError, RuleViolation):
+        except (KobanUnavailable, KobanError, RuleViolation) as exc:
             # Nothing reached Koban (or Koban answered in a way that means not applied).
             await self.store.release_intent(extcode, iid, self._now())
+            if sent and isinstance(exc, KobanError) and exc.status == 404:
+                # Add answered 404 for a lot GetLotStatus knew: Koban does not know the
+                # prospect (the doc lists no code for it; README "Sandbox").
+                raise KobanRefusal(ErrorCode.PROSPECT_UNKNOWN, None, str(exc)) from exc
             raise
         except Exception:
             if not sent:
@@ -537,8 +541,15 @@ class OptionFlows:
         answer = await self._call(extcode, self.koban.desist(extcode, third))
         if not answer.success:
             await self._refused_lot(extcode, KobanMethod.DESIST, answer, ErrorCode.LOT_UNKNOWN)
+        now = self._now()
+
+        def apply(lot: Lot, _counts: Counts) -> tuple[list[DomainEvent], Lot]:
+            if lot.config not in ("prereserved", "reserved"):
+                return [], lot  # the reservation-withdrawn webhook was faster
+            return tr.withdraw(lot, third, now, self.rules), lot
+
         return await self._apply_after_koban(
-            extcode, "Desist", self.store.withdraw(extcode, third, self._now())
+            extcode, "Desist", self.store.mutate(extcode, apply, now=now)
         )
 
     async def _check_lot(self, extcode: str, validate: LotValidate) -> None:
