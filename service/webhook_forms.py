@@ -34,8 +34,10 @@ __all__ = [
 ]
 
 MAX_IDENTIFIER = 200
-# 9999-12-31T23:59:59Z: later instants cannot be written as ISO-8601 in events.
-_MAX_INSTANT = 253402300799
+# Before 5000-01-01T00:00:00Z (as the API's instants): an expiry is rounded up to the next
+# tick and must still be writable as ISO-8601 in events (9999-12-31T23:59:59Z, rounded up,
+# is not), and Koban's wire takes UNIX seconds below 10^11.
+_MAX_INSTANT = 95617583999
 _DIGITS = re.compile(r"\d+(?:\.\d+)?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _RANKS = {"1": 1, "2": 2}

@@ -32,8 +32,12 @@ from service.api.context import (
     KobanPool,
 )
 from service.api.errors import error_middleware, json_response
+from service.api.health import install_health, metrics_middleware
 from service.api.logging import request_id_middleware, stamp_request_id
 from service.api.models import MAX_BODY
+from service.api.openapi import install_openapi
+from service.api.routes_events import close_event_streams
+from service.api.routes_events import routes as event_routes
 from service.api.routes_lots import routes as lot_routes
 from service.api.routes_options import routes as option_routes
 from service.clock import Clock
@@ -81,7 +85,8 @@ def build_api_app(
     tenants = source if isinstance(source, Tenants) else build_tenants(source, redis, clock)
     factory = koban_factory or koban_from_settings
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware], client_max_size=MAX_BODY
+        middlewares=[request_id_middleware, metrics_middleware, error_middleware],
+        client_max_size=MAX_BODY,
     )
     app[TENANTS_KEY] = tenants
     app[TOKENS_KEY] = TokenIndex(tenants)
@@ -107,6 +112,10 @@ def build_api_app(
     app.router.add_get("/healthz", healthz)
     app.add_routes(lot_routes)
     app.add_routes(option_routes)
+    app.add_routes(event_routes)
+    app.on_shutdown.append(close_event_streams)
     if webhooks:
         add_webhook_routes(app, tenants)
+    install_health(app, redis, tenants)
+    install_openapi(app)
     return app

@@ -68,6 +68,9 @@ _JSON_TYPES = ("application/json",)
 # --------------------------------------------------------------------------- field types
 
 
+_INSTANT_END = 95617584000  # 5000-01-01T00:00:00Z
+
+
 def _instant_in(value: object) -> int:
     if not isinstance(value, str):
         raise ValueError("expected an ISO-8601 instant such as '2026-11-23T10:00:00Z'")
@@ -80,6 +83,10 @@ def _instant_in(value: object) -> int:
     seconds = moment.timestamp()
     if not math.isfinite(seconds):  # pragma: no cover - fromisoformat bounds years
         raise ValueError("not a finite instant")
+    if not 0 <= seconds < _INSTANT_END:
+        # Koban's wire takes UNIX seconds below 10^11, and an instant stored here must
+        # stay writable as ISO-8601 once rounded up to a tick.
+        raise ValueError("an instant must be from 1970-01-01 to 4999-12-31 (UTC)")
     return math.floor(seconds)
 
 
