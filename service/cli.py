@@ -1,6 +1,6 @@
 """`koban-options`: the operator's command line (SPEC §1).
 
-Only commands that work are listed; `api`, `scheduler` and `run` arrive with their issues.
+Only commands that work are listed; `scheduler` and `run` arrive with their issues.
 Exit codes: 0 done, 1 not found (lot, intent), 2 bad configuration or usage, 3 Koban or
 Redis unavailable (or Koban answered an error).
 """
@@ -103,6 +103,15 @@ async def _tail(tenant_name: str, from_start: bool) -> int:
         return 0
     finally:
         await redis.aclose()
+
+
+async def _api(host: str | None, port: int | None) -> int:
+    from service.serve import serve_api
+
+    settings = _settings()
+    return await serve_api(
+        settings, _redis_url(settings), host or settings.api_host, port or settings.api_port
+    )
 
 
 async def _sandbox(host: str, port: int) -> int:
@@ -333,6 +342,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="ID",
         help="ask Koban and settle this intent now (write --resolve=ID: ids may start with '-')",
     )
+    p = sub.add_parser("api", help="the internal HTTP API and Koban's webhooks")
+    p.add_argument("--host", help="listen address (default: api_host of the configuration)")
+    p.add_argument("--port", type=int, help="listen port (default: api_port)")
     p = sub.add_parser("sandbox", help="the Koban simulator alone, with demo stock")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8081)
@@ -351,6 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_intents(args.tenant, args.resolve))
         if args.command == "sandbox":
             return asyncio.run(_sandbox(args.host, args.port))
+        if args.command == "api":
+            return asyncio.run(_api(args.host, args.port))
     except KeyboardInterrupt:
         return 0
     parser.error(f"unknown command {args.command}")

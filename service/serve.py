@@ -1,0 +1,73 @@
+"""Serving processes: `koban-options api` (and the pieces `run` reuses).
+
+Everything here is started from a function on the running event loop, so the same code
+serves one process per role (``api``, ``scheduler``) or everything in one (``run``).
+Stopping is by SIGTERM or SIGINT: the listener closes, in-flight requests finish (aiohttp's
+graceful shutdown), SSE streams are told to end, then Redis is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterable
+
+import structlog
+from aiohttp import web
+
+from service.api.app import build_api_app
+from service.api.logging import configure_logging
+from service.config import Settings
+from service.redis_client import connect
+
+__all__ = ["serve_api", "start_site", "wait_for_stop"]
+
+log = structlog.get_logger("service.serve")
+
+# Requests in flight get this long to finish after SIGTERM (aiohttp's shutdown_timeout).
+SHUTDOWN_GRACE_S = 10.0
+
+
+async def wait_for_stop(signals: Iterable[signal.Signals] = (signal.SIGTERM, signal.SIGINT)) -> str:
+    """Wait until one of `signals` arrives; returns its name."""
+    loop = asyncio.get_running_loop()
+    stopped: asyncio.Future[str] = loop.create_future()
+    installed = []
+    for sig in signals:
+
+        def stop(sig: signal.Signals = sig) -> None:
+            if not stopped.done():
+                stopped.set_result(sig.name)
+
+        loop.add_signal_handler(sig, stop)
+        installed.append(sig)
+    try:
+        return await stopped
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+async def start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Serve `app` on host:port; the caller cleans the runner up."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+async def serve_api(settings: Settings, redis_url: str, host: str, port: int) -> int:
+    """`koban-options api`: the internal API and Koban's webhooks until SIGTERM/SIGINT."""
+    configure_logging(settings.log_format, settings.log_level)
+    redis = connect(redis_url)
+    try:
+        runner = await start_site(build_api_app(settings, redis), host, port)
+        log.info("api_started", url=f"http://{host}:{port}", tenants=sorted(settings.tenants))
+        try:
+            reason = await wait_for_stop()
+        finally:
+            await runner.cleanup()
+        log.info("api_stopped", signal=reason)
+        return 0
+    finally:
+        await redis.aclose()
