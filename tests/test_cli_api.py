@@ -71,10 +71,10 @@ def test_api_serves_and_stops_on_sigterm(tmp_path: Path, redis_url: str, tenant:
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            out, err = proc.communicate(timeout=30)
+            _out, err = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:  # pragma: no cover - diagnostic
             proc.kill()
-            out, err = proc.communicate()
+            _out, err = proc.communicate()
             pytest.fail(f"api did not stop on SIGTERM: {err.decode()[-2000:]}")
     assert proc.returncode == 0, err.decode()[-2000:]
     lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
