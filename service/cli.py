@@ -26,7 +26,8 @@ from service.intents import list_pending, resolve_one
 from service.koban import KobanError, KobanUnavailable
 from service.koban_session import KobanConfigError, koban_session, missing_keys
 from service.redis_client import connect
-from service.sync import SyncReport, sync_stock
+from service.sync import SyncReport, reconcile_lot
+from service.sync_runs import SyncInProgress, claim_sync
 from service.tenancy import Tenant, build_tenants
 from statecharts.errors import RuleViolation
 from statecharts.ticks import next_tick, to_iso
@@ -47,7 +48,38 @@ def _redis_url(settings: Settings) -> str:
     return os.environ.get("REDIS_URL") or settings.redis_url
 
 
-async def _show_lot(tenant_name: str, extcode: str) -> int:
+async def _resync_lot(tenant: Tenant, extcode: str) -> int:
+    """Reconcile one lot with Koban now (GetLotStatus); prints the outcome."""
+    problems = missing_keys(tenant.name, tenant.settings)
+    if problems:
+        print("koban-options: bad configuration\n" + "\n".join(problems), file=sys.stderr)
+        return 2
+    url = tenant.settings.koban_base_url
+    try:
+        async with koban_session(tenant) as koban:
+            outcome = await reconcile_lot(tenant, koban, extcode, tenant.clock.now())
+    except KobanUnavailable as exc:
+        print(
+            f"koban-options: Koban unavailable for {tenant.name} at {url}: {exc}", file=sys.stderr
+        )
+        return 3
+    except KobanError as exc:
+        print(f"koban-options: Koban error for {tenant.name} at {url}: {exc}", file=sys.stderr)
+        return 3
+    print(f"resync {extcode}: {RESYNC_OUTCOMES.get(outcome, outcome)}")
+    return 0
+
+
+RESYNC_OUTCOMES = {
+    "agreed": "agreed (Koban and the service say the same)",
+    "fixed": "fixed (local state now follows Koban; drift recorded)",
+    "drift": "drift recorded (Koban disagrees in a way only a stock sync can fix)",
+    "deferred": "deferred (the lot is changing or within the drift tolerance of a tick)",
+    "unknown_lot": "Koban does not know this lot (drift recorded)",
+}
+
+
+async def _show_lot(tenant_name: str, extcode: str, resync: bool = False) -> int:
     settings = _settings()
     redis = connect(_redis_url(settings))
     try:
@@ -56,6 +88,10 @@ async def _show_lot(tenant_name: str, extcode: str) -> int:
         if tenant is None:
             print(f"unknown tenant {tenant_name!r}", file=sys.stderr)
             return 2
+        if resync and await tenant.store.load(extcode) is not None:
+            code = await _resync_lot(tenant, extcode)
+            if code:
+                return code
         now = tenant.clock.now()
         lot = await tenant.store.read(extcode, now)
         if lot is None:
@@ -192,11 +228,14 @@ async def _sync_tenant(tenant: Tenant, full: bool) -> int:
     url = tenant.settings.koban_base_url
     started = time.monotonic()
     try:
+        claim = await claim_sync(tenant)
+    except SyncInProgress as exc:
+        print(f"koban-options: {exc}; try again when it has finished", file=sys.stderr)
+        return 3
+    try:
         async with koban_session(tenant) as koban:
             with _progress(tenant.name) as progress:
-                report = await sync_stock(
-                    tenant, koban, tenant.clock.now(), full=full, progress=progress
-                )
+                report = await claim.run(koban, tenant.clock.now(), full=full, progress=progress)
     except KobanUnavailable as exc:
         print(
             f"koban-options: Koban unavailable for {tenant.name} at {url}: {exc}", file=sys.stderr
@@ -327,6 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("lot", help="a lot's state, options, next tick and history")
     p.add_argument("tenant")
     p.add_argument("extcode")
+    p.add_argument("--resync", action="store_true", help="reconcile it with Koban first")
     p = sub.add_parser("events", help="the event stream")
     events = p.add_subparsers(dest="events_command", required=True)
     p = events.add_parser("tail", help="follow a tenant's events")
@@ -354,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "diagram":
             return diagram.main([args.outdir, "--format", args.format])
         if args.command == "lot":
-            return asyncio.run(_show_lot(args.tenant, args.extcode))
+            return asyncio.run(_show_lot(args.tenant, args.extcode, args.resync))
         if args.command == "events":
             return asyncio.run(_tail(args.tenant, args.from_start))
         if args.command == "sync":

@@ -65,6 +65,16 @@ class TenantKeys:
         """Start time (UNIX seconds) of the last successful stock sync."""
         return f"{self.prefix}lastsync"
 
+    @property
+    def sync_lease(self) -> str:
+        """String: the token of the process running the tenant's stock sync (PX lease)."""
+        return f"{self.prefix}sync:lease"
+
+    @property
+    def sync_run(self) -> str:
+        """String: JSON summary of the latest stock sync run (running, succeeded, failed)."""
+        return f"{self.prefix}sync:run"
+
 
 def prospect_field(holder: str) -> str:
     return f"p:{holder}"

@@ -305,3 +305,36 @@ def test_intents_lists_and_resolves(
     assert cli.main(["intents", tenant, f"--resolve={placed.id}"]) == 1
     assert f"no pending intent {placed.id}" in capsys.readouterr().err
     assert cli.main(["intents", "nope"]) == 2
+
+
+def test_lot_resync_reconciles_with_koban_first(
+    configured: str, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["sync"]) == 0
+    capsys.readouterr()
+    before = load(redis_url, configured, "HAR-A202")
+    assert before is not None and [o.deadline for o in before.options] == [None]  # opaque
+    while int(time.time()) <= before.modified_at:  # a lot changed this second is deferred
+        time.sleep(0.05)
+    assert cli.main(["lot", configured, "HAR-A202", "--resync"]) == 0
+    out = capsys.readouterr().out
+    assert "resync HAR-A202: fixed" in out, out
+    after = load(redis_url, configured, "HAR-A202")
+    assert after is not None
+    first = after.option_at(1)  # GetLotStatus gives rank 1's EndDate (not rank 2's)
+    assert first is not None and first.deadline is not None and first.source == "koban"
+    assert "koban.sync.drift_detected" in out  # the fix is in the lot's history
+
+
+def test_sync_refused_while_another_runs(
+    configured: str, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = redis_sync.Redis.from_url(redis_url)
+    try:
+        client.set(TenantKeys(configured).sync_lease, "another-process", px=60_000)
+        assert cli.main(["sync"]) == 3
+        assert "already running" in capsys.readouterr().err
+        assert lot_count(redis_url, configured) == 0
+    finally:
+        client.delete(TenantKeys(configured).sync_lease)
+        client.close()

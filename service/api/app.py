@@ -40,6 +40,7 @@ from service.api.routes_events import close_event_streams
 from service.api.routes_events import routes as event_routes
 from service.api.routes_lots import routes as lot_routes
 from service.api.routes_options import routes as option_routes
+from service.api.routes_sync import install_sync
 from service.clock import Clock
 from service.config import Settings
 from service.koban import KobanClient
@@ -113,6 +114,7 @@ def build_api_app(
     app.add_routes(lot_routes)
     app.add_routes(option_routes)
     app.add_routes(event_routes)
+    install_sync(app)
     app.on_shutdown.append(close_event_streams)
     if webhooks:
         add_webhook_routes(app, tenants)

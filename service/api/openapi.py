@@ -66,6 +66,7 @@ from service.api.models import (
     WithdrawIn,
 )
 from service.api.routes_lots import BASE, LOT
+from service.api.routes_sync import SYNC, SYNC_IN_PROGRESS, SyncIn, SyncStartedOut, SyncStatusOut
 from service.config import TENANT_NAME_PATTERN
 from service.webhook_forms import (
     MAX_IDENTIFIER,
@@ -417,6 +418,42 @@ def _register_builtin() -> None:
             scope=_WRITE_SCOPE,
             body=WithdrawIn,
             idempotent=True,
+        ),
+    )
+    # --- stock sync
+    describe(
+        "POST",
+        SYNC,
+        Operation(
+            "Start a stock sync from Koban now (in the background)",
+            ops,
+            {202: Reply(SyncStartedOut, "Started; GET the same path for its outcome.")},
+            _merge(
+                _AUTH,
+                {
+                    400: [e.MALFORMED_REQUEST],
+                    409: [SYNC_IN_PROGRESS, e.IDEMPOTENCY_IN_PROGRESS],
+                    422: [e.IDEMPOTENCY_KEY_REUSED],
+                    503: [e.KOBAN_UNAVAILABLE],
+                },
+            ),
+            scope="admin",
+            query=NoQuery,
+            body=SyncIn,
+            idempotent=True,
+            description='The body is optional: none, `{}` or `{"full": true}`.',
+        ),
+    )
+    describe(
+        "GET",
+        SYNC,
+        Operation(
+            "The latest stock sync run of the tenant",
+            ops,
+            {200: Reply(SyncStatusOut, "The latest run (state `never` before the first).")},
+            _AUTH,
+            scope=_READ,
+            query=NoQuery,
         ),
     )
     # --- operations
