@@ -7,9 +7,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test lint typecheck bench diagrams run compile-charts clean
 
-# The Koban sandbox with its demo stock; the API and the scheduler join it with their issues.
+# Everything in one process: API, scheduler, Koban sandbox with demo stock, private Redis.
 run: $(STAMP)
-	$(BIN)/koban-options sandbox
+	@[ -n "$${REDIS_URL:-}" ] || .ci/ensure-redis
+	$(BIN)/koban-options run
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

@@ -385,6 +385,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("api", help="the internal HTTP API and Koban's webhooks")
     p.add_argument("--host", help="listen address (default: api_host of the configuration)")
     p.add_argument("--port", type=int, help="listen port (default: api_port)")
+    sub.add_parser(
+        "run", help="everything in one process: API, scheduler, Koban sandbox, private Redis"
+    )
     p = sub.add_parser("sandbox", help="the Koban simulator alone, with demo stock")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8081)
@@ -403,6 +406,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_intents(args.tenant, args.resolve))
         if args.command == "sandbox":
             return asyncio.run(_sandbox(args.host, args.port))
+        if args.command == "run":
+            from service.run import main_run
+
+            return main_run(_settings())
         if args.command == "api":
             return asyncio.run(_api(args.host, args.port))
     except KeyboardInterrupt:
