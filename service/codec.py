@@ -26,6 +26,7 @@ def _opt(o: Option) -> list[Any]:
         1 if o.source == "koban" else 0,
         o.original_deadline,
         int(o.via_api),
+        int(o.noticed),
     ]
 
 
@@ -42,6 +43,7 @@ def _unopt(a: list[Any]) -> Option:
         source="koban" if a[8] else "estimated",
         original_deadline=a[9],
         via_api=bool(a[10]),
+        noticed=len(a) > 11 and bool(a[11]),  # appended later: older arrays have 11
     )
 
 

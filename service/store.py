@@ -235,7 +235,8 @@ class LotStore:
         later write would bump the revision and fail this attempt's commit.
 
         Due options are expired first, in the same step (their events keep their own
-        ticks), so a write always judges the lot as of `now`. `create` builds the lot when
+        ticks), so a write always judges the lot as of `now`; options whose expiring notice
+        is due by `now` get it in the same step (`transitions.expiring_notices`). `create` builds the lot when
         it does not exist yet (imports, webhooks about unknown lots); otherwise an unknown
         lot is refused with LOT_UNKNOWN.
         """
@@ -266,6 +267,10 @@ class LotStore:
                 )
             more, result = change(lot, counts)
             events.extend(more)
+            # Options created or moved into the notice window get it now, whichever path
+            # moved them (transitions do it themselves; Koban's dates learned by webhook
+            # or reconciliation are set outside them).
+            events.extend(tr.expiring_notices(lot, now, self.rules, at=now))
             if raw is not None and not events and encode_lot(lot) == raw:
                 return result  # nothing to write (e.g. a replayed webhook)
             reply = await self.commit([self.transition(before, lot, events, now, limits)])

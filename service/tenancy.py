@@ -22,6 +22,7 @@ def rules_from(settings: TenantSettings) -> Rules:
         max_options_per_user=settings.max_options_per_user,
         rank2_clock=settings.rank2_clock,
         max_prolongation=settings.max_prolongation,
+        expiring_notice=int(settings.expiring_notice.fixed_seconds()),
     )
 
 

@@ -43,6 +43,7 @@ class Option:
     source: DeadlineSource = "estimated"
     original_deadline: int | None = None  # before prolongation, for max_prolongation
     via_api: bool = False  # placed through the tenant's Koban API user (counts toward its limit)
+    noticed: bool = False  # its `option.expiring` notice was sent (once per option, §3)
 
     @property
     def opaque(self) -> bool:
@@ -120,6 +121,7 @@ class Rules:
     max_options_per_user: int | None = None
     rank2_clock: Rank2Clock = "own"
     max_prolongation: IsoDuration | None = None
+    expiring_notice: int = 7200  # seconds before the expiry tick of `option.expiring`; 0: none
 
 
 @dataclass(slots=True)

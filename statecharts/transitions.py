@@ -70,11 +70,14 @@ def _compact_ranks(lot: Lot, when: int, actor: Actor, rules: Rules) -> list[Doma
         if second is not None:
             decide(lot.config, "promote")
             second.rank = 1
-            if rules.rank2_clock == "restart":
+            restarted = rules.rank2_clock == "restart"
+            if restarted:
                 second.deadline = deadline_from_lifetime(when, rules.option_lifetime, rules.zone)
                 second.expiry = ceil_tick(second.deadline)
                 second.source = "estimated"
             events.append(DomainEvent("option.promoted", when, option_data(second, actor)))
+            if restarted:  # its expiry moved: maybe into the notice window already
+                events.extend(expiring_notices(lot, when, rules, at=when))
     # Intents follow the options: the lowest free ranks, in their original order.
     taken = {o.rank for o in lot.options}
     free_ranks = [r for r in (1, 2) if r not in taken]
@@ -120,6 +123,46 @@ def expire_due(lot: Lot, now: int, rules: Rules, actor: Actor = "sweep") -> list
             events.append(DomainEvent("option.expired", tick, option_data(o, actor)))
         _set_config(lot, target)
         events.extend(_compact_ranks(lot, tick, actor, rules))
+
+
+# --- expiring notices (§3) -----------------------------------------------------------------
+
+
+def notice_due_at(o: Option, rules: Rules) -> int | None:
+    """When the option's `option.expiring` is due: `expiring_notice` before its expiry tick.
+
+    None when no notice is owed: notices are off (``expiring_notice`` 0), or the option has
+    no known expiry (an opaque placeholder Koban gave no date for).
+    """
+    if rules.expiring_notice <= 0 or o.expiry is None:
+        return None
+    return o.expiry - rules.expiring_notice
+
+
+def expiring_notices(
+    lot: Lot, upto: int, rules: Rules, *, at: int | None = None, actor: Actor = "sweep"
+) -> list[DomainEvent]:
+    """Give every option of the lot whose notice is due at or before `upto` its notice.
+
+    Once per option: the option is marked `noticed` (a prolongation or a restarted
+    promotion later does not bring a second one). A notice changes no configuration, so
+    the chart is not asked; the store bumps the lot's version like any transition.
+
+    `at` is the event's time when the notice rides on a transition at that instant (an
+    option placed, prolonged or promoted into the window gets its notice then); without
+    it, the notice's own due time, or the placement when later (the scheduler's run).
+    Options still held but already due (not swept yet) get it too: it then precedes their
+    expiry in the stream.
+    """
+    events: list[DomainEvent] = []
+    for o in sorted(lot.options, key=lambda o: o.rank):
+        due = notice_due_at(o, rules)
+        if o.noticed or due is None or due > upto:
+            continue
+        o.noticed = True
+        when = max(due, o.placed_at) if at is None else at
+        events.append(DomainEvent("option.expiring", when, option_data(o, actor)))
+    return events
 
 
 # --- placement: reserve -> (Koban) -> confirm ----------------------------------------------
@@ -261,6 +304,7 @@ def place_option(
     _set_config(lot, target)
     events = [DomainEvent("option.placed", placed_at, option_data(option, actor))]
     events.extend(_compact_ranks(lot, placed_at, actor, rules))
+    events.extend(expiring_notices(lot, placed_at, rules, at=placed_at))
     return events
 
 
@@ -317,7 +361,9 @@ def prolong_option(
     option.prolonged = True
     option.source = "koban"  # Koban's DateProlongation is exactly this date
     _set_config(lot, target)
-    return [DomainEvent("option.prolonged", now, option_data(option, actor))]
+    events = [DomainEvent("option.prolonged", now, option_data(option, actor))]
+    events.extend(expiring_notices(lot, now, rules, at=now))
+    return events
 
 
 # --- préréservation, reservation, désistement --------------------------------------------
@@ -461,6 +507,8 @@ def sync_status(
         lot.prereservation = None
     _set_config(lot, new_config)
     events.extend(_compact_ranks(lot, now, actor, rules))
+    if placeholders:  # a placeholder with Koban's EndDate may be inside the window already
+        events.extend(expiring_notices(lot, now, rules, at=now))
     if new_config == "custom":
         lot.status = label
     events.append(
