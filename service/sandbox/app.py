@@ -43,9 +43,10 @@ Choices where the Koban doc is silent (the README's "Semantics" section repeats 
   until their webhooks are delivered before answering; webhooks caused by `/api/v1/` calls
   are delivered in the background, in firing order (`GET /_sandbox/webhooks` waits for them).
 
-Control endpoints: `GET|POST|DELETE /_sandbox/faults`, `GET|POST /_sandbox/clock`,
-`GET /_sandbox/lots/{extcode}`, `POST /_sandbox/lots/{extcode}/options|reservation|
-withdrawal|status`, `GET /_sandbox/prospects`, `GET|PUT /_sandbox/webhooks`,
+Control endpoints: `GET|POST|DELETE /_sandbox/faults`, `GET /_sandbox/calls` (the Koban
+API calls received with valid keys, per method, faulted ones included), `GET|POST
+/_sandbox/clock`, `GET /_sandbox/lots/{extcode}`, `POST /_sandbox/lots/{extcode}/options|
+reservation|withdrawal|status`, `GET /_sandbox/prospects`, `GET|PUT /_sandbox/webhooks`,
 `POST /_sandbox/webhooks/drop`, `POST /_sandbox/settings`.
 """
 
@@ -54,6 +55,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -241,7 +244,20 @@ async def _hang(request: web.Request, fault: Fault) -> web.Response:
     return _plain_error(504, "injected timeout")
 
 
+def _reset(request: web.Request) -> web.Response:
+    """Drop the connection with a TCP RST (SO_LINGER 0); the answer is never written."""
+    transport = request.transport
+    if transport is not None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    return _plain_error(502, "injected reset")
+
+
 async def _server_fault(request: web.Request, fault: Fault) -> web.Response | None:
+    if fault.reset:
+        return _reset(request)
     if fault.timeout:
         return await _hang(request, fault)
     if fault.status is not None:
@@ -254,6 +270,7 @@ def _koban(method: str, handler: KobanHandler) -> Callable[[web.Request], Awaita
         state = request.app[STATE_KEY]
         if not _authorised(request, state):
             return _plain_error(401, "missing or wrong X-ncApi / X-ncUser")
+        state.calls[method] += 1
         fault = state.take_fault(method)
         if fault is not None:
             if fault.latency_ms:
@@ -475,6 +492,10 @@ async def faults_delete(request: web.Request, state: SandboxState) -> web.Respon
     return web.json_response({"faults": []})
 
 
+async def calls_get(request: web.Request, state: SandboxState) -> web.Response:
+    return web.json_response({"calls": dict(sorted(state.calls.items()))})
+
+
 def _clock_json(state: SandboxState) -> dict[str, object]:
     return {
         "now": state.now(),
@@ -656,6 +677,7 @@ def build_sandbox_app(state: SandboxState, *, tick_interval: float | None = 1.0)
         ("GET", "/_sandbox/faults", faults_get),
         ("POST", "/_sandbox/faults", faults_post),
         ("DELETE", "/_sandbox/faults", faults_delete),
+        ("GET", "/_sandbox/calls", calls_get),
         ("GET", "/_sandbox/clock", clock_get),
         ("POST", "/_sandbox/clock", clock_post),
         ("GET", "/_sandbox/lots/{extcode}", lot_get),

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -198,14 +199,16 @@ class Fault:
     (None: every Koban method).
 
     `latency_ms` delays the answer; `timeout` hangs for `hang_seconds` (or until the app
-    shuts down) and then answers 504; `status` answers that 5xx; `errorcode` answers a
-    Koban business refusal with that code. With `apply`, a hang or 5xx comes *after* the
-    call was carried out (its webhook fired): the caller cannot tell the outcome.
+    shuts down) and then answers 504; `status` answers that 5xx; `reset` drops the
+    connection with a TCP reset instead of answering; `errorcode` answers a Koban business
+    refusal with that code. With `apply`, a hang, 5xx or reset comes *after* the call was
+    carried out (its webhook fired): the caller cannot tell the outcome.
     """
 
     latency_ms: int = 0
     status: int | None = None
     timeout: bool = False
+    reset: bool = False
     errorcode: str | None = None
     methods: frozenset[str] | None = None
     count: int | None = None
@@ -220,6 +223,7 @@ class Fault:
             "latency_ms",
             "status",
             "timeout",
+            "reset",
             "errorcode",
             "methods",
             "count",
@@ -238,9 +242,10 @@ class Fault:
         ):
             raise ValueError("status must be a 5xx code or null")
         timeout = body.get("timeout", False)
+        reset = body.get("reset", False)
         apply = body.get("apply", False)
-        if not isinstance(timeout, bool) or not isinstance(apply, bool):
-            raise ValueError("timeout and apply must be booleans")
+        if not all(isinstance(flag, bool) for flag in (timeout, reset, apply)):
+            raise ValueError("timeout, reset and apply must be booleans")
         errorcode = body.get("errorcode")
         if errorcode is not None:
             errorcode = normalise_code(errorcode)
@@ -259,12 +264,13 @@ class Fault:
         hang = body.get("hang_seconds", 600.0)
         if not isinstance(hang, int | float) or isinstance(hang, bool) or hang <= 0:
             raise ValueError("hang_seconds must be a positive number")
-        if not (latency or status or timeout or errorcode):
-            raise ValueError("a fault needs latency_ms, status, timeout or errorcode")
+        if not (latency or status or timeout or reset or errorcode):
+            raise ValueError("a fault needs latency_ms, status, timeout, reset or errorcode")
         return cls(
             latency_ms=latency,
             status=status,
             timeout=timeout,
+            reset=reset,
             errorcode=errorcode,
             methods=frozenset(methods) if methods is not None else None,
             count=count,
@@ -277,6 +283,7 @@ class Fault:
             "latency_ms": self.latency_ms,
             "status": self.status,
             "timeout": self.timeout,
+            "reset": self.reset,
             "errorcode": self.errorcode,
             "methods": sorted(self.methods) if self.methods is not None else None,
             "count": self.count,
@@ -335,6 +342,8 @@ class SandboxState:
         self.prospects: dict[str, Third] = {}
         self.programmes: dict[str, Programme] = {}
         self.faults: list[Fault] = []
+        # Koban API calls received with valid keys, per method (faulted ones included).
+        self.calls: Counter[str] = Counter()
         self._clock = clock
         self._offset = 0
         self._ticked_upto = self.now()
