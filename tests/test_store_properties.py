@@ -1,8 +1,9 @@
 """Random sequences of business events and clock jumps against the real store.
 
-After every step the invariants of the core are read back from Redis and checked: at most
-two options, ranks dense from 1, counts equal what the lots hold, the expiry and intent
-indexes equal the lots, and lot versions and events match one for one.
+After every step the invariants of the core are read back from Redis and checked
+(tests/invariants.py): at most two options, ranks dense from 1, counts equal what the lots
+hold, the expiry and intent indexes equal the lots, and lot versions and events match one
+for one; at the end of each run the stream matches the histories.
 """
 
 from __future__ import annotations
@@ -11,23 +12,19 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections import Counter
 
-import orjson
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from redis.asyncio import Redis
 
-from service.keys import API_USER_FIELD, prospect_field
 from service.store import LotStore
 from service.sweep import expire_due
 from statecharts.errors import RuleViolation
-from statecharts.model import Lot
 from statecharts.ticks import latest_tick
-from statecharts.transitions import occupancy_invariant
 from tests.conftest import delete_tenant_keys, make_rules
+from tests.invariants import check_stream_matches_histories, check_tenant
 
 LOTS = ["A", "B", "C"]
 PROSPECTS = ["p1", "p2", "p3", "p4"]
@@ -126,55 +123,13 @@ class StoreMachine(RuleBasedStateMachine):
         self.run(self.check())
 
     async def check(self) -> None:
-        store, keys = self.store, self.store.keys
-        counts: Counter[str] = Counter()
-        expiries: dict[bytes, float] = {}
-        intents: set[bytes] = set()
-        for code in LOTS:
-            lot = await store.load(code)
-            assert lot is not None
-            assert occupancy_invariant(lot) == [], (code, occupancy_invariant(lot))
-            for o in lot.options:
-                if o.holder:
-                    counts[prospect_field(o.holder)] += 1
-                if o.via_api:
-                    counts[API_USER_FIELD] += 1
-                if o.expiry is not None:
-                    expiries[f"{code}/{o.id}".encode()] = float(o.expiry)
-            for i in lot.intents:
-                counts[prospect_field(i.holder)] += 1
-                counts[API_USER_FIELD] += 1
-                intents.add(f"{code}/{i.id}".encode())
-            await self.check_events(lot)
-        stored = {k.decode(): int(v) for k, v in (await store.redis.hgetall(keys.counts)).items()}
-        assert stored == dict(counts)
-        assert dict(await store.redis.zrange(keys.expiries, 0, -1, withscores=True)) == expiries
-        assert set(await store.redis.zrange(keys.intents, 0, -1)) == intents
-        # held per prospect never exceeds the limit through the API paths
-        assert all(v <= 3 for k, v in counts.items() if k.startswith("p:"))
-
-    async def check_events(self, lot: Lot) -> None:
-        history = await self.store.history(lot.extcode)
-        assert len(history) == lot.sequence
-        assert [int(e["sequence"]) for e in history] == list(range(1, lot.sequence + 1))
-        # every version bump has at least one event carrying it, and no event without it
-        assert sorted({e["lotversion"] for e in history}) == list(range(1, lot.version + 1))
+        await check_tenant(self.store, LOTS, streams=False)
 
     def teardown(self) -> None:
-        self.run(self.stream_matches_histories())
+        self.run(check_stream_matches_histories(self.store, LOTS))
         self.run(self.redis.aclose())
         self.loop.close()
         delete_tenant_keys(self.redis_url, self.tenant)
-
-    async def stream_matches_histories(self) -> None:
-        entries = await self.redis.xrange(self.store.keys.events)
-        by_lot: dict[str, list[bytes]] = {}
-        for _, fields in entries:
-            subject = orjson.loads(fields[b"ce"])["subject"]
-            by_lot.setdefault(subject, []).append(fields[b"ce"])
-        for code in LOTS:
-            history = await self.store.history(code)
-            assert [orjson.loads(e) for e in by_lot.get(code, [])] == history
 
 
 @pytest.mark.slow
