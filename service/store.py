@@ -236,9 +236,9 @@ class LotStore:
 
         Due options are expired first, in the same step (their events keep their own
         ticks), so a write always judges the lot as of `now`; options whose expiring notice
-        is due by `now` get it in the same step (`transitions.expiring_notices`). `create` builds the lot when
-        it does not exist yet (imports, webhooks about unknown lots); otherwise an unknown
-        lot is refused with LOT_UNKNOWN.
+        is due by `now` get it in the same step (`transitions.expiring_notices`). `create`
+        builds the lot when it does not exist yet (imports, webhooks about unknown lots);
+        otherwise an unknown lot is refused with LOT_UNKNOWN.
         """
         lot_key = self.keys.lot(extcode)
         fields = [API_USER_FIELD] + ([prospect_field(holder)] if holder else [])
