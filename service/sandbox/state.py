@@ -349,6 +349,13 @@ class SandboxState:
         self._ticked_upto = self.now()
         self._rng = random.Random(seed)
         self._muted = False
+        # Derived from the lots by `_index` after every change (`_touch`), so that a call's
+        # work does not grow with the stock: each lot's holders and API-placed count (for
+        # Koban's limits), their totals, and an instant before which nothing is due.
+        self._held: dict[str, tuple[tuple[str | None, ...], int]] = {}
+        self._per_prospect: Counter[str | None] = Counter()
+        self._via_api = 0
+        self._expired_through: int | None = None  # every lot's next expiry is later
 
     # ----------------------------------------------------------------- ids and set-up
 
@@ -470,6 +477,8 @@ class SandboxState:
 
     def _expire_upto(self, upto: int) -> None:
         """Expire every option due at or before `upto`, one tick at a time across lots."""
+        if self._expired_through is not None and upto <= self._expired_through:
+            return  # no lot expires at or before `upto` (`_index` keeps this true)
         while True:
             due: list[tuple[int, Lot]] = []
             for lot in self.lots.values():
@@ -477,6 +486,7 @@ class SandboxState:
                 if tick is not None and tick <= upto:
                     due.append((tick, lot))
             if not due:
+                self._expired_through = upto
                 return
             tick = min(t for t, _ in due)
             for t, lot in due:
@@ -497,6 +507,7 @@ class SandboxState:
     # ----------------------------------------------------------------- helpers
 
     def _touch(self, lot: Lot, when: int, events: list[DomainEvent]) -> None:
+        self._index(lot)
         if not events:
             return
         lot.version += 1
@@ -535,12 +546,28 @@ class SandboxState:
             raise refusal
         return lot
 
+    def _index(self, lot: Lot) -> None:
+        """Bring the derived counts and `_expired_through` up to date with `lot`."""
+        holders = tuple(o.holder for o in lot.options)
+        via_api = sum(o.via_api for o in lot.options)
+        old_holders, old_via_api = self._held.get(lot.extcode, ((), 0))
+        if holders != old_holders or via_api != old_via_api:
+            self._per_prospect.subtract(old_holders)
+            self._per_prospect.update(holders)
+            self._via_api += via_api - old_via_api
+            self._held[lot.extcode] = (holders, via_api)
+        if self._expired_through is not None:
+            expiry = lot.next_expiry()
+            if expiry is not None and expiry <= self._expired_through:
+                self._expired_through = None  # due again: the next catch-up looks at every lot
+
     def prospect_option_count(self, guid: str) -> int:
-        return sum(1 for lot in self.lots.values() for o in lot.options if o.holder == guid)
+        """Active options of prospect `guid` across lots (Koban's limit, code 01)."""
+        return self._per_prospect[guid]
 
     def user_option_count(self) -> int:
         """Active options placed through the API user (Koban's per-user limit, code 03)."""
-        return sum(1 for lot in self.lots.values() for o in lot.options if o.via_api)
+        return self._via_api
 
     # ----------------------------------------------------------------- ncOption
 
