@@ -1,6 +1,7 @@
 """`koban-options`: the operator's command line (SPEC §1).
 
-Only commands that work are listed; `scheduler` and `run` arrive with their issues.
+Sub-commands: `diagram`, `lot`, `events tail`, `sync`, `intents`, `api`, `scheduler`
+(`--check`: is a scheduler's heartbeat fresh?), `run`, `sandbox`.
 Exit codes: 0 done, 1 not found (lot, intent), 2 bad configuration or usage, 3 Koban or
 Redis unavailable (or Koban answered an error).
 """
@@ -148,6 +149,44 @@ async def _api(host: str | None, port: int | None) -> int:
     return await serve_api(
         settings, _redis_url(settings), host or settings.api_host, port or settings.api_port
     )
+
+
+async def _scheduler() -> int:
+    """The daemon (JSON logs) until SIGTERM/SIGINT."""
+    from service.api.logging import configure_logging
+    from service.scheduler import run_daemon
+
+    settings = _settings()
+    configure_logging(settings.log_format, settings.log_level)
+    redis = connect(_redis_url(settings))
+    try:
+        return await run_daemon(build_tenants(settings, redis), redis, batch=settings.sweep_batch)
+    finally:
+        await redis.aclose()
+
+
+async def _scheduler_check() -> int:
+    """0 when a scheduler's heartbeat is fresh, 1 otherwise; one line either way."""
+    from service.scheduler import HEARTBEAT_TTL_S, heartbeat_age
+
+    settings = _settings()
+    url = _redis_url(settings)
+    redis = connect(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        age = await heartbeat_age(redis)
+    except (RedisError, OSError) as exc:
+        print(f"scheduler: unknown, Redis unavailable at {url}: {exc}")
+        return 1
+    finally:
+        await redis.aclose()
+    if age is None:
+        print("scheduler: no heartbeat (no scheduler running)")
+        return 1
+    if age > HEARTBEAT_TTL_S:
+        print(f"scheduler: stale, last heartbeat {age:.1f} s ago")
+        return 1
+    print(f"scheduler: ok, last heartbeat {max(age, 0.0):.1f} s ago")
+    return 0
 
 
 async def _sandbox(host: str, port: int) -> int:
@@ -385,6 +424,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("api", help="the internal HTTP API and Koban's webhooks")
     p.add_argument("--host", help="listen address (default: api_host of the configuration)")
     p.add_argument("--port", type=int, help="listen port (default: api_port)")
+    p = sub.add_parser(
+        "scheduler", help="the daemon: ticks, catch-up, notices, sync, reconciliation, intents"
+    )
+    p.add_argument(
+        "--check", action="store_true", help="exit 0 when a scheduler's heartbeat is fresh, else 1"
+    )
     sub.add_parser(
         "run", help="everything in one process: API, scheduler, Koban sandbox, private Redis"
     )
@@ -412,6 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return main_run(_settings())
         if args.command == "api":
             return asyncio.run(_api(args.host, args.port))
+        if args.command == "scheduler":
+            return asyncio.run(_scheduler_check() if args.check else _scheduler())
     except KeyboardInterrupt:
         return 0
     parser.error(f"unknown command {args.command}")

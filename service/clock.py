@@ -2,7 +2,8 @@
 
 Inside the service instants are int UNIX seconds (UTC). Tests pin them with `FixedClock`
 (or freezegun, which `SystemClock` follows); sandbox tenants use a `TestClock`: real time
-plus an offset that only grows (SPEC §8).
+plus an offset that only grows (SPEC §8), shared by processes through Redis
+(service.sandbox_clock).
 """
 
 from __future__ import annotations
@@ -52,3 +53,7 @@ class TestClock:
         if instant < self.now():
             raise ValueError("a test clock never moves backwards")
         self.offset = instant - self.base.now()
+
+    def adopt(self, offset: int) -> None:
+        """Take an offset another process recorded (service.sandbox_clock), never going back."""
+        self.offset = max(self.offset, offset)

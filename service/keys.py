@@ -75,6 +75,31 @@ class TenantKeys:
         """String: JSON summary of the latest stock sync run (running, succeeded, failed)."""
         return f"{self.prefix}sync:run"
 
+    @property
+    def ticked(self) -> str:
+        """String: the latest tick processed (UNIX seconds); only moves forward (Lua max)."""
+        return f"{self.prefix}ticked"
+
+    def tick_lease(self, tick: int) -> str:
+        """String: the token of the process sweeping this tick (PX lease, real time)."""
+        return f"{self.prefix}tick:{tick}:lease"
+
+    @property
+    def notice_cursor(self) -> str:
+        """String: the highest expiry already scanned for expiring notices; only moves
+        forward (Lua max)."""
+        return f"{self.prefix}noticecur"
+
+    @property
+    def clock_offset(self) -> str:
+        """String: a sandbox tenant's test-clock offset in seconds; only grows (Lua max)."""
+        return f"{self.prefix}clock"
+
+
+SCHEDULER_HEARTBEAT_KEY = "kol:scheduler:heartbeat"
+"""String, UNIX seconds of a scheduler's last beat (service-wide, with a TTL): ``/readyz``
+and ``koban-options scheduler --check`` read it."""
+
 
 def prospect_field(holder: str) -> str:
     return f"p:{holder}"

@@ -2,7 +2,8 @@
 
 ``build_api_app(settings_or_tenants, redis, ...)`` returns an aiohttp application serving
 
-* the internal API under ``/v1/tenants/{t}/…`` (routes_lots, routes_options);
+* the internal API under ``/v1/tenants/{t}/…`` (routes_lots, routes_options, routes_events,
+  routes_sync, routes_clock);
 * Koban's webhooks under ``/koban/{t}/…`` (service.webhooks), unless ``webhooks=False``;
 * ``GET /healthz`` (no token).
 
@@ -36,6 +37,7 @@ from service.api.health import install_health, metrics_middleware
 from service.api.logging import request_id_middleware, stamp_request_id
 from service.api.models import MAX_BODY
 from service.api.openapi import install_openapi
+from service.api.routes_clock import install_clock
 from service.api.routes_events import close_event_streams
 from service.api.routes_events import routes as event_routes
 from service.api.routes_lots import routes as lot_routes
@@ -45,6 +47,7 @@ from service.clock import Clock
 from service.config import Settings
 from service.koban import KobanClient
 from service.tenancy import Tenant, Tenants, build_tenants
+from service.ticking import ClockHook
 from service.webhooks import add_webhook_routes
 
 __all__ = ["REDIS_KEY", "build_api_app", "koban_from_settings"]
@@ -78,11 +81,14 @@ def build_api_app(
     clock: Clock | None = None,
     flow_settings: FlowSettings | None = None,
     webhooks: bool = True,
+    on_clock_advanced: ClockHook | None = None,
 ) -> web.Application:
     """The API app for `source` (a configuration, or tenants already built on `redis`).
 
     `clock` is the base clock when tenants are built here (sandbox tenants get a test
-    clock on top of it)."""
+    clock on top of it). `on_clock_advanced(tenant, now)` is called after a sandbox
+    tenant's test clock moved through ``POST …/clock`` (and its ticks ran): ``run`` makes
+    the tenant's Koban sandbox follow the same clock with it."""
     tenants = source if isinstance(source, Tenants) else build_tenants(source, redis, clock)
     factory = koban_factory or koban_from_settings
     app = web.Application(
@@ -115,6 +121,7 @@ def build_api_app(
     app.add_routes(option_routes)
     app.add_routes(event_routes)
     install_sync(app)
+    install_clock(app, on_clock_advanced)
     app.on_shutdown.append(close_event_streams)
     if webhooks:
         add_webhook_routes(app, tenants)

@@ -59,6 +59,7 @@ from redis.exceptions import RedisError
 from service.api.context import FLOWS_KEY
 from service.api.errors import json_response
 from service.api.models import Instant, dump
+from service.keys import SCHEDULER_HEARTBEAT_KEY
 from service.koban import KobanClient
 from service.tenancy import Tenants
 
@@ -75,7 +76,6 @@ __all__ = [
     "metrics_of",
 ]
 
-SCHEDULER_HEARTBEAT_KEY = "kol:scheduler:heartbeat"
 DRIFT_EVENT_TYPE = "koban.sync.drift_detected"
 READY_TIMEOUT_S = 1.0
 SCRAPE_TIMEOUT_S = 2.0

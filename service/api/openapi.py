@@ -65,6 +65,7 @@ from service.api.models import (
     ProspectOut,
     WithdrawIn,
 )
+from service.api.routes_clock import CLOCK, AdvanceClockIn, ClockAdvancedOut, ClockOut
 from service.api.routes_lots import BASE, LOT
 from service.api.routes_sync import SYNC, SYNC_IN_PROGRESS, SyncIn, SyncStartedOut, SyncStatusOut
 from service.config import TENANT_NAME_PATTERN
@@ -454,6 +455,50 @@ def _register_builtin() -> None:
             _AUTH,
             scope=_READ,
             query=NoQuery,
+        ),
+    )
+    # --- sandbox test clocks
+    not_sandbox = {403: [e.CLOCK_NOT_SANDBOX]}
+    describe(
+        "GET",
+        CLOCK,
+        Operation(
+            "A sandbox tenant's test clock",
+            ops,
+            {200: Reply(ClockOut, "The test clock: real time plus an offset that only grows.")},
+            _merge(_AUTH, not_sandbox),
+            scope=_READ,
+            query=NoQuery,
+        ),
+    )
+    describe(
+        "POST",
+        CLOCK,
+        Operation(
+            "Advance a sandbox tenant's test clock; every tick passed runs before the answer",
+            ops,
+            {200: Reply(ClockAdvancedOut, "Moved; the ticks processed, in order.")},
+            _merge(
+                _AUTH,
+                not_sandbox,
+                {
+                    400: [e.MALFORMED_REQUEST],
+                    409: [e.IDEMPOTENCY_IN_PROGRESS],
+                    422: [e.CLOCK_BACKWARDS, e.IDEMPOTENCY_KEY_REUSED],
+                },
+            ),
+            scope="admin",
+            query=NoQuery,
+            body=AdvanceClockIn,
+            idempotent=True,
+            description=(
+                "Exactly one of `advanceTo` (an ISO-8601 instant with an offset) and "
+                "`advanceBy` (an ISO-8601 duration; calendar parts on the tenant zone's "
+                "wall clock), at most 31 days at once. Before the answer, every tick passed "
+                "is processed in order through the scheduler's code path; moving backwards "
+                "is `422 CLOCK_BACKWARDS`; a tenant without a test clock gets "
+                "`403 CLOCK_NOT_SANDBOX`."
+            ),
         ),
     )
     # --- operations
