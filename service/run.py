@@ -27,10 +27,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 from pydantic import SecretStr
@@ -40,6 +39,7 @@ from redis.exceptions import RedisError
 from service.config import ApiToken, Settings, TenantSettings
 from service.sandbox import SandboxState, WebhookSender, build_sandbox_app, populate
 from service.sandbox.webhooks import OPTION_CHECK, WEBHOOK_KINDS, TokenPlace
+from service.tenancy import Tenant
 
 __all__ = ["DEV", "Banner", "RedisChild", "run_all"]
 
@@ -236,14 +236,14 @@ async def serving(app: web.Application, host: str, port: int) -> AsyncIterator[N
         await runner.cleanup()
 
 
-Step = Callable[[], Awaitable[Any]]
-
-
 async def run_all(settings: Settings, redis_url: str | None) -> int:
     """Bring everything up, print the banner, wait for Ctrl-C / SIGTERM, stop everything."""
     from service.api.app import build_api_app
+    from service.api.health import metrics_of
     from service.api.logging import configure_logging
     from service.redis_client import connect
+    from service.sandbox_clock import refresh_all
+    from service.scheduler import Daemon
     from service.serve import wait_for_stop
     from service.tenancy import build_tenants
 
@@ -261,13 +261,21 @@ async def run_all(settings: Settings, redis_url: str | None) -> int:
         stack.push_async_callback(redis.aclose)
         tenants = build_tenants(settings, redis)
         tenant = tenants[DEV.tenant]
+        await refresh_all(tenants.values())  # the test clock where the last run left it
         state = sandbox_for(tenant.clock.now, api_url)
         await stack.enter_async_context(
             serving(build_sandbox_app(state), settings.sandbox_host, settings.sandbox_port)
         )
-        api = build_api_app(tenants, redis)
+
+        def sandbox_follows(_tenant: Tenant, _now: int) -> None:
+            state.catch_up()  # Koban's own ticks on the same clock (its expiry webhooks)
+
+        api = build_api_app(tenants, redis, on_clock_advanced=sandbox_follows)
         await stack.enter_async_context(serving(api, settings.api_host, settings.api_port))
         await _first_sync(tenant)
+        daemon = Daemon(tenants, redis, metrics=metrics_of(api))
+        await daemon.start()
+        stack.push_async_callback(daemon.stop, "run stopped")
         for line in Banner(api_url, sandbox_url + "/api/v1", url).lines():
             print(line, flush=True)
         reason = await wait_for_stop()
@@ -275,7 +283,7 @@ async def run_all(settings: Settings, redis_url: str | None) -> int:
     return 0
 
 
-async def _first_sync(tenant: Any) -> None:
+async def _first_sync(tenant: Tenant) -> None:
     from service.koban_session import koban_session
     from service.sync_runs import SyncInProgress, claim_sync
 

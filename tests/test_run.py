@@ -60,6 +60,19 @@ class Running:
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read())
 
+    def stream(self) -> list[dict[str, Any]]:
+        """Every event of the demo tenant's stream, paging through ``/events``."""
+        items: list[dict[str, Any]] = []
+        after = ""
+        while True:
+            query = f"?limit=1000&after={after}" if after else "?limit=1000"
+            status, page = self.call("GET", "/v1/tenants/demo/events" + query)
+            assert status == 200, page
+            items += page["items"]
+            if not page["items"]:
+                return items
+            after = page["next"]
+
 
 def _read_banner(proc: subprocess.Popen[str]) -> dict[str, str]:
     assert proc.stdout is not None
@@ -134,6 +147,25 @@ def test_run_comes_up_places_an_option_and_stops_cleanly(running: Running) -> No
     lot = option["extcode"]
     status, body = running.call("GET", f"/v1/tenants/demo/lots/{lot}")
     assert status == 200 and body["status"] == "OPTION"
+
+    # the sandbox clock moved past the expiry: the option expires at its :00/:30 tick
+    expiry = option["effectiveExpiry"]
+    status, moved = running.call("POST", "/v1/tenants/demo/clock", {"advanceTo": expiry})
+    assert status == 200, moved
+    assert expiry in moved["ticksRun"]
+    assert all(t[14:16] in ("00", "30") and t.endswith(":00Z") for t in moved["ticksRun"])
+    status, body = running.call("GET", f"/v1/tenants/demo/lots/{lot}")
+    assert status == 200 and body["status"] == "LIBRE" and body["options"] == []
+    status, history = running.call("GET", f"/v1/tenants/demo/lots/{lot}/history")
+    assert status == 200
+    expired = [
+        e
+        for e in history["items"]
+        if e["type"] == "koban.option.expired" and e["data"]["optionId"] == option["optionId"]
+    ]
+    assert len(expired) == 1 and expired[0]["time"] == expiry
+    assert expired[0]["data"]["actor"] == "sweep"
+    assert expired[0] in running.stream(), "the expiry is in the tenant's event stream"
 
     running.proc.send_signal(signal.SIGINT)
     running.proc.wait(60)
