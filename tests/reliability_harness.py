@@ -18,6 +18,7 @@ the first request; the API and the sandbox share one `FixedClock` at `T0`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json as _json
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ from tests.test_api_harness import (
     make_tenant,
 )
 
-__all__ = ["SECRET", "T0", "SandboxServer", "Stack", "running_stack"]
+__all__ = ["SECRET", "T0", "SandboxServer", "Stack", "running_stack", "snapshot"]
 
 SECRET = "reliability-webhook-secret"
 
@@ -142,6 +143,25 @@ class Stack:
     async def events(self) -> list[dict[str, Any]]:
         entries = cast(list[Any], await self.store.redis.xrange(self.store.keys.events))
         return [orjson.loads(fields[b"ce"]) for _, fields in entries]
+
+
+async def snapshot(store: LotStore, codes: Iterable[str]) -> dict[str, Any]:
+    """What "nothing half-written" compares before and after a refused write: each lot as
+    stored but for its revision (an intent reserved then released moves only that), its
+    history, and the tenant's counts, indexes, tombstones and stream length."""
+    keys = store.keys
+    redis = store.redis
+    out: dict[str, Any] = {}
+    for code in codes:
+        lot = await store.load(code)
+        out[f"lot:{code}"] = dataclasses.replace(lot, rev=0) if lot is not None else None
+        out[f"history:{code}"] = await store.history(code)
+    out["counts"] = await redis.hgetall(keys.counts)
+    out["expiries"] = await redis.zrange(keys.expiries, 0, -1, withscores=True)
+    out["intents"] = await redis.zrange(keys.intents, 0, -1, withscores=True)
+    out["tombstones"] = await redis.zrange(keys.tombstones, 0, -1, withscores=True)
+    out["stream"] = await redis.xlen(keys.events)
+    return out
 
 
 @contextlib.asynccontextmanager
