@@ -6,10 +6,10 @@ the size limit without reading them whole.
   the quick suite (tests/test_api_schemathesis.py, whose loopback harness is reused):
   ``KOBAN_FUZZ_EXAMPLES`` cases per operation (default 50; one more share of it per three
   path-parameter variants) with an admin token over every operation, half that with a
-  partner token and with a read token over the ``/v1`` operations. Each role gets a tenant of its own whose lots hold options and
-  préréservations placed by that kind of caller (so cancel, prolong and withdraw reach
-  Koban), and path parameters pinned to them. Checks: no 5xx, statuses, bodies, headers and
-  content types as documented.
+  partner token and with a read token over the ``/v1`` operations. Each role gets a tenant
+  of its own whose lots hold options and préréservations placed by that kind of caller
+  (so cancel, prolong and withdraw reach Koban), and path parameters pinned to them.
+  Checks: no 5xx, statuses, bodies, headers and content types as documented.
 * `test_webhook_form_fuzzer`: hypothesis builds requests to every Koban webhook (the six
   POSTs and ``GET option-check``): random, missing, duplicated, oversized and wrongly typed
   fields; latin-1, invalid UTF-8 and percent-encoding garbage; JSON, multipart, text and no
