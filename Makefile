@@ -34,6 +34,7 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	.ci/ensure-redis
 	$(BIN)/python -m bench.sweep
+	$(BIN)/python -m bench.ticks
 
 diagrams: $(STAMP)
 	$(BIN)/python -m service.diagram docs

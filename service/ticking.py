@@ -12,10 +12,13 @@ and the sandbox test clocks all go through `process_tick` (SPEC §8).
    (polling) until that one marks the tick done — then there is nothing left to do — or
    its lease lapses or is handed back, and takes over: the sweep is idempotent and atomic
    per chunk, so a half-done tick is simply finished;
-3. sends the expiring notices due by the tick (`service.notices`), so that in a catch-up
-   or a test-clock jump an option's notice precedes its expiry;
+3. sends the expiring notices due by the tick of options expiring at or before it
+   (`service.notices`; normally none, earlier ticks gave them), so that in a catch-up or a
+   test-clock jump an option's notice precedes its expiry;
 4. runs `service.sweep.expire_due(store, tick)` (each event's ``time`` is its own tick);
-5. records the tick as processed (a script keeps the maximum: the record only moves
+5. sends the other notices due by the tick (the window ahead: options expiring within
+   `expiring_notice` after it), after the expiries, which are what the tick is late for;
+6. records the tick as processed (a script keeps the maximum: the record only moves
    forward) and releases the lease. Cancelled (shutdown), it releases the lease without
    recording anything: another daemon finishes the tick at once.
 
@@ -83,7 +86,7 @@ class TickReport:
     lateness_s: int = 0  # processing start (the tenant's clock) - tick
     duration_s: float = 0.0  # processing start -> recorded
     started_at: float = 0.0  # wall clock (time.time()) at processing start
-    swept_at: float = 0.0  # wall clock when the sweep's last chunk was written
+    swept_at: float = 0.0  # wall clock when the sweep's last chunk (the tick's last expiry) landed
     sweep: SweepReport | None = field(default=None, repr=False)
 
 
@@ -153,9 +156,12 @@ async def process_tick(
             lateness_s=tenant.clock.now() - tick,
         )
         report.due = int(await store.redis.zcount(store.keys.expiries, "-inf", tick))
-        notices = await send_notices(store, tick)
+        # Notices of options expiring by this tick first (normally none: they were given
+        # at earlier ticks), the expiries, then the notices of the window ahead.
+        first = await send_notices(store, tick, through=tick)
         sweep = await expire_due(store, tick, batch=batch)
         report.swept_at = time.time()
+        ahead = await send_notices(store, tick)
         await raise_to(store.redis, store.keys.ticked, tick)
         report.duration_s = time.perf_counter() - started
     report.sweep = sweep
@@ -163,7 +169,7 @@ async def process_tick(
     report.promoted = sweep.promoted
     report.lots = sweep.lots
     report.retried = sweep.retried
-    report.notices = notices.notices
+    report.notices = first.notices + ahead.notices
     _log(report)
     return report
 

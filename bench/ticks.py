@@ -1,0 +1,110 @@
+"""`make bench` (scheduler): how late a tick's expiries land, through the sandbox test clock.
+
+N_TICKS consecutive ticks each have N_DUE options due (one option per lot, every lot loaded
+through the store's own commit path). A sandbox tenant's test clock is then advanced one
+tick at a time with `service.ticking.advance_clock` — the code path of ``POST …/clock``
+and of the daemon: `process_tick` with its lease, the expiring notices (PT2H: each tick
+also gives the notices of the options due four ticks later) and the sweep.
+
+Per tick, the figure is the time from the start of the tick's processing (lease taken) to
+its last expiry written (the sweep's last chunk landed): `tick_lateness_p99_ms` over the
+N_TICKS ticks (target ≤ 1 s). `tick_processing_p99_ms` adds what comes after the expiries
+(the notices of the window ahead, the record). One client process, Redis on loopback, a
+private redis-server started here (never the machine's 6379). Sizes: KOBAN_BENCH_TICKS
+(20), KOBAN_BENCH_TICK_DUE (10 000).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import structlog
+
+from service.clock import TestClock
+from service.config import TenantSettings
+from service.redis_client import connect
+from service.store import LotStore
+from service.tenancy import Tenant, rules_from
+from service.ticking import advance_clock
+from statecharts.ticks import TICK_SECONDS, next_tick
+from tests.conftest import start_redis_server
+from tests.loading import load_options
+
+N_TICKS = int(os.environ.get("KOBAN_BENCH_TICKS", "20"))
+N_DUE = int(os.environ.get("KOBAN_BENCH_TICK_DUE", "10000"))
+
+
+def bench(name: str, value: float, unit: str) -> None:
+    print(f"BENCH {name} {value:.6g} {unit}", flush=True)
+
+
+def p99(values: list[float]) -> float:
+    """The 99th percentile (nearest rank): the worst of 20, the 10th worst of 1 000."""
+    ordered = sorted(values)
+    return ordered[max(0, -(-99 * len(ordered) // 100) - 1)]
+
+
+async def run(redis_url: str) -> None:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))  # quiet ticks
+    redis = connect(redis_url)
+    settings = TenantSettings(sandbox=True)
+    rules = rules_from(settings)
+    tenant = Tenant(
+        "benchticks", settings, rules, LotStore(redis, "benchticks", rules), TestClock()
+    )
+    print(
+        f"tick bench: {N_TICKS} ticks with {N_DUE} options due each, notices PT2H; "
+        "1 client process, Redis on loopback",
+        flush=True,
+    )
+    start = next_tick(tenant.clock.now()) + 4 * TICK_SECONDS
+    ticks = [start + i * TICK_SECONDS for i in range(1, N_TICKS + 1)]
+    t = time.perf_counter()
+    for i, tick in enumerate(ticks):
+        codes = (f"T{i:02d}-{n:06d}" for n in range(N_DUE))
+        await load_options(tenant.store, codes, tick, tick - 2 * 86400)
+        if sys.stderr.isatty():
+            print(f"\r  loading: {i + 1}/{N_TICKS} ticks", end="", file=sys.stderr, flush=True)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(f"  loaded {N_TICKS * N_DUE} options in {time.perf_counter() - t:.1f} s", flush=True)
+    # Up to the tick before the first measured one: the notices of the first four ticks.
+    await advance_clock(tenant, start)
+    lateness: list[float] = []
+    processing: list[float] = []
+    for tick in ticks:
+        moved = await advance_clock(tenant, tick)
+        [report] = moved.ticks
+        assert report.tick == tick and report.expired == N_DUE, report
+        lateness.append((report.swept_at - report.started_at) * 1000)
+        processing.append(report.duration_s * 1000)
+    await redis.aclose()
+    print(
+        "  per tick (ms, start -> last expiry): "
+        + " ".join(f"{x:.0f}" for x in lateness)
+        + f"; median {statistics.median(lateness):.0f}",
+        flush=True,
+    )
+    bench("tick_lateness_p99_ms", p99(lateness), "ms")
+    bench("tick_processing_p99_ms", p99(processing), "ms")
+    bench("tick_expiry_rate_per_s", N_DUE / (statistics.median(lateness) / 1000), "expiries/s")
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = start_redis_server(Path(tmp))
+        try:
+            asyncio.run(run(url))
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+if __name__ == "__main__":
+    main()
