@@ -159,12 +159,15 @@ def _malformed(message: str) -> WebhookError:
     return WebhookError(400, "MALFORMED_REQUEST", message)
 
 
-_TOKEN_IN_URL = re.compile(r"(?i)([?&;]token=)[^&;#\s]*")
+# The value runs to the next "&" (or "#", or whitespace): aiohttp does not split a query on
+# ";", so a secret with a ";" in it is one value and must be redacted whole.
+_TOKEN_IN_URL = re.compile(r"(?i)([?&;]token=)[^&#\s]*")
 
 
 def redact_token(url: str) -> str:
-    """`url` (a URL, a path with its query, or a whole request line) with every ``token``
-    query value replaced by ``***``: the webhook secret must never reach a log."""
+    """`url` (a URL, a path with its query, a whole request line, a log message quoting
+    one) with every ``token`` query value replaced by ``***``: the webhook secret must
+    never reach a log."""
     return _TOKEN_IN_URL.sub(r"\1***", url)
 
 

@@ -7,6 +7,13 @@ the whole request (every log line of the request carries ``request_id``), stored
 request, and echoed on every response (errors, 404s and streamed responses included,
 through ``on_response_prepare``). One ``http_request`` line per request, with the query's
 ``token`` redacted.
+
+aiohttp logs through the standard library, and some of its records quote a request line
+or a URL: the access log (``%r``), a request line too long for its parser (the first bytes
+of the URL, in the exception's text, at ERROR: printed to stderr even when nothing is
+configured). `RedactTokens` rewrites such records (message and exception text) through
+`service.webhooks.redact_token`; it is installed on aiohttp's loggers when this module is
+imported (so before any app serves) and again by `configure_logging`.
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ from service.webhooks import redact_token
 __all__ = [
     "REQUEST_ID",
     "REQUEST_ID_HEADER",
+    "RedactTokens",
     "configure_logging",
+    "redact_stdlib_logs",
     "request_id_middleware",
     "request_id_of",
     "stamp_request_id",
@@ -40,12 +49,53 @@ _ACCEPTED_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
 log = structlog.get_logger("service.api")
 
+# aiohttp's loggers (a filter applies to the records created at its own logger).
+AIOHTTP_LOGGERS = (
+    "aiohttp.access",
+    "aiohttp.client",
+    "aiohttp.internal",
+    "aiohttp.server",
+    "aiohttp.web",
+    "aiohttp.websocket",
+)
+
+
+class RedactTokens(logging.Filter):
+    """Every ``token`` query value in a record's message and exception text → ``***``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a malformed record: its handler reports it
+            message = str(record.msg)
+        redacted = redact_token(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_token(record.exc_text)
+        return True
+
+
+def redact_stdlib_logs() -> None:
+    """Install `RedactTokens` on aiohttp's loggers (once each)."""
+    for name in AIOHTTP_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())
+
+
+redact_stdlib_logs()
+
 
 def configure_logging(
     fmt: Literal["json", "console"] = "json",
     level: Literal["debug", "info", "warning", "error"] = "info",
 ) -> None:
-    """Process-wide structlog set-up: context variables merged into every line."""
+    """Process-wide structlog set-up: context variables merged into every line; aiohttp's
+    standard-library records redacted."""
+    redact_stdlib_logs()
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
