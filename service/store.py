@@ -227,7 +227,8 @@ class LotStore:
         create: Callable[[], Lot] | None = None,
         prefetch: Callable[[], Awaitable[Any]] | None = None,
     ) -> T:
-        """Read, decide, commit; on a lost race re-read and re-decide.
+        """Read, decide, commit; on a lost race re-read and re-decide (unless the lot now
+        holds exactly what the refused commit wrote: a resent commit that had landed).
 
         `prefetch` (optional) is awaited at every attempt *before* the lot is read and its
         result handed to `change` as ``counts.extra``: data written only together with a
@@ -242,12 +243,19 @@ class LotStore:
         """
         lot_key = self.keys.lot(extcode)
         fields = [API_USER_FIELD] + ([prospect_field(holder)] if holder else [])
+        attempted: tuple[bytes, T] | None = None  # the last refused commit's value, result
         for _ in range(self.max_attempts):
             extra = await prefetch() if prefetch is not None else None
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.get(lot_key)
                 pipe.hmget(self.keys.counts, fields)
                 raw, values = await pipe.execute()
+            if attempted is not None and raw == attempted[0]:
+                # That commit did land: its reply was lost and redis-py's retry sent the
+                # script again, which found the lot already at its own revision. Deciding
+                # again would judge the change against itself (an intent refused as
+                # PROSPECT_ALREADY_HOLDS by its own reservation).
+                return attempted[1]
             counts = Counts(int(values[1] or 0) if holder else 0, int(values[0] or 0), extra)
             if raw is None:
                 if create is None:
@@ -273,10 +281,12 @@ class LotStore:
             events.extend(tr.expiring_notices(lot, now, self.rules, at=now))
             if raw is not None and not events and encode_lot(lot) == raw:
                 return result  # nothing to write (e.g. a replayed webhook)
-            reply = await self.commit([self.transition(before, lot, events, now, limits)])
+            transition = self.transition(before, lot, events, now, limits)
+            reply = await self.commit([transition])
             if reply[0] == b"ok":
                 return result
             # b"rev": another writer won; b"limit": a count moved; both: re-read, re-decide.
+            attempted = (transition[1], result)
         raise StoreConflict(f"lot {extcode}: too many concurrent writers")
 
     # --- the business operations (each one transition) ------------------------------------
