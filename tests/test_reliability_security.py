@@ -34,7 +34,9 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import os
 import re
+import signal
 import sys
 import urllib.parse
 import uuid
@@ -56,14 +58,16 @@ from service.api import build_api_app
 from service.api.context import FlowSettings
 from service.api.logging import configure_logging
 from service.api.openapi import OPERATIONS
-from service.clock import FixedClock
+from service.clock import FixedClock, SystemClock
 from service.config import ApiToken
 from service.koban import KobanClient
 from service.sandbox import Fault, SandboxState, build_sandbox_app
+from service.store import LotStore
 from service.tenancy import Tenant, Tenants
 from service.webhooks import TOKEN_HEADER, redact_token
 from statecharts.ticks import to_iso
-from tests.conftest import delete_tenant_keys
+from tests.conftest import _free_port as free_port
+from tests.conftest import delete_tenant_keys, make_rules
 from tests.test_api_harness import DAY, T0, import_stock, make_sandbox, make_tenant
 from tests.test_reliability_input import changed, snapshot
 
@@ -144,6 +148,7 @@ class Deployment:
     clients: list[KobanClient]
     secrets: Secrets
     redis_url: str
+    now: int = T0  # the service's clock (a FixedClock here)
 
     def path(self, rest: str, tenant: str | None = None) -> str:
         return f"/v1/tenants/{tenant or self.name}/{rest.lstrip('/')}"
@@ -802,6 +807,8 @@ def every_log() -> Iterator[Records]:
 
 
 async def _workload(d: Deployment) -> None:
+    """Reads, writes through Koban, Koban failures, bad requests, auth failures, webhooks
+    with the secret in the header and in ?token=, and an over-long request line."""
     s = d.secrets
     admin_near_miss = s.tokens["admin"] + "x"
     # Reads, writes through Koban (with an idempotent replay), and the event stream.
@@ -820,7 +827,7 @@ async def _workload(d: Deployment) -> None:
             "POST", "lots/L1/options", role="write", json={"thirdGuid": "p1"}, headers=headers
         )
         assert answer.status == 201
-    until = to_iso(T0 + 4 * DAY)
+    until = to_iso(d.now + 4 * DAY)
     assert (
         await d.call("POST", "lots/L1/options/1/prolongation", role="admin", json={"until": until})
     ).status == 200
@@ -837,22 +844,17 @@ async def _workload(d: Deployment) -> None:
     ).status == 200
     await read_sse(d, "admin", 3)
     # Koban failing: unavailable, unusable (our keys refused), outcome unknown.
-    d.koban.add_fault(
-        Fault.from_json({"status": 503, "methods": ["ncOption/GetLotStatus"], "count": 1})
-    )
+    d.koban.add_fault(Fault.from_json({"status": 503, "methods": ["ncOption/GetLotStatus"]}))
     assert (
         await d.call("POST", "lots/L4/options", role="admin", json={"thirdGuid": "p4"})
-    ).status == 503
+    ).status == 503  # through the client's retries
+    d.koban.clear_faults()
     d.koban.api_key = "rotated"
     assert (
         await d.call("POST", "lots/L4/options", role="admin", json={"thirdGuid": "p4"})
     ).status == 502
     d.koban.api_key = s.koban_api_key
-    d.koban.add_fault(
-        Fault.from_json(
-            {"timeout": True, "hang_seconds": 2, "methods": ["ncOption/Add"], "count": 1}
-        )
-    )
+    d.koban.add_fault(Fault.from_json({"reset": True, "methods": ["ncOption/Add"], "count": 1}))
     assert (
         await d.call("POST", "lots/L5/options", role="admin", json={"thirdGuid": "p5"})
     ).status == 202
@@ -870,7 +872,7 @@ async def _workload(d: Deployment) -> None:
     basic = {"Authorization": "Basic " + base64.b64encode(s.tokens["admin"].encode()).decode()}
     assert (await d.call("GET", "lots/L1", headers=basic)).status == 401
     # Webhooks: secret in the header, in ?token=, wrong ones, an unknown tenant, bad forms.
-    form = {"Deal_Extcode": "L7", "Third_Guid": "p6", "ExpDate": str(T0 + DAY)}
+    form = {"Deal_Extcode": "L7", "Third_Guid": "p6", "ExpDate": str(d.now + DAY)}
     assert (await d.hook("option-placed", form, header=s.webhook)).status == 200
     assert (await d.hook("option-cancelled", form, query=s.webhook)).status == 200
     assert (await d.hook("option-check", {"extcode": "L7"}, query=s.webhook)).status == 200
@@ -892,19 +894,23 @@ async def _workload(d: Deployment) -> None:
         writer.close()
 
 
-async def test_secrets_are_never_logged(dep: Deployment, capfd: pytest.CaptureFixture[str]) -> None:
-    with every_log() as records:
-        await _workload(dep)
-        await asyncio.sleep(0.05)  # the access log line of the last request
-    captured = capfd.readouterr()
-    outputs = {"stderr": captured.err, "stdout": captured.out, "stdlib": "\n".join(records.lines)}
-    for name, secret in dep.secrets.named().items():
+def assert_no_secret(outputs: dict[str, str], secrets: Secrets) -> None:
+    for name, secret in secrets.named().items():
         forms = {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)}
         # Any 12 characters of it: a secret cut in two (token=***;rest) leaks too.
         forms |= {secret[i : i + 12] for i in range(len(secret) - 11)}
         for form in forms:
             for where, text in outputs.items():
                 assert form not in text, f"{name}: {form!r} of it logged in {where}"
+
+
+async def test_secrets_are_never_logged(dep: Deployment, capfd: pytest.CaptureFixture[str]) -> None:
+    with every_log() as records:
+        await _workload(dep)
+        await asyncio.sleep(0.05)  # the access log line of the last request
+    captured = capfd.readouterr()
+    outputs = {"stderr": captured.err, "stdout": captured.out, "stdlib": "\n".join(records.lines)}
+    assert_no_secret(outputs, dep.secrets)
     # What was captured is the real thing: JSON lines, aiohttp's access log, the parser error.
     lines = [orjson.loads(line) for line in captured.err.splitlines() if line.startswith("{")]
     access = [line for line in lines if line.get("event") == "http_request"]
@@ -954,3 +960,109 @@ def test_redact_token_keeps_no_part_of_a_secret(url: str, redacted: str) -> None
     """Regression: the value stopped at ";", which aiohttp does not treat as a separator,
     so a secret with a ";" in it was logged from there on (``token=***;cd``)."""
     assert redact_token(url) == redacted
+
+
+async def test_the_api_process_never_logs_a_secret(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """`koban-options api` as an operator runs it (configuration and secrets from the
+    environment, log level debug, the real clock): everything it writes to stdout and
+    stderr over the same workload, Koban being the sandbox, holds no secret."""
+    name = "s" + uuid.uuid4().hex[:12]
+    s = Secrets()
+    state = make_sandbox(SystemClock())  # type: ignore[arg-type]
+    state.api_key, state.user_key = s.koban_api_key, s.koban_user_key
+    for guid in ("holder-x",):
+        state.add_third(guid=guid, name=guid.upper(), first_name="F", email=f"{guid}@x.fr")
+    sandbox = web.AppRunner(build_sandbox_app(state, tick_interval=None))
+    await sandbox.setup()
+    await web.TCPSite(sandbox, "127.0.0.1", 0).start()
+    host, sandbox_port = sandbox.addresses[0][:2]
+    tenants = tmp_path / "tenants.toml"
+    tenants.write_text(
+        f'[tenants.{name}]\nkoban_base_url = "http://{host}:{sandbox_port}/api/v1"\n'
+    )
+    prefix = f"KOBAN_OPTIONS_TENANTS__{name.upper()}__"
+    tokens = [
+        {"token": s.tokens[role], "scopes": sorted(scopes), "partner_guid": partner}
+        for role, (scopes, partner) in ROLES.items()
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KOBAN_OPTIONS_")}
+    env.update(
+        {
+            "REDIS_URL": redis_url,
+            "KOBAN_OPTIONS_TENANTS_FILE": str(tenants),
+            "KOBAN_OPTIONS_LOG_LEVEL": "debug",
+            "KOBAN_OPTIONS_LOG_FORMAT": "json",
+            prefix + "KOBAN_API_KEY": s.koban_api_key,
+            prefix + "KOBAN_USER_KEY": s.koban_user_key,
+            prefix + "WEBHOOK_SECRET": s.webhook,
+            prefix + "API_TOKENS": orjson.dumps(tokens).decode(),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    port = free_port()
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    binary = Path(sys.executable).with_name("koban-options")
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        proc = await asyncio.create_subprocess_exec(
+            str(binary),
+            "api",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            stdout=stdout,
+            stderr=stderr,
+            cwd=tmp_path,
+            env=env,
+        )
+    url = f"http://127.0.0.1:{port}"
+    store = LotStore(redis, name, make_rules())
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with asyncio.timeout(60):
+                while True:
+                    assert proc.returncode is None, err.read_text()
+                    try:
+                        async with session.get(url + "/healthz") as response:
+                            if response.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    await asyncio.sleep(0.1)
+            now = SystemClock().now()
+            await import_stock(store, state, now - 3600)
+            d = Deployment(
+                url,
+                None,
+                session,
+                name,
+                name + "-none",
+                None,
+                None,
+                state,
+                [],
+                s,  # type: ignore[arg-type]
+                redis_url,
+                now,
+            )
+            await _workload(d)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                await proc.wait()
+        await sandbox.cleanup()
+        delete_tenant_keys(redis_url, name)
+    assert proc.returncode == 0, err.read_text()[-2000:]
+    outputs = {"stdout": out.read_text(), "stderr": err.read_text()}
+    assert_no_secret(outputs, s)
+    text = "\n".join(outputs.values())
+    lines = [orjson.loads(x) for x in text.splitlines() if x.startswith("{")]
+    access = [x for x in lines if x.get("event") == "http_request"]
+    assert len(access) >= 30 and any("token=***" in x["path"] for x in access)
+    assert any(x.get("event") == "api_stopped" for x in lines)
+    too_long = [x for x in text.splitlines() if "Got more than 8190 bytes" in x]
+    assert too_long and all("token=***" in x for x in too_long), too_long
+    print(f"\nSECURITY api process: {len(lines)} JSON lines, {len(text)} bytes of output")
