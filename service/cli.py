@@ -158,9 +158,14 @@ async def _scheduler() -> int:
 
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
-    redis = connect(_redis_url(settings))
+    url = _redis_url(settings)
+    redis = connect(url)
     try:
+        await redis.ping()
         return await run_daemon(build_tenants(settings, redis), redis, batch=settings.sweep_batch)
+    except (RedisError, OSError) as exc:
+        print(f"koban-options: Redis unavailable at {url}: {exc}", file=sys.stderr)
+        return 3
     finally:
         await redis.aclose()
 
