@@ -196,3 +196,19 @@ async def test_an_idempotent_advance_by_moves_once(api: Clocked) -> None:
     assert answers[0][0] == answers[1][0] == 200 and answers[0][1] == answers[1][1]
     assert answers[1][2] == "true"
     assert (await api.call("GET"))[1]["offsetSeconds"] == 3600
+
+
+async def test_readyz_reports_each_tenants_last_tick(api: Clocked, redis: Redis) -> None:
+    from service.keys import SCHEDULER_HEARTBEAT_KEY
+
+    assert (await api.call("POST", json={"advanceBy": "PT30M"}))[0] == 200
+    await redis.set(SCHEDULER_HEARTBEAT_KEY, repr(T0 + 0.5), ex=30)
+    try:
+        async with api.client.get("/readyz") as response:
+            body = await response.json()
+    finally:
+        await redis.delete(SCHEDULER_HEARTBEAT_KEY)
+    assert body["scheduler"]["lastTicks"] == {
+        api.tenant.name: "2026-11-23T10:30:00Z",
+        api.plain: None,
+    }

@@ -10,7 +10,8 @@ the error middlewares (so it sees the final status of every answer, envelope inc
   both with ``{"status": "ready" | "unavailable", "redis": {"ok", "latencyMs",
   "error"}, "scheduler"}``. ``scheduler`` is null until a scheduler writes its heartbeat
   (the string key `SCHEDULER_HEARTBEAT_KEY`, UNIX seconds of its last beat); then it is
-  ``{"lastBeat", "ageSeconds"}``. The scheduler's age never makes the API unready: the
+  ``{"lastBeat", "ageSeconds", "lastTicks"}``, the last with each tenant's latest
+  processed tick (null before its first). The scheduler's age never makes the API unready: the
   API serves without it (only expiry would lag, and reads apply lazy expiry anyway).
 * ``GET /metrics`` → Prometheus text from the app's own `CollectorRegistry` (never the
   process-global one, so two apps in one process — tests — do not collide):
@@ -108,6 +109,7 @@ class RedisCheckOut(_Camel):
 class SchedulerOut(_Camel):
     last_beat: Instant
     age_seconds: float
+    last_ticks: dict[str, Instant | None]  # per tenant: the latest tick processed
 
 
 class ReadyOut(_Camel):
@@ -270,6 +272,7 @@ def _event_type(raw: bytes | None) -> str | None:
 
 METRICS_KEY = web.AppKey("api_metrics", Metrics)
 HEALTH_REDIS_KEY = web.AppKey("api_health_redis", Redis)
+HEALTH_TENANTS_KEY = web.AppKey("api_health_tenants", Tenants)
 
 
 def metrics_of(app: web.Application) -> Metrics:
@@ -318,27 +321,40 @@ async def _ping(redis: Redis) -> RedisCheckOut:
     return RedisCheckOut(ok=True, latency_ms=latency, error=None)
 
 
-async def _scheduler(redis: Redis) -> SchedulerOut | None:
+async def _scheduler(redis: Redis, tenants: Tenants) -> SchedulerOut | None:
+    names = sorted(tenants)
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
             raw = await redis.get(SCHEDULER_HEARTBEAT_KEY)
+            async with redis.pipeline(transaction=False) as pipe:  # one slot per tenant
+                for name in names:
+                    pipe.get(tenants[name].store.keys.ticked)
+                ticked = await pipe.execute()
     except (RedisError, OSError, TimeoutError):
         return None
     if raw is None:
         return None
+    last_ticks = {
+        name: int(value) if value is not None and value.isdigit() else None
+        for name, value in zip(names, ticked, strict=True)
+    }
     try:
         beat = float(raw)
     except ValueError:
         return None
     if not math.isfinite(beat) or not 0 <= beat < 253402300800:
         return None
-    return SchedulerOut(last_beat=math.floor(beat), age_seconds=round(time.time() - beat, 3))
+    return SchedulerOut(
+        last_beat=math.floor(beat),
+        age_seconds=round(time.time() - beat, 3),
+        last_ticks=last_ticks,
+    )
 
 
 async def readyz(request: web.Request) -> web.Response:
     redis = request.app[HEALTH_REDIS_KEY]
     check = await _ping(redis)
-    scheduler = await _scheduler(redis) if check.ok else None
+    scheduler = await _scheduler(redis, request.app[HEALTH_TENANTS_KEY]) if check.ok else None
     answer = ReadyOut(
         status="ready" if check.ok else "unavailable", redis=check, scheduler=scheduler
     )
@@ -366,6 +382,7 @@ def install_health(app: web.Application, redis: Redis, tenants: Tenants) -> Metr
     collected = Metrics(tenants, _clients_of(app))
     app[METRICS_KEY] = collected
     app[HEALTH_REDIS_KEY] = redis
+    app[HEALTH_TENANTS_KEY] = tenants
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     return collected
