@@ -149,6 +149,7 @@ class Deployment:
     secrets: Secrets
     redis_url: str
     now: int = T0  # the service's clock (a FixedClock here)
+    sent: int = 0  # requests sent (figures for the README)
 
     def path(self, rest: str, tenant: str | None = None) -> str:
         return f"/v1/tenants/{tenant or self.name}/{rest.lstrip('/')}"
@@ -170,6 +171,7 @@ class Deployment:
         if secret is not None:
             sent["Authorization"] = f"Bearer {secret}"
         url = self.url + (path if path.startswith("/") else self.path(path))
+        self.sent += 1
         async with self.session.request(
             method, yarl_url(url), json=json, data=data, headers=sent
         ) as response:
@@ -398,7 +400,8 @@ async def test_every_route_but_the_public_ones_needs_a_token(dep: Deployment) ->
     assert checked["v1"] >= 20 and checked["webhook"] >= 7 and checked["catch-all"] == 1
     assert not changed(before, both_snapshots(dep))
     assert (dep.sandbox_options(), dep.koban_calls()) == (sandbox, calls)
-    print(f"\nSECURITY routes: {len(routes)} ({checked}, public {len(seen_public)})")
+    public = len(seen_public)
+    print(f"\nSECURITY routes: {len(routes)} ({checked}, public {public}), {dep.sent} requests")
 
 
 async def test_bearer_auth_is_checked_before_the_body_is_read(dep: Deployment) -> None:
@@ -921,7 +924,10 @@ async def test_secrets_are_never_logged(dep: Deployment, capfd: pytest.CaptureFi
     too_long = [line for line in records.lines if "Got more than 8190 bytes" in line]
     assert too_long and all("token=***" in line for line in too_long)
     assert any(line.get("event") == "upstream_failure" for line in lines)
-    print(f"\nSECURITY logs: {len(lines)} structlog lines, {len(records.lines)} stdlib records")
+    print(
+        f"\nSECURITY logs: {dep.sent} requests, {len(lines)} structlog lines, "
+        f"{len(records.lines)} stdlib records"
+    )
 
 
 def test_aiohttps_records_are_redacted_even_without_configure_logging() -> None:
