@@ -41,7 +41,7 @@ N_BASE = int(os.environ.get("KOBAN_BENCH_BASELINE", "10000"))
 N_MEMORY = int(os.environ.get("KOBAN_BENCH_MEMORY_LOTS", "20000"))
 T0 = 1_795_000_000 - 1_795_000_000 % 1800
 RULES = Rules(zone=ZoneInfo("Europe/Paris"), option_lifetime=parse_duration("P2D"))
-LOAD_BATCH = 500
+LOAD_BATCH = 1000
 EMPTY: View = view(Lot(""))
 
 
@@ -55,8 +55,13 @@ def progress(label: str, done: int, total: int) -> None:
 
 
 async def load(store: LotStore, codes: Iterable[str], holders: int, placed_at: int) -> None:
-    """Import lots (LIBRE, `lot.imported`) and place `holders` options on each, in batches."""
+    """Import lots (LIBRE, `lot.imported`) and place `holders` options on each, in batches.
+
+    Each batch is one call of the store's own commit script with the store's own
+    transitions; the next batch is built while Redis applies the previous one.
+    """
     codes = list(codes)
+    inflight: asyncio.Future[Any] | None = None
     for start in range(0, len(codes), LOAD_BATCH):
         batch: list[list[Any]] = []
         for code in codes[start : start + LOAD_BATCH]:
@@ -74,10 +79,25 @@ async def load(store: LotStore, codes: Iterable[str], holders: int, placed_at: i
                     actor="api",
                 )
             batch.append(store.transition(EMPTY, lot, events, T0))
-        await store.commit(batch, mode="each")
+        if inflight is not None:
+            await _committed(inflight)
+        inflight = asyncio.ensure_future(_commit(store, batch))
+        for _ in range(5):  # let the call reach the socket before building the next batch
+            await asyncio.sleep(0)
         progress("loading", start + LOAD_BATCH, len(codes))
+    if inflight is not None:
+        await _committed(inflight)
     if sys.stderr.isatty():
         print(file=sys.stderr)
+
+
+async def _commit(store: LotStore, batch: list[list[Any]]) -> tuple[int, Any]:
+    return len(batch), await store.commit(batch, mode="each")
+
+
+async def _committed(call: asyncio.Future[Any]) -> None:
+    n, reply = await call
+    assert reply == [1] * n, "a bench lot existed already"
 
 
 async def used_memory(redis: Redis) -> int:

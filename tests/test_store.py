@@ -419,23 +419,27 @@ async def test_sweep_crash_between_batches_loses_nothing(
     for i, code in enumerate(codes):
         await store.place_local(code, f"p{i}", None, T0)
     tick = T0 + 2 * 86400
-    real_exec = sweep_module._exec
+    real_send = sweep_module._Sweeper.send_apply
     calls = 0
 
-    async def crashing_exec(pipe: object) -> bool:
+    async def crashing_send(
+        self: sweep_module._Sweeper,
+        plans: list[sweep_module.Plan],
+        histories: list[bytes],
+        command: bytes | None = None,
+    ) -> None:
         nonlocal calls
         calls += 1
-        if calls == 3:
-            await pipe.reset()  # type: ignore[attr-defined]
+        if calls == 3:  # two chunks sent (maybe not yet applied), the third never leaves
             raise ConnectionError("process died here")
-        return await real_exec(pipe)
+        await real_send(self, plans, histories, command)
 
-    monkeypatch.setattr(sweep_module, "_exec", crashing_exec)
+    monkeypatch.setattr(sweep_module._Sweeper, "send_apply", crashing_send)
     with pytest.raises(ConnectionError):
         await expire_due(store, tick, batch=3)
     remaining = await store.redis.zcard(store.keys.expiries)
     assert (20 - remaining) % 3 == 0 and remaining < 20  # whole chunks landed, no part of one
-    monkeypatch.setattr(sweep_module, "_exec", real_exec)
+    monkeypatch.setattr(sweep_module._Sweeper, "send_apply", real_send)
     report = await expire_due(store, tick, batch=3)
     assert report.expired == remaining
     expired = [e for e in await stream(store) if e["type"] == "koban.option.expired"]
