@@ -297,9 +297,17 @@ def _learn_deadline(own: Option, deadline: int, ctx: Ctx) -> Applied:
 
 
 def _ended_already(seen: Seen, deadline: int, rules: Rules) -> bool:
-    """A tombstone of this (lot, third) that the placed webhook describes, or outlived."""
+    """A tombstone of this (lot, third) that the placed webhook describes, or outlived.
+
+    An ExpDate on a tick (the sandbox sends the effective expiry) also names the option
+    whose deadline expires at that tick: an API-placed option's tombstone holds the
+    service's estimated deadline, which expires at the tick Koban computed from the same
+    DateOption. Comparing the dates alone missed it for an option ended within the half
+    hour it was placed in, and the late webhook placed it again."""
+    on_tick = ceil_tick(deadline) == deadline
     return any(
         t.deadline == deadline
+        or (on_tick and t.deadline is not None and ceil_tick(t.deadline) == deadline)
         or deadline < deadline_from_lifetime(t.ended, rules.option_lifetime, rules.zone)
         for t in seen.tombstones
     )
