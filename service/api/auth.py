@@ -59,6 +59,13 @@ class _Entry:
     digest: bytes
     tenant: str
     token: ApiToken
+    granted: frozenset[str]  # the token's scopes with the ones they imply
+    token_id: str  # digest.hex()
+
+
+def _entry(digest: bytes, tenant: str, token: ApiToken) -> _Entry:
+    granted = frozenset().union(*(_IMPLIED[s] for s in token.scopes))
+    return _Entry(digest, tenant, token, granted, digest.hex())
 
 
 def _digest(token: str) -> bytes:
@@ -71,7 +78,7 @@ class TokenIndex:
     def __init__(self, tenants: Tenants) -> None:
         self.tenants = tenants
         self._entries = [
-            _Entry(_digest(t.token.get_secret_value()), name, t)
+            _entry(_digest(t.token.get_secret_value()), name, t)
             for name, tenant in tenants.items()
             for t in tenant.settings.api_tokens
         ]
@@ -97,10 +104,9 @@ class TokenIndex:
         tenant = self.tenants.get(tenant_name)
         if tenant is None or entry.tenant != tenant_name:
             raise ApiError(404, TENANT_UNKNOWN, f"Unknown tenant {tenant_name!r}.")
-        granted = frozenset().union(*(_IMPLIED[s] for s in entry.token.scopes))
-        if scope not in granted:
+        if scope not in entry.granted:
             raise ApiError(403, FORBIDDEN, f"This token lacks the {scope!r} scope.")
-        return Caller(tenant, entry.digest.hex(), granted, entry.token.partner_guid)
+        return Caller(tenant, entry.token_id, entry.granted, entry.token.partner_guid)
 
 
 def _bearer(request: web.Request) -> str | None:
