@@ -17,6 +17,7 @@ from aiohttp import web
 
 from service.api.app import build_api_app
 from service.api.logging import configure_logging
+from service.api.routes_lots import install_fast_reads
 from service.config import Settings
 from service.redis_client import connect
 
@@ -61,7 +62,9 @@ async def serve_api(settings: Settings, redis_url: str, host: str, port: int) ->
     configure_logging(settings.log_format, settings.log_level)
     redis = connect(redis_url)
     try:
-        runner = await start_site(build_api_app(settings, redis), host, port)
+        app = build_api_app(settings, redis)
+        install_fast_reads(app, redis)
+        runner = await start_site(app, host, port)
         log.info("api_started", url=f"http://{host}:{port}", tenants=sorted(settings.tenants))
         try:
             reason = await wait_for_stop()

@@ -4,7 +4,6 @@ expired even before the sweep wrote it) and write nothing."""
 
 from __future__ import annotations
 
-import copy
 from typing import Any, cast
 
 from aiohttp import web
@@ -15,7 +14,6 @@ from service.api.context import authenticate, koban_for
 from service.api.errors import json_response
 from service.api.models import (
     Action,
-    AvailabilityOut,
     AvailabilityQuery,
     HistoryOut,
     KobanStatusOut,
@@ -33,14 +31,16 @@ from service.api.paging import Position, decode_cursor, encode_cursor, page_afte
 from service.codec import decode_lot
 from service.keys import API_USER_FIELD, prospect_field
 from service.koban import LotStatus
+from service.redis_mux import MuxReader
 from service.sync import in_drift_tolerance, koban_occupancy
 from statecharts import transitions as tr
 from statecharts.decide import decide
 from statecharts.errors import ErrorCode, RuleViolation
 from statecharts.lot_chart import STATE_PATH
 from statecharts.model import Intent, Lot, Option, Rules
+from statecharts.ticks import to_iso
 
-__all__ = ["lot_out", "option_out", "routes"]
+__all__ = ["FAST_READS", "install_fast_reads", "lot_out", "option_out", "routes"]
 
 routes = web.RouteTableDef()
 BASE = "/v1/tenants/{tenant}"
@@ -51,6 +51,9 @@ LOT = BASE + "/lots/{extcode}"
 SCAN_BATCH = 200
 SCAN_BUDGET = 5000
 START: Position = (-(2**53), None)
+# The availability route's Redis reads go through this reader when the app has one
+# (`install_fast_reads`; `koban-options api` does it), else through the tenant's client.
+FAST_READS = web.AppKey("api_fast_reads", MuxReader)
 _PROBE_HOLDER = "\x00probe"  # matches no prospect: availability without prospect rules
 
 
@@ -239,15 +242,16 @@ def availability(
     third: str | None,
     prospect_count: int,
     user_count: int,
-) -> AvailabilityOut:
+) -> dict[str, Any]:
+    """The availability answer as JSON: exactly ``dump(AvailabilityOut(...))`` (a test
+    checks it), built directly because this is the API's hottest read."""
     result, max_rank, end = local_result(lot)
     can_place, next_rank = False, None
     reason: str | None = ErrorCode.LOT_UNKNOWN.value
     if lot is not None:
-        trial = copy.deepcopy(lot)
         try:
             intent = tr.reserve_placement(
-                trial,
+                lot,
                 "probe",
                 third or _PROBE_HOLDER,
                 None,
@@ -260,17 +264,20 @@ def availability(
         except RuleViolation as exc:
             reason = exc.code.value
         else:
+            lot.intents.remove(intent)  # the probe was all reserve_placement added
             can_place, next_rank, reason = True, intent.rank, None
-    return AvailabilityOut(
-        extcode=extcode,
-        result=result,
-        max_rank=max_rank,
-        end_date=end,
-        can_place=can_place,
-        next_rank=next_rank,
-        reason=reason,
-        status=lot.status if lot is not None else None,
-    )
+    return {
+        "extcode": extcode,
+        "result": result,
+        "maxRank": max_rank,
+        "endDate": to_iso(end) if end is not None else None,
+        "canPlace": can_place,
+        "nextRank": next_rank,
+        "reason": reason,
+        "status": lot.status if lot is not None else None,
+        "koban": None,
+        "drift": None,
+    }
 
 
 def _drift(local: int, lot: Lot | None, status: LotStatus, caller: Caller, now: int) -> bool:
@@ -296,29 +303,60 @@ async def get_availability(request: web.Request) -> web.Response:
     store = tenant.store
     koban = koban_for(request, caller) if query.source == "koban" else None
     now = tenant.clock.now()
-    fields = [API_USER_FIELD] + ([prospect_field(query.third_guid)] if query.third_guid else [])
-    async with store.redis.pipeline(transaction=False) as pipe:
-        pipe.get(store.keys.lot(extcode))
-        pipe.hmget(store.keys.counts, fields)
-        raw, values = await pipe.execute()
-    user = int(values[0] or 0)
-    prospect = int(values[1] or 0) if query.third_guid else 0
+    rules = tenant.rules
+    third = query.third_guid
+    counted = third is not None or rules.max_options_per_user is not None
+    prospect = user = 0
+    key = store.keys.lot(extcode)
+    fast = request.app.get(FAST_READS)
+    if not counted:
+        # No count can change the answer (no prospect, no per-user limit): the lot alone.
+        if fast is not None:
+            (raw,) = await fast.execute(("GET", key))
+        else:
+            raw = cast(bytes | None, await store.redis.get(key))
+    else:
+        fields = [API_USER_FIELD] + ([prospect_field(third)] if third else [])
+        if fast is not None:
+            raw, values = await fast.execute(("GET", key), ("HMGET", store.keys.counts, *fields))
+        else:
+            async with store.redis.pipeline(transaction=False) as pipe:
+                pipe.get(key)
+                pipe.hmget(store.keys.counts, fields)
+                raw, values = await pipe.execute()
+        user = int(values[0] or 0)
+        prospect = int(values[1] or 0) if third else 0
     lot = decode_lot(extcode, raw) if raw is not None else None
     if lot is not None:
         # Options lazily expired on this lot no longer count (as a write would judge it).
-        before = _held(lot, query.third_guid)
-        tr.expire_due(lot, now, tenant.rules)
-        after = _held(lot, query.third_guid)
-        prospect -= before[0] - after[0]
-        user -= before[1] - after[1]
-    answer = availability(lot, extcode, tenant.rules, now, query.third_guid, prospect, user)
+        before = _held(lot, third) if counted else (0, 0)
+        tr.expire_due(lot, now, rules)
+        if counted:
+            after = _held(lot, third)
+            prospect -= before[0] - after[0]
+            user -= before[1] - after[1]
+    answer = availability(lot, extcode, rules, now, third, prospect, user)
     if koban is not None:
         status = await koban.get_lot_status(extcode)
-        answer.koban = KobanStatusOut(
-            result=status.result, max_rank=status.max_rank, end_date=status.end_date
+        answer["koban"] = dump(
+            KobanStatusOut(result=status.result, max_rank=status.max_rank, end_date=status.end_date)
         )
-        answer.drift = _drift(answer.result, lot, status, caller, now)
-    return json_response(dump(answer))
+        answer["drift"] = _drift(answer["result"], lot, status, caller, now)
+    return json_response(answer)
+
+
+def install_fast_reads(app: web.Application, redis: Redis) -> None:
+    """Let the availability route read through a `MuxReader` of `redis`'s server (one
+    shared connection, closed with the app); nothing changes over TLS."""
+    reader = MuxReader.for_client(redis)
+    if reader is None:
+        return
+    app[FAST_READS] = reader
+
+    async def close(app: web.Application) -> None:
+        await reader.aclose()
+
+    app.on_cleanup.append(close)
 
 
 # --------------------------------------------------------------------------- listing
