@@ -35,6 +35,7 @@ bench: $(STAMP)
 	.ci/ensure-redis
 	$(BIN)/python -m bench.sweep
 	$(BIN)/python -m bench.ticks
+	$(BIN)/python -m bench.http
 
 diagrams: $(STAMP)
 	$(BIN)/python -m service.diagram docs
