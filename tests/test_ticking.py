@@ -461,3 +461,29 @@ async def _jobs(daemon: Daemon) -> list[Any]:
     return job_table(
         daemon.tenants, daemon.redis, {}, intervals=daemon.intervals, stop=daemon.stopping
     )
+
+
+async def test_the_sandbox_clock_job_follows_a_clock_moved_by_another_process(
+    redis: Redis, tenant: str
+) -> None:
+    from service.clock import TestClock
+    from service.sandbox_clock import advance_offset
+
+    base = FixedClock(ts("2026-11-23T10:10:00Z"))
+    mine = make_tenant(redis, tenant, TestClock(base), sandbox=True)  # type: ignore[arg-type]
+    theirs = make_tenant(redis, tenant, TestClock(base), sandbox=True)  # type: ignore[arg-type]
+    await load_options(mine.store, ["X1"], ts("2026-11-23T11:00:00Z"), ts("2026-11-21T00:00:00Z"))
+    daemon = _daemon(mine)
+    [job] = [j for j in await _jobs(daemon) if j.id == f"clock:{tenant}"]
+    await daemon.run_job(job)  # a fresh install: the latest tick, 10:00
+    assert await last_processed(mine) == ts("2026-11-23T10:00:00Z")
+    await advance_offset(theirs, ts("2026-11-23T11:40:00Z"))  # the API process moved it
+    reports = await daemon.run_job(job)
+    assert [to_iso(r.tick) for r in cast(list[Any], reports)] == [
+        "2026-11-23T10:30:00Z",
+        "2026-11-23T11:00:00Z",
+        "2026-11-23T11:30:00Z",
+    ]
+    assert mine.clock.now() == ts("2026-11-23T11:40:00Z")
+    [expired] = await events_of(mine, "koban.option.expired")
+    assert expired["time"] == "2026-11-23T11:00:00Z"
