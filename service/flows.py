@@ -46,15 +46,25 @@ and the apply:
 
 An unknown outcome of ``Prolong`` / ``Undo`` / ``Preresv`` / ``Desist`` queues the lot for
 reconciliation (the webhook, when it comes, applies the change) and re-raises.
+
+Koban did it but the store failed right after (Redis unreachable: 503 to the caller): the
+change to record is kept in memory and applied before the next write to that lot through
+these flows (the lot is then queued for reconciliation). Without it, the caller's retry
+saw the option still at its rank and Koban — which addresses options by rank — cancelled
+or prolonged whichever option held that rank there by then: another prospect's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.koban import (
     KobanAnswer,
@@ -66,7 +76,7 @@ from service.koban import (
     LotStatus,
     koban_refusal,
 )
-from service.store import Counts, new_id
+from service.store import ChangeFn, Counts, new_id
 from service.sync import (
     OPTIONED,
     drift_event,
@@ -81,6 +91,8 @@ from statecharts.errors import KOBAN_CODE, ErrorCode, RuleViolation
 from statecharts.model import DomainEvent, Lot, Option
 
 _ADD_CODES = frozenset({"01", "02", "03", "04", "05"})
+_STORE_DOWN = (RedisConnectionError, RedisTimeoutError)
+T = TypeVar("T")
 
 # (copy to run the transition on, the lot itself, now) → what the caller needs.
 OptionValidate = Callable[[Lot, Lot, int], Option]
@@ -167,9 +179,37 @@ class OptionFlows:
         self.rules = tenant.rules
         self.predecessor_wait_s = predecessor_wait_s
         self.poll_s = poll_s
+        # What Koban did and the store could not record yet, per lot, oldest first.
+        self._unrecorded: dict[str, list[tuple[ChangeFn[Any], int]]] = {}
+        self._catching_up = asyncio.Lock()
 
     def _now(self) -> int:
         return self.tenant.clock.now()
+
+    async def _record(self, extcode: str, change: ChangeFn[T], now: int) -> T:
+        """Record a change Koban has made; if the store is unreachable, keep it for
+        `_catch_up` (then re-raise: 503)."""
+        try:
+            return await self.store.mutate(extcode, change, now=now)
+        except _STORE_DOWN:
+            self._unrecorded.setdefault(extcode, []).append((change, now))
+            raise
+
+    async def _catch_up(self, extcode: str) -> None:
+        """Before any write to `extcode`: record what Koban did that the store missed
+        (each change finds its option by id and tolerates what happened since; one the
+        chart refuses now is left to reconciliation)."""
+        if extcode not in self._unrecorded:
+            return
+        async with self._catching_up:
+            kept = self._unrecorded.get(extcode, [])
+            while kept:
+                change, at = kept[0]
+                with contextlib.suppress(RuleViolation):
+                    await self.store.mutate(extcode, change, now=at)  # store down: 503
+                kept.pop(0)
+            self._unrecorded.pop(extcode, None)
+        await mark_needs_sync(self.tenant, extcode)  # Koban moved while we were blind
 
     # ------------------------------------------------------------------ placement
 
@@ -181,6 +221,7 @@ class OptionFlows:
         rank: int | None = None,
         intent_id: str | None = None,
     ) -> Placed | Pending:
+        await self._catch_up(extcode)
         intent = await self.store.reserve_placement(
             extcode, third, partner, self._now(), rank, intent_id
         )
@@ -404,6 +445,7 @@ class OptionFlows:
 
     async def _check(self, extcode: str, validate: OptionValidate) -> Option:
         """Validate on a copy under the lot's current revision; the option addressed."""
+        await self._catch_up(extcode)
         now = self._now()
 
         def change(lot: Lot, _counts: Counts) -> tuple[list[DomainEvent], Option]:
@@ -437,7 +479,7 @@ class OptionFlows:
                 events.append(_moved(seen, option, rank, now, "Prolong"))
             return events, option
 
-        option = await self.store.mutate(extcode, apply, now=now)
+        option = await self._record(extcode, apply, now)
         if option is None or option.rank != rank:
             await mark_needs_sync(self.tenant, extcode)
         if option is None:
@@ -475,7 +517,7 @@ class OptionFlows:
                 events.append(_moved(seen, option, rank, now, "Undo"))
             return events, (ended, moved)
 
-        option, drift = await self.store.mutate(extcode, apply, now=now)
+        option, drift = await self._record(extcode, apply, now)
         if drift:
             await mark_needs_sync(self.tenant, extcode)
         return option
@@ -548,11 +590,10 @@ class OptionFlows:
                 return [], lot  # the reservation-withdrawn webhook was faster
             return tr.withdraw(lot, third, now, self.rules), lot
 
-        return await self._apply_after_koban(
-            extcode, "Desist", self.store.mutate(extcode, apply, now=now)
-        )
+        return await self._apply_after_koban(extcode, "Desist", self._record(extcode, apply, now))
 
     async def _check_lot(self, extcode: str, validate: LotValidate) -> None:
+        await self._catch_up(extcode)
         now = self._now()
 
         def change(lot: Lot, _counts: Counts) -> tuple[list[DomainEvent], None]:
