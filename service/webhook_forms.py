@@ -38,7 +38,7 @@ MAX_IDENTIFIER = 200
 # tick and must still be writable as ISO-8601 in events (9999-12-31T23:59:59Z, rounded up,
 # is not), and Koban's wire takes UNIX seconds below 10^11.
 _MAX_INSTANT = 95617583999
-_DIGITS = re.compile(r"\d+(?:\.\d+)?")
+_DIGITS = re.compile(r"\d+(?:\.\d+)?", re.ASCII)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _RANKS = {"1": 1, "2": 2}
 
@@ -57,6 +57,9 @@ def _identifier(value: object) -> object:
             raise ValueError(f"longer than {MAX_IDENTIFIER} characters")
         if _CONTROL.search(value):
             raise ValueError("contains control characters")
+        if "/" in value or "|" in value:
+            # As the API's guids: "/" and "|" separate the members of Redis indexes.
+            raise ValueError("contains '/' or '|'")
     return value
 
 

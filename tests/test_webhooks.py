@@ -567,6 +567,10 @@ async def test_wrong_method_and_unknown_webhook_answer_json(env: Env) -> None:
         ({"Third_Guid": None}, "Third_Guid"),
         ({"Deal_Extcode": None}, "Deal_Extcode"),
         ({"Deal_Extcode": "A" * 300}, "Deal_Extcode"),
+        ({"ExpDate": "\u0661\u0667\u0669\u0665\u0660\u0660\u0660\u0660\u0660\u0660"}, "ExpDate"),
+        ({"Third_Guid": "p1/o2"}, "Third_Guid"),
+        ({"Third_Guid": "p1|x"}, "Third_Guid"),
+        ({"Deal_Extcode": "A1/B"}, "Deal_Extcode"),
     ],
 )
 async def test_garbage_fields_are_400_and_change_nothing(
