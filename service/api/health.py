@@ -44,7 +44,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import orjson
 from aiohttp import web
@@ -164,6 +164,8 @@ class Metrics:
             ["route", "method"],
             registry=r,
         )
+        # (route, method, status) → its two children: `labels()` costs more than `inc()`.
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.active = Gauge(
             "koban_options_active_options",
             "Options in the tenant's expiry index (read at scrape).",
@@ -203,8 +205,16 @@ class Metrics:
             self.sweeps.labels(tenant=tenant).observe(seconds)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route=route, method=method, status=str(status)).inc()
-        self.latency.labels(route=route, method=method).observe(seconds)
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:  # bounded: route templates × methods × statuses
+            children = (
+                self.requests.labels(route=route, method=method, status=str(status)),
+                self.latency.labels(route=route, method=method),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     async def refresh(self) -> None:
         """Read the Redis-fed figures (active options, drift) before a scrape."""

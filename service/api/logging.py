@@ -19,15 +19,16 @@ imported (so before any app serves) and again by `configure_logging`.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
-import uuid
 from typing import Literal
 
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from service.webhooks import redact_token
 
@@ -120,7 +121,7 @@ def configure_logging(
 
 def _request_id(request: web.Request) -> str:
     given = request.headers.get(REQUEST_ID_HEADER, "")
-    return given if _ACCEPTED_ID.fullmatch(given) else uuid.uuid4().hex
+    return given if _ACCEPTED_ID.fullmatch(given) else os.urandom(16).hex()
 
 
 def request_id_of(request: web.Request) -> str:
@@ -138,22 +139,26 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     rid = request_id_of(request)
     started = time.perf_counter()
     status = 500
-    with structlog.contextvars.bound_contextvars(request_id=rid):
+    bound = bind_contextvars(request_id=rid)  # what bound_contextvars does, minus contextlib
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
         try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        finally:
+            path = request.path_qs
             log.info(
                 "http_request",
                 method=request.method,
-                path=redact_token(request.path_qs),
+                path=redact_token(path) if "token" in path.lower() else path,
                 status=status,
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
             )
+        finally:
+            reset_contextvars(**bound)
 
 
 async def stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
