@@ -9,6 +9,7 @@ graceful shutdown), SSE streams are told to end, then Redis is closed.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import Iterable
 
@@ -21,7 +22,7 @@ from service.api.routes_lots import install_fast_reads
 from service.config import Settings
 from service.redis_client import connect
 
-__all__ = ["serve_api", "start_site", "wait_for_stop"]
+__all__ = ["freeze_startup_objects", "serve_api", "start_site", "wait_for_stop"]
 
 log = structlog.get_logger("service.serve")
 
@@ -57,6 +58,16 @@ async def start_site(app: web.Application, host: str, port: int) -> web.AppRunne
     return runner
 
 
+def freeze_startup_objects() -> None:
+    """Collect once, then move every object alive after start-up (modules, pydantic models,
+    the OpenAPI document, the app: ~80 000 objects) out of the cyclic collector's way
+    (`gc.freeze`). Unfrozen, every full collection walked them all and stopped the loop for
+    50–130 ms on this 2-core machine under placement load; frozen, one takes 3–4 ms
+    (measured with bench/http.py and a `gc.callbacks` timer)."""
+    gc.collect()
+    gc.freeze()
+
+
 async def serve_api(settings: Settings, redis_url: str, host: str, port: int) -> int:
     """`koban-options api`: the internal API and Koban's webhooks until SIGTERM/SIGINT."""
     configure_logging(settings.log_format, settings.log_level)
@@ -65,6 +76,7 @@ async def serve_api(settings: Settings, redis_url: str, host: str, port: int) ->
         app = build_api_app(settings, redis)
         install_fast_reads(app, redis)
         runner = await start_site(app, host, port)
+        freeze_startup_objects()
         log.info("api_started", url=f"http://{host}:{port}", tenants=sorted(settings.tenants))
         try:
             reason = await wait_for_stop()
