@@ -299,18 +299,20 @@ def _learn_deadline(own: Option, deadline: int, ctx: Ctx) -> Applied:
 def _ended_already(seen: Seen, deadline: int, rules: Rules) -> bool:
     """A tombstone of this (lot, third) that the placed webhook describes, or outlived.
 
-    An ExpDate on a tick (the sandbox sends the effective expiry) also names the option
-    whose deadline expires at that tick: an API-placed option's tombstone holds the
-    service's estimated deadline, which expires at the tick Koban computed from the same
-    DateOption. Comparing the dates alone missed it for an option ended within the half
-    hour it was placed in, and the late webhook placed it again."""
+    An ExpDate on a tick (the sandbox sends the effective expiry) is that of every option
+    placed in one half hour: it describes the ended option when its tick is not after
+    the one an option placed at the end would have had. The exact comparisons alone missed
+    an option ended within the half hour it was placed in (its tombstone holds the
+    service's estimate, or its prolonged date), and the late webhook placed it again, or
+    settled a newer pending intent of that prospect that Koban had not placed."""
     on_tick = ceil_tick(deadline) == deadline
-    return any(
-        t.deadline == deadline
-        or (on_tick and t.deadline is not None and ceil_tick(t.deadline) == deadline)
-        or deadline < deadline_from_lifetime(t.ended, rules.option_lifetime, rules.zone)
-        for t in seen.tombstones
-    )
+    for t in seen.tombstones:
+        outlived = deadline_from_lifetime(t.ended, rules.option_lifetime, rules.zone)
+        if t.deadline == deadline or deadline < outlived:
+            return True
+        if on_tick and deadline <= ceil_tick(outlived):
+            return True
+    return False
 
 
 def _option_placed(form: OptionPlacedForm, ctx: Ctx) -> Step:

@@ -446,13 +446,22 @@ class Twin:
         return status
 
     async def same_identity_ended(self, code: str, third: str) -> bool:
-        """Whether an option of `third` on `code` ended with the deadline a placement now
-        would get: the placed webhook, identified by (lot, third, ExpDate), would then
-        read as a late copy of the ended option's and be ignored (SPEC §6)."""
-        deadline = deadline_from_lifetime(self.now(), self.rules.option_lifetime, self.rules.zone)
-        pattern = f"{code}|{third}|{ceil_tick(deadline)}|*"
-        async for _ in self.store.redis.zscan_iter(self.store.keys.tombstones, match=pattern):
-            return True
+        """Whether an option of `third` on `code` ended with the ExpDate a placement now
+        would get — its deadline on that tick, or it ended in the half hour whose
+        placements expire at that tick: the placed webhook, identified by (lot, third,
+        ExpDate), would then read as a late copy of the ended option's and be ignored
+        (SPEC §6; `service.webhooks._ended_already`)."""
+        rules = self.rules
+        tick = ceil_tick(deadline_from_lifetime(self.now(), rules.option_lifetime, rules.zone))
+        pattern = f"{code}|{third}|*"
+        async for member, ended in self.store.redis.zscan_iter(
+            self.store.keys.tombstones, match=pattern
+        ):
+            if member.split(b"|")[2] == str(tick).encode():
+                return True
+            outlived = deadline_from_lifetime(int(ended), rules.option_lifetime, rules.zone)
+            if tick <= ceil_tick(outlived):
+                return True
         return False
 
     async def ui_place(self) -> None:
