@@ -273,7 +273,7 @@ async def run_all(settings: Settings, redis_url: str | None) -> int:
         api = build_api_app(tenants, redis, on_clock_advanced=sandbox_follows)
         await stack.enter_async_context(serving(api, settings.api_host, settings.api_port))
         await _first_sync(tenant)
-        daemon = Daemon(tenants, redis, metrics=metrics_of(api))
+        daemon = Daemon(tenants, redis, metrics=metrics_of(api), batch=settings.sweep_batch)
         await daemon.start()
         stack.push_async_callback(daemon.stop, "run stopped")
         for line in Banner(api_url, sandbox_url + "/api/v1", url).lines():

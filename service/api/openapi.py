@@ -66,6 +66,7 @@ from service.api.models import (
     WithdrawIn,
 )
 from service.api.routes_clock import CLOCK, AdvanceClockIn, ClockAdvancedOut, ClockOut
+from service.api.routes_events import EVENTS, EVENTS_EXPIRED, EventPageOut, EventsQuery, StreamQuery
 from service.api.routes_lots import BASE, LOT
 from service.api.routes_sync import SYNC, SYNC_IN_PROGRESS, SyncIn, SyncStartedOut, SyncStatusOut
 from service.config import TENANT_NAME_PATTERN
@@ -242,6 +243,7 @@ _READ, _WRITE_SCOPE = "read", "write"
 
 def _register_builtin() -> None:
     lots, options, ops, hooks = "lots", "options", "operations", "koban webhooks"
+    events = "events"
     describe(
         "GET",
         LOT,
@@ -419,6 +421,41 @@ def _register_builtin() -> None:
             scope=_WRITE_SCOPE,
             body=WithdrawIn,
             idempotent=True,
+        ),
+    )
+    # --- the event stream
+    describe(
+        "GET",
+        EVENTS,
+        Operation(
+            "A page of the tenant's event stream (CloudEvents 1.0), oldest first",
+            events,
+            {200: Reply(EventPageOut, "The entries after `after`; `next` continues.")},
+            _merge(_AUTH, {410: [EVENTS_EXPIRED]}),
+            scope=_READ,
+            query=EventsQuery,
+        ),
+    )
+    describe(
+        "GET",
+        EVENTS + "/stream",
+        Operation(
+            "The tenant's event stream, live (server-sent events)",
+            events,
+            {
+                200: Reply(
+                    None,
+                    "`id:` stream entry id, `event:` CloudEvents type, `data:` the CloudEvent "
+                    "JSON; a `: ping` comment every 15 s.",
+                    "text/event-stream",
+                    {"type": "string"},
+                )
+            },
+            _merge(_AUTH, {410: [EVENTS_EXPIRED]}),
+            scope=_READ,
+            query=StreamQuery,
+            description="Resumes after the `Last-Event-ID` header (a reconnecting "
+            "EventSource sends it; it wins over `after`), else after `after`, else from now.",
         ),
     )
     # --- stock sync
