@@ -93,6 +93,7 @@ from statecharts import transitions as tr
 from statecharts.errors import ErrorCode, RuleViolation
 from statecharts.model import Lot
 from statecharts.ticks import ceil_tick, deadline_from_lifetime, ticks_between
+from tests.twin_compare import twin_disagreements
 
 OPS = int(os.environ.get("KOBAN_TWIN_OPS", "300"))
 SEED = int(os.environ.get("KOBAN_TWIN_SEED", "20260325"))
@@ -191,35 +192,10 @@ class Twin:
         return lot
 
     async def compare(self, codes: tuple[str, ...] = ALL_LOTS) -> None:
-        for code in codes:
-            mine = await self.service_lot(code)
-            theirs = self.state.lots[code]
-            context = f"lot {code}:\n  service {mine}\n  sandbox {theirs}{self.where()}"
-            assert (mine.config, mine.status) == (theirs.config, theirs.status), context
-            pre_mine = mine.prereservation.holder if mine.prereservation else None
-            pre_theirs = theirs.prereservation.holder if theirs.prereservation else None
-            assert pre_mine == pre_theirs, context
-            assert not mine.intents, context
-            assert len(mine.options) == len(theirs.options), context
-            for a, b in zip(
-                sorted(mine.options, key=lambda o: o.rank),
-                sorted(theirs.options, key=lambda o: o.rank),
-                strict=True,
-            ):
-                assert a.rank == b.rank, context
-                if a.opaque:
-                    assert b.holder == EARLY_BIRD, context
-                else:
-                    assert a.holder == b.holder, context
-                if a.expiry is not None or not a.opaque:
-                    assert a.expiry == b.expiry, context
-                assert a.prolonged == b.prolonged, context
-                if a.prolonged:
-                    assert a.deadline == b.deadline, context
-        for prospect in PROSPECTS:
-            local = (await self.store.counts(prospect)).prospect
-            koban = self.state.prospect_option_count(prospect)
-            assert local == koban, f"{prospect}: service {local}, sandbox {koban}{self.where()}"
+        problems = await twin_disagreements(
+            self.store, self.state, codes, self.now(), PROSPECTS, opaque_holders={EARLY_BIRD}
+        )
+        assert not problems, "\n".join(problems) + self.where()
 
     async def check_drift(self) -> None:
         """No `sync.drift_detected` since the last look, except the documented kind."""
