@@ -9,10 +9,12 @@ aiohttp handler plus one GET serves ~5 900 req/s through redis-py, ~20 900 throu
 
 For idempotent reads only (GET, HMGET, …): after a lost connection a command is sent once
 more on a new connection. Replies are RESP2 as hiredis parses them (bytes, lists, ints,
-None). Redis error replies raise `redis.exceptions.ResponseError`; an unreachable or lost
-server `redis.exceptions.ConnectionError`; no answer within `timeout` seconds
-`redis.exceptions.TimeoutError` (the API maps the last two to 503 STORE_UNAVAILABLE, as it
-does for redis-py's). Writes keep going through redis-py (scripts, WATCH/MULTI, retries).
+None). Redis error replies raise `redis.exceptions.ResponseError`, but ``LOADING`` (a
+server just restarted, reading its data) raises `BusyLoadingError`, a ``ConnectionError``,
+as in redis-py; an unreachable or lost server `redis.exceptions.ConnectionError`; no
+answer within `timeout` seconds `redis.exceptions.TimeoutError` (the API maps the last two
+to 503 STORE_UNAVAILABLE, as it does for redis-py's). Writes keep going through redis-py
+(scripts, WATCH/MULTI, retries).
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from typing import Any, cast
 import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
+from redis.exceptions import BusyLoadingError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = ["Command", "MuxReader"]
@@ -179,6 +181,8 @@ class MuxReader:
                 continue
             for reply in replies:
                 if isinstance(reply, ResponseError):
+                    if str(reply).startswith("LOADING"):
+                        raise BusyLoadingError(str(reply))  # the API's 503, not a 500
                     raise reply
             return replies
         raise AssertionError("unreachable")  # pragma: no cover
