@@ -37,6 +37,7 @@ from redis.asyncio import Redis
 
 from service.api import build_api_app
 from service.api.context import FlowSettings
+from service.api.routes_lots import install_fast_reads
 from service.clock import FixedClock
 from service.koban import KobanClient
 from service.sandbox import WEBHOOK_KINDS, Fault, SandboxState, build_sandbox_app
@@ -238,8 +239,11 @@ async def running_stack(
     lots: Iterable[str] = (),
     prospects: Iterable[str] = (),
     settings: Mapping[str, Any] | None = None,
+    fast_reads: bool = False,
 ) -> AsyncIterator[Stack]:
-    """The API and the sandbox on loopback; `koban` overrides `KobanClient` keywords."""
+    """The API and the sandbox on loopback; `koban` overrides `KobanClient` keywords;
+    `fast_reads` installs the availability route's `MuxReader` as `koban-options api`
+    does."""
     clock = FixedClock(T0)
     state = make_sandbox(clock)
     for code in lots:
@@ -261,6 +265,8 @@ async def running_stack(
     app = build_api_app(
         Tenants({tenant: t}), redis, koban_factory=factory, flow_settings=flow_settings
     )
+    if fast_reads:
+        install_fast_reads(app, redis)
     api = TestServer(app, host="127.0.0.1")
     await api.start_server()
     api_url = str(api.make_url("")).rstrip("/")

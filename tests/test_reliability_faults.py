@@ -31,7 +31,8 @@ hold the same prospects as the sandbox's.
 
 Redis (`test_redis_killed_and_restarted_mid_load`): a private redis-server with
 ``appendonly yes`` / ``appendfsync always``; `KOBAN_RELIABILITY_REDIS_WORKERS` clients (8),
-each on its own lot, read / place / prolong / cancel through the API and the sandbox
+each on its own lot, read (the lot, its availability through the API's `MuxReader`) /
+place / prolong / cancel through the API and the sandbox
 while Redis is SIGKILLed and started again on the same port and directory
 `KOBAN_RELIABILITY_REDIS_RESTARTS` times (3), `KOBAN_RELIABILITY_REDIS_ACKS` (40)
 acknowledged writes between outages; a task does what the scheduler's intents and
@@ -63,11 +64,12 @@ from typing import Any
 import orjson
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import BusyLoadingError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 from service.intents import resolve_pending
 from service.redis_client import connect
+from service.redis_mux import MuxReader
 from service.store import LotStore
 from service.sync import reconcile
 from statecharts.model import Lot
@@ -478,6 +480,30 @@ async def test_a_resent_commit_that_had_landed_is_not_judged_against_itself(
     await check_tenant(store)
 
 
+async def test_the_mux_reader_reports_a_loading_redis_as_unavailable() -> None:
+    """Found by the restart test once the availability route read through the
+    `MuxReader`: Redis answers ``-LOADING`` while it reads its AOF after a restart; the
+    reader raised a plain ResponseError and the API answered 500 INTERNAL_ERROR."""
+
+    async def loading(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(65536):
+            writer.write(b"-LOADING Redis is loading the dataset in memory\r\n")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(loading, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    mux = MuxReader("127.0.0.1", port)
+    try:
+        with pytest.raises(BusyLoadingError):
+            await mux.execute(("GET", "kol:{t}:l:L1"))
+        assert isinstance(BusyLoadingError("x"), RedisConnectionError)  # → 503, as mapped
+    finally:
+        await mux.aclose()
+        server.close()
+        await server.wait_closed()
+
+
 REDIS_WORKERS = int(os.environ.get("KOBAN_RELIABILITY_REDIS_WORKERS", "8"))
 REDIS_RESTARTS = int(os.environ.get("KOBAN_RELIABILITY_REDIS_RESTARTS", "3"))
 REDIS_ACKS = int(os.environ.get("KOBAN_RELIABILITY_REDIS_ACKS", "40"))  # per phase
@@ -574,6 +600,8 @@ class Load:
     async def worker(self, lot: str, prospects: tuple[str, str]) -> None:
         stack = self.stack
         while not self.stop.is_set():
+            if self.rng.random() < 0.3:  # through the MuxReader's shared connection
+                await self._do("read", lot, None, stack.call("GET", f"lots/{lot}/availability"))
             view = await self._do("read", lot, None, stack.call("GET", f"lots/{lot}"))
             if view.status != 200:
                 await asyncio.sleep(0.05)
@@ -662,7 +690,12 @@ async def test_redis_killed_and_restarted_mid_load(tmp_path: Path) -> None:
             "appenddirname": "appendonlydir",
         }
         async with running_stack(
-            redis, tenant, lots=lots, prospects=prospects, koban={"rate_per_s": 1000.0}
+            redis,
+            tenant,
+            lots=lots,
+            prospects=prospects,
+            koban={"rate_per_s": 1000.0},
+            fast_reads=True,
         ) as stack:
             load = Load(stack, random.Random(REDIS_SEED))
             keyed = await stack.place("L1", "p1", headers={"Idempotency-Key": "before-kill"})
