@@ -485,11 +485,18 @@ async def test_the_mux_reader_reports_a_loading_redis_as_unavailable() -> None:
     `MuxReader`: Redis answers ``-LOADING`` while it reads its AOF after a restart; the
     reader raised a plain ResponseError and the API answered 500 INTERNAL_ERROR."""
 
+    served = asyncio.Event()
+
     async def loading(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while await reader.read(65536):
-            writer.write(b"-LOADING Redis is loading the dataset in memory\r\n")
-            await writer.drain()
-        writer.close()
+        try:
+            while await reader.read(65536):
+                writer.write(b"-LOADING Redis is loading the dataset in memory\r\n")
+                await writer.drain()
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+            served.set()
 
     server = await asyncio.start_server(loading, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -500,6 +507,7 @@ async def test_the_mux_reader_reports_a_loading_redis_as_unavailable() -> None:
         assert isinstance(BusyLoadingError("x"), RedisConnectionError)  # → 503, as mapped
     finally:
         await mux.aclose()
+        await asyncio.wait_for(served.wait(), 60)  # the connection's end, seen
         server.close()
         await server.wait_closed()
 
