@@ -3,40 +3,35 @@
 -- with every command batched across the chunk: per lot, only its stream entries cost a
 -- call of their own (the per-call overhead of Lua, not the work, dominated the old path).
 --
--- KEYS: 1 counts hash, 2 expiry zset, 3 lots zset, 4 tombstones zset, 5 event stream,
---       then the n lot keys, then the n history keys (same order).
--- ARGV: 1 n, then
---   n expected prefixes "<rev>|" of the lots' current values,
---   n new lot values,
---   n new histories (whole, trimmed: the sweep read them with the lots, and a history
---     changes only together with its lot, whose revision is checked here),
+-- KEYS: 1 counts hash, 2 expiry zset, 3 lots zset, 4 tombstones zset, 5 event stream.
+--       Lot and history keys are built here from ARGV[1], the tenant's key prefix
+--       "kol:{tenant}:", as commit.lua does (every key shares the tenant's hash tag).
+-- ARGV: 1 key prefix, 2 the tick (score of the lots modified and of the tombstones), 3 n,
+--   then n extcodes, n expected prefixes "<rev>|" of the lots' current values, n new lot
+--   values, n new histories (whole, trimmed: the sweep read them with the lots, and a
+--   history changes only together with its lot, whose revision is checked here),
 --   then sections, each a count of items followed by the items:
---     (score, member)...  lots zset (last modification)
 --     member...           expiry index removals
 --     (score, member)...  expiry index additions
 --     (field, delta)...   count deltas (each field once, deltas non-zero)
---     (score, member)...  tombstones of ended options
+--     member...           tombstones of ended options (scored by the tick)
 --     cloudevent...       stream entries, in order
 -- Returns {} when applied; otherwise the positions (1-based) of the lots whose revision
 -- moved, and nothing was written (the sweep drops those lots and resubmits the others).
 
-local n = tonumber(ARGV[1])
+local prefix, tick, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local lot_keys = {}
+for i = 1, n do lot_keys[i] = prefix .. 'l:' .. ARGV[3 + i] end
 
-local current = redis.call('MGET', unpack(KEYS, 6, 5 + n))
+local current = redis.call('MGET', unpack(lot_keys))
 local moved = {}
 for i = 1, n do
-  local value, want = current[i], ARGV[1 + i]
+  local value, want = current[i], ARGV[3 + n + i]
   if not value or string.sub(value, 1, #want) ~= want then moved[#moved + 1] = i end
 end
 if #moved > 0 then return moved end
 
--- Commands over an argument range, at most 6000 arguments per call (Lua's stack limit).
-local function call_range(cmd, key, first, last)
-  for i = first, last, 6000 do
-    redis.call(cmd, key, unpack(ARGV, i, math.min(i + 5999, last)))
-  end
-end
-
+-- A command over a list of arguments, at most 6000 per call (Lua's stack limit).
 local function call_list(cmd, key, args)
   for i = 1, #args, 6000 do
     if key then
@@ -47,16 +42,26 @@ local function call_list(cmd, key, args)
   end
 end
 
-local values = {}
+local function call_range(cmd, key, first, last)
+  for i = first, last, 6000 do
+    redis.call(cmd, key, unpack(ARGV, i, math.min(i + 5999, last)))
+  end
+end
+
+local values, scored = {}, {}
 for i = 1, n do
-  values[4 * i - 3] = KEYS[5 + i]
-  values[4 * i - 2] = ARGV[1 + n + i]
-  values[4 * i - 1] = KEYS[5 + n + i]
-  values[4 * i] = ARGV[1 + 2 * n + i]
+  local code = ARGV[3 + i]
+  values[4 * i - 3] = lot_keys[i]
+  values[4 * i - 2] = ARGV[3 + 2 * n + i]
+  values[4 * i - 1] = prefix .. 'h:' .. code
+  values[4 * i] = ARGV[3 + 3 * n + i]
+  scored[2 * i - 1] = tick
+  scored[2 * i] = code
 end
 call_list('MSET', nil, values)
+call_list('ZADD', KEYS[3], scored)
 
-local pos = 2 + 3 * n
+local pos = 4 + 4 * n
 local function section(width)
   local first = pos + 1
   local last = pos + tonumber(ARGV[pos]) * width
@@ -64,9 +69,7 @@ local function section(width)
   return first, last
 end
 
-local first, last = section(2)
-if last >= first then call_range('ZADD', KEYS[3], first, last) end
-first, last = section(1)
+local first, last = section(1)
 if last >= first then call_range('ZREM', KEYS[2], first, last) end
 first, last = section(2)
 if last >= first then call_range('ZADD', KEYS[2], first, last) end
@@ -76,14 +79,14 @@ first, last = section(2)
 if last >= first then
   local fields = {}
   for i = first, last, 2 do fields[#fields + 1] = ARGV[i] end
-  local values = {}
+  local got = {}
   for i = 1, #fields, 4000 do
     local part = redis.call('HMGET', KEYS[1], unpack(fields, i, math.min(i + 3999, #fields)))
-    for j = 1, #part do values[#values + 1] = part[j] end
+    for j = 1, #part do got[#got + 1] = part[j] end
   end
   local set, del = {}, {}
   for k = 1, #fields do
-    local v = tonumber(values[k] or '0') + tonumber(ARGV[first + 2 * k - 1])
+    local v = tonumber(got[k] or '0') + tonumber(ARGV[first + 2 * k - 1])
     if v > 0 then
       set[#set + 1] = fields[k]
       set[#set + 1] = string.format('%d', v)
@@ -95,8 +98,15 @@ if last >= first then
   if #del > 0 then call_list('HDEL', KEYS[1], del) end
 end
 
-first, last = section(2)
-if last >= first then call_range('ZADD', KEYS[4], first, last) end
+first, last = section(1)
+if last >= first then
+  local tombs = {}
+  for i = first, last do
+    tombs[#tombs + 1] = tick
+    tombs[#tombs + 1] = ARGV[i]
+  end
+  call_list('ZADD', KEYS[4], tombs)
+end
 
 first, last = section(1)
 local stream = KEYS[5]

@@ -52,22 +52,23 @@ MAX_BATCH = 2000  # the script unpacks per-lot keys onto Lua's stack (limit 8000
 EXPIRED = "option.expired"
 PROMOTED = "option.promoted"
 
-# A plan: what one lot's transition writes, in the layout sweep.lua takes.
+# A plan: what one lot's transition writes, in the layout sweep.lua takes. Its lot score
+# and tombstone scores are the sweep's tick (as `store.transition` sets them).
 #  0 extcode, 1 expected value prefix b"<rev>|", 2 new value, 3 history lines joined by \n,
-#  4 lots-zset score, 5 expiry removals [member], 6 expiry additions [score, member, ...],
-#  7 count deltas [field, delta, ...], 8 tombstones [score, member, ...],
-#  9 stream entries [cloudevent], 10 event types
+#  4 expiry removals (member, ...), 5 expiry additions (score, member, ...),
+#  6 count deltas (field, delta, ...), 7 tombstones (member, ...),
+#  8 stream entries (cloudevent, ...), 9 event types
+# Tuples all through: once the collector has seen them it stops tracking them.
 Plan = tuple[
     str,
     bytes,
     bytes,
     bytes,
-    int,
-    list[str],
-    list[Any],
-    list[Any],
-    list[Any],
-    list[bytes],
+    tuple[str, ...],
+    tuple[Any, ...],
+    tuple[Any, ...],
+    tuple[str, ...],
+    tuple[bytes, ...],
     tuple[str, ...],
 ]
 
@@ -336,66 +337,85 @@ def _fast(t: _Templates, own: bool, code: str, raw: bytes, tick: int) -> Plan | 
     d["q"] = sequence + len(kinds)
     d["m"] = tick
 
-    dumps, times = _dumps, _TIME_JSON
-    cj = dumps(code)
+    cj = _dumps(code)
     cid = cj[:-1]
-    at_json = times.get(at) or _time_json(at)
-    expired_cloud, expired_line = t.cloud[EXPIRED], t.history[EXPIRED]
-    stream: list[bytes] = []
-    lines: list[bytes] = []
-    counts: list[Any] = []
-    tombs: list[Any] = []
-    removed: list[str] = []
-    via_api = 0
-    for a in due:
+    at_json = _TIME_JSON.get(at) or _time_json(at)
+    cloud, history = t.cloud[EXPIRED], t.history[EXPIRED]
+    a = due[0]
+    sequence += 1
+    first_cloud, first_line = _render(cloud, history, a, cid, cj, at_json, at, sequence, version)
+    ended = f"{code}/{a[0]}"
+    holder = a[2]
+    if len(due) == 1:
+        stream: tuple[bytes, ...] = (first_cloud,)
+        lines = first_line
+        removed: tuple[str, ...] = (ended,)
+        if holder is None:
+            counts: tuple[Any, ...] = (API_USER_FIELD, -1) if a[10] else ()
+            tombs: tuple[str, ...] = ()
+        else:
+            field = prospect_field(holder)
+            counts = (field, -1, API_USER_FIELD, -1) if a[10] else (field, -1)
+            tombs = (f"{code}|{holder}|{a[5]}|{a[0]}",)
+    else:
+        b = due[1]
         sequence += 1
-        oid, rank, third, partner = dumps(a[0]), dumps(a[1]), dumps(a[2]), dumps(a[3])
-        pa, dl, ex = a[4], a[5], a[6]
-        source = _SOURCE[1 if a[8] else 0]
-        prolonged = _PROLONGED[1 if a[7] else 0]
-        pa_json = (type(pa) is int and times.get(pa)) or _time_json(pa)
-        dl_json = (type(dl) is int and times.get(dl)) or _time_json(dl)
-        ex_json = (type(ex) is int and times.get(ex)) or _time_json(ex)
-        stream.append(
-            expired_cloud
-            % (cid, sequence, cj, at_json, cj, sequence, version, oid, rank, third, partner,
-               pa_json, dl_json, ex_json, source, prolonged)
-        )  # fmt: skip
-        lines.append(
-            expired_line
-            % (sequence, version, at, oid, rank, third, partner, dumps(pa), dumps(dl),
-               dumps(ex), source, prolonged)
-        )  # fmt: skip
-        removed.append(f"{code}/{a[0]}")
-        if a[2] is not None:
-            counts += (prospect_field(a[2]), -1)
-            tombs += (tick, f"{code}|{a[2]}|{dl}|{a[0]}")
-        if a[10]:
-            via_api += 1
-    if via_api:
-        counts += (API_USER_FIELD, -via_api)
+        second_cloud, second_line = _render(
+            cloud, history, b, cid, cj, at_json, at, sequence, version
+        )
+        stream = (first_cloud, second_cloud)
+        lines = first_line + b"\n" + second_line
+        removed = (ended, f"{code}/{b[0]}")
+        fields: list[Any] = []
+        ended_held: list[str] = []
+        for o in due:
+            if o[2] is not None:
+                fields += (prospect_field(o[2]), -1)
+                ended_held.append(f"{code}|{o[2]}|{o[5]}|{o[0]}")
+        via_api = (1 if a[10] else 0) + (1 if b[10] else 0)
+        if via_api:
+            fields += (API_USER_FIELD, -via_api)
+        counts, tombs = tuple(fields), tuple(ended_held)
     if kinds is _ONE_PROMOTED:
         assert rest is not None
         sequence += 1
-        wire, short = _pieces(rest)
-        stream.append(
-            t.cloud[PROMOTED] % (cid, sequence, cj, at_json, cj, sequence, version, *wire)
+        promoted, line = _render(
+            t.cloud[PROMOTED], t.history[PROMOTED], rest, cid, cj, at_json, at, sequence, version
         )
-        lines.append(t.history[PROMOTED] % (sequence, version, at, *short))
-    value = b"%d|" % (int(raw[:bar]) + 1) + dumps(d)
+        stream += (promoted,)
+        lines += b"\n" + line
+    value = b"%d|" % (int(raw[:bar]) + 1) + _dumps(d)
+    return (code, raw[: bar + 1], value, lines, removed, (), counts, tombs, stream, kinds)
+
+
+def _render(
+    cloud: bytes,
+    history: bytes,
+    a: list[Any],
+    cid: bytes,
+    cj: bytes,
+    at_json: bytes,
+    at: int,
+    sequence: int,
+    version: int,
+) -> tuple[bytes, bytes]:
+    """One option event from the templates: its CloudEvent and its history entry."""
+    dumps, times = _dumps, _TIME_JSON
+    oid, rank, third, partner = dumps(a[0]), dumps(a[1]), dumps(a[2]), dumps(a[3])
+    pa, dl, ex = a[4], a[5], a[6]
+    source = _SOURCE[1 if a[8] else 0]
+    prolonged = _PROLONGED[1 if a[7] else 0]
     return (
-        code,
-        raw[: bar + 1],
-        value,
-        b"\n".join(lines),
-        tick,
-        removed,
-        [],
-        counts,
-        tombs,
-        stream,
-        kinds,
-    )
+        cloud
+        % (cid, sequence, cj, at_json, cj, sequence, version, oid, rank, third, partner,
+           (type(pa) is int and times.get(pa)) or _time_json(pa),
+           (type(dl) is int and times.get(dl)) or _time_json(dl),
+           (type(ex) is int and times.get(ex)) or _time_json(ex),
+           source, prolonged),
+        history
+        % (sequence, version, at, oid, rank, third, partner, dumps(pa), dumps(dl), dumps(ex),
+           source, prolonged),
+    )  # fmt: skip
 
 
 def generic_expiry(
@@ -410,12 +430,12 @@ def generic_expiry(
     return store.transition(before, lot, events, tick), events
 
 
-def plan_of(transition: list[Any], events: list[DomainEvent], expected: bytes) -> Plan:
-    """A `store.transition` (commit.lua's layout) as a sweep plan."""
+def plan_of(transition: list[Any], events: list[DomainEvent], expected: bytes, tick: int) -> Plan:
+    """A `store.transition` at `tick` (commit.lua's layout) as a sweep plan."""
     (_, value, code, score, exp_rem, exp_add, counts, tombs, int_rem, int_add) = transition[:10]
-    if int_rem or int_add or score == "":
-        # expiries never add or drop pending intents, and always emit events
-        raise ValueError(f"lot {code}: not a sweep transition")
+    if int_rem or int_add or score != tick or any(s != tick for s in tombs[1::2]):
+        # expiries never add or drop pending intents; lots and tombstones are scored `now`
+        raise ValueError(f"lot {code}: not a sweep transition at {tick}")
     deltas: list[Any] = []
     for f, delta, limit in zip(counts[0::3], counts[1::3], counts[2::3], strict=True):
         if limit and delta > 0:
@@ -426,12 +446,11 @@ def plan_of(transition: list[Any], events: list[DomainEvent], expected: bytes) -
         expected,
         value,
         b"\n".join(transition[11]),
-        score,
-        list(exp_rem),
-        list(exp_add),
-        deltas,
-        [x for m, s in zip(tombs[0::2], tombs[1::2], strict=True) for x in (s, m)],
-        list(transition[10]),
+        tuple(exp_rem),
+        tuple(exp_add),
+        tuple(deltas),
+        tuple(tombs[0::2]),
+        tuple(transition[10]),
         tuple(e.type for e in events),
     )
 
@@ -444,7 +463,7 @@ def plan_expiry(store: LotStore, code: str, raw: bytes, tick: int) -> Plan | Non
     result = generic_expiry(store, code, raw, tick)
     if result is None:
         return None
-    return plan_of(result[0], result[1], raw[: raw.index(b"|") + 1])
+    return plan_of(result[0], result[1], raw[: raw.index(b"|") + 1], tick)
 
 
 # --- applying chunks --------------------------------------------------------------------
@@ -460,65 +479,75 @@ def history_after(old: bytes | None, lines: bytes, cap: int) -> bytes:
     return b"\n".join(h.split(b"\n")[-cap:])
 
 
-def script_args(store: LotStore, sha: str, plans: list[Plan], histories: list[bytes]) -> list[Any]:
-    """The EVALSHA command applying `plans`, with the lots' new `histories` (sweep.lua)."""
-    k = store.keys
-    lot_key, history_key = k.lot(""), k.history("")
-    n = len(plans)
-    args: list[Any] = ["EVALSHA", sha, 5 + 2 * n, k.counts, k.expiries, k.lots, k.tombstones]
-    args.append(k.events)
-    args += [lot_key + p[0] for p in plans]
-    args += [history_key + p[0] for p in plans]
-    args.append(n)
-    args += [p[1] for p in plans]
-    args += [p[2] for p in plans]
-    args += histories
-    args.append(n)
-    for p in plans:
-        args += (p[4], p[0])
-    removed = [m for p in plans for m in p[5]]
-    args.append(len(removed))
-    args += removed
-    added = [x for p in plans for x in p[6]]
-    args.append(len(added) // 2)
-    args += added
-    deltas: dict[str, int] = {}
-    for p in plans:
-        c = p[7]
-        for i in range(0, len(c), 2):
-            deltas[c[i]] = deltas.get(c[i], 0) + c[i + 1]
-    changed = [x for f, v in deltas.items() if v for x in (f, v)]
-    args.append(len(changed) // 2)
-    args += changed
-    tombs = [x for p in plans for x in p[8]]
-    args.append(len(tombs) // 2)
-    args += tombs
-    events = [e for p in plans for e in p[9]]
-    args.append(len(events))
-    args += events
-    return args
-
-
-_HEADS = [b"$%d\r\n" % n for n in range(2048)]
+_HEADS = [b"$%d\r\n" % n for n in range(4096)]
+_CRLF = b"\r\n"
 
 
 def pack(args: list[Any]) -> bytes:
-    """One command in RESP: what hiredis' pack_command writes (a chunk has some 6 000
-    arguments, and this is faster than it for them). One bytes object: asyncio writes a
-    list of pieces one socket send at a time."""
-    heads = _HEADS
+    """One command in RESP, as hiredis' pack_command writes it (but faster for the sweep's
+    thousands of arguments). One bytes object: asyncio sends a list one piece at a time."""
     out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        if a.__class__ is bytes:
-            pass
-        elif a.__class__ is str:
-            a = a.encode()
-        elif a.__class__ is int:
-            a = b"%d" % a
-        else:
-            raise TypeError(f"cannot send {a!r} to Redis")
-        n = len(a)
-        out += (heads[n] if n < 2048 else b"$%d\r\n" % n, a, b"\r\n")
+    _bulks(out, [_arg(a) for a in args])
+    return b"".join(out)
+
+
+def _arg(a: Any) -> bytes:
+    if a.__class__ is bytes:
+        return a
+    if a.__class__ is str:
+        return a.encode()
+    if a.__class__ is int:
+        return b"%d" % a
+    raise TypeError(f"cannot send {a!r} to Redis")
+
+
+def _bulks(out: list[bytes], items: list[bytes]) -> None:
+    """Append `items` to `out` as RESP bulk strings (joined once, at the end)."""
+    heads, top = _HEADS, len(_HEADS)
+    for x in items:
+        n = len(x)
+        out += (heads[n] if n < top else b"$%d\r\n" % n, x, _CRLF)
+
+
+def apply_command(
+    store: LotStore, sha: str, tick: int, plans: list[Plan], histories: list[bytes]
+) -> bytes:
+    """The EVALSHA applying `plans`, with the lots' new `histories`, packed (sweep.lua's
+    layout). Built section by section: packing is a good part of the sweep's Python time."""
+    k = store.keys
+    removed = [m.encode() for p in plans for m in p[4]]
+    added = [_arg(x) for p in plans for x in p[5]]
+    deltas: dict[str, int] = {}
+    for p in plans:
+        c = p[6]
+        for i in range(0, len(c), 2):
+            deltas[c[i]] = deltas.get(c[i], 0) + c[i + 1]
+    fields = [f for f, v in deltas.items() if v]
+    changed = [x for f in fields for x in (f.encode(), b"%d" % deltas[f])]
+    tombs = [m.encode() for p in plans for m in p[7]]
+    events = [e for p in plans for e in p[8]]
+    head = [sha, 5, k.counts, k.expiries, k.lots, k.tombstones, k.events, k.prefix, tick]
+    sections = [
+        [_arg(a) for a in head],
+        [b"%d" % len(plans)],
+        [p[0].encode() for p in plans],
+        [p[1] for p in plans],
+        [p[2] for p in plans],
+        histories,
+        [b"%d" % len(removed)],
+        removed,
+        [b"%d" % (len(added) // 2)],
+        added,
+        [b"%d" % (len(changed) // 2)],
+        changed,
+        [b"%d" % len(tombs)],
+        tombs,
+        [b"%d" % len(events)],
+        events,
+    ]
+    out = [b"*%d\r\n$7\r\nEVALSHA\r\n" % (1 + sum(map(len, sections)))]
+    for section in sections:
+        _bulks(out, section)
     return b"".join(out)
 
 
@@ -605,7 +634,7 @@ class _Sweeper:
     ) -> None:
         """Queue the script call applying `plans` (`command`: it, packed already)."""
         if command is None:
-            command = pack(script_args(self.store, self.sha, plans, histories))
+            command = apply_command(self.store, self.sha, self.tick, plans, histories)
         await self.send_packed("apply", (plans, histories), command)
 
     async def read_one(self) -> tuple[str, Any, Any] | None:
@@ -635,7 +664,7 @@ class _Sweeper:
     async def settle(self, plans: list[Plan], histories: list[bytes], moved: list[int]) -> None:
         if not moved:
             for p in plans:
-                self.report.count(p[10])
+                self.report.count(p[9])
             return
         # A writer changed these lots after we read them: nothing was written; the others
         # go again at once, these are read again in the next window.
@@ -690,7 +719,9 @@ class _Sweeper:
             with _collector_paused():  # no awaits inside: no other task runs meanwhile
                 plans, histories, broken = self.decide(codes, values)
                 command = (
-                    pack(script_args(self.store, self.sha, plans, histories)) if plans else b""
+                    apply_command(self.store, self.sha, self.tick, plans, histories)
+                    if plans
+                    else b""
                 )
             if plans:
                 await self.send_apply(plans, histories, command)
@@ -723,7 +754,7 @@ class _Sweeper:
                 if result is None:  # index entries <= tick, nothing due: outside tampering
                     broken.append(code)
                     continue
-                plan = plan_of(result[0], result[1], raw[: raw.index(b"|") + 1])
+                plan = plan_of(result[0], result[1], raw[: raw.index(b"|") + 1], tick)
             plans.append(plan)
             histories.append(history_after(old, plan[3], cap))
         return plans, histories, broken

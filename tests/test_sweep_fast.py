@@ -50,17 +50,17 @@ def _store(clock: str, tenant: str = "fast") -> LotStore:
 def _normal(plan: sweep.Plan) -> tuple[Any, ...]:
     """Count deltas may come per option or summed per field; compare the sums."""
     deltas: dict[str, int] = {}
-    c = plan[7]
+    c = plan[6]
     for f, d in zip(c[0::2], c[1::2], strict=True):
         deltas[f] = deltas.get(f, 0) + d
-    return (*plan[:7], sorted((f, d) for f, d in deltas.items() if d), *plan[8:])
+    return (*plan[:6], sorted((f, d) for f, d in deltas.items() if d), *plan[7:])
 
 
 def _generic(store: LotStore, code: str, raw: bytes, tick: int) -> sweep.Plan | None:
     result = sweep.generic_expiry(store, code, raw, tick)
     if result is None:
         return None
-    return sweep.plan_of(result[0], result[1], raw[: raw.index(b"|") + 1])
+    return sweep.plan_of(result[0], result[1], raw[: raw.index(b"|") + 1], tick)
 
 
 offsets = st.sampled_from([-3600, -1800, -1, 0, 1, 1800, 3600])
@@ -239,7 +239,7 @@ def test_fast_path_steps_aside_when_events_change_shape(monkeypatch: pytest.Monk
     store = _store("own")
     assert sweep.fast_expiry(store, "A", encode_lot(lot), TICK) is None
     plan = sweep.plan_expiry(store, "A", encode_lot(lot), TICK)
-    assert plan is not None and b'"noticed":false' in plan[9][0]
+    assert plan is not None and b'"noticed":false' in plan[8][0]
 
 
 # --- sweep.lua against commit.lua, in a real Redis ---------------------------------------------
