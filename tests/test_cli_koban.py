@@ -308,8 +308,16 @@ def test_intents_lists_and_resolves(
 
 
 def test_lot_resync_reconciles_with_koban_first(
-    configured: str, redis_url: str, capsys: pytest.CaptureFixture[str]
+    configured: str,
+    sandbox: SandboxThread,
+    tmp_path: Path,
+    redis_url: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    # No drift tolerance: within 5 min after a tick the fix would rightly be deferred.
+    tenants = tmp_path / "tenants.toml"
+    write_tenants(tenants, configured, sandbox.base_url)
+    tenants.write_text(tenants.read_text() + 'drift_tolerance = "PT0S"\n')
     assert cli.main(["sync"]) == 0
     capsys.readouterr()
     before = load(redis_url, configured, "HAR-A202")
