@@ -6,20 +6,25 @@ tenants TOML, tokens and Koban keys from the environment, logs to a file) and a 
 aiohttp "hello" handler served the same way as the API (`service.serve.start_site`, the
 default event loop). A separate load-generator process keeps CONNECTIONS keep-alive
 connections busy: `wrk` when it is installed (C, one thread), otherwise a Python aiohttp
-client process (`python -m bench.http loadgen`, which tops out near the bare handler's
-rate on a 2-core machine: the run says which one it used). Figures:
+client process (`python -m bench.http loadgen`, which saturates its own core well below
+the bare handler's rate on this 2-core machine: the run says which one it used). Figures:
 
 * ``hello_rps`` (+ p50/p99): the bare handler, the ceiling;
 * ``availability_*``: ``GET …/lots/{extcode}/availability`` (local mirror, read token)
-  cycling over LOTS lots loaded through the store's commit path (¼ free, ¼ free, ¼ one
-  option, ¼ two options); ``availability_ratio`` = availability_rps / hello_rps;
+  cycling over LOTS lots loaded through the store's commit path (½ free, ¼ one option,
+  ¼ two options); ``availability_ratio`` = availability_rps / hello_rps;
 * ``place_*``: ``POST …/lots/{extcode}/options`` through the sandbox, each request a
   distinct free lot and a distinct prospect (lots imported by ``koban-options sync``);
 * ``availability_p99_during_sweep_ms``: the availability p99 while ``expire_due`` runs in
   another process over SWEEP options due at one tick, on the same tenant and Redis.
 
-Sizes and durations (environment): KOBAN_BENCH_HTTP_CONNECTIONS (32), _DURATION (10 s
-per figure, after a _WARMUP of 2 s), _LOTS (20 000), _PLACE_LOTS (12 000: each placement
+hello, the two diagnostic floors (hello + one GET through redis-py / through MuxReader)
+and availability alternate for _ROUNDS rounds and each keeps its best (the machine is
+shared: others' load only lowers a throughput).
+
+Sizes and durations (environment): KOBAN_BENCH_HTTP_CONNECTIONS (32), _DURATION (8 s
+per figure, after a _WARMUP of 2 s), _ROUNDS (3), _PHASES (hello,hello-redis,hello-mux,
+availability,place,sweep), _LOTS (20 000), _PLACE_LOTS (12 000: each placement
 takes one, warm-up included; a run that exhausts them reports failed placements),
 _SWEEP (100 000), _LOADGEN (auto | wrk | python), _PROFILE (a directory: after the
 figures, py-spy records the API during one more availability run and one more placement
