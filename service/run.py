@@ -241,10 +241,11 @@ async def run_all(settings: Settings, redis_url: str | None) -> int:
     from service.api.app import build_api_app
     from service.api.health import metrics_of
     from service.api.logging import configure_logging
+    from service.api.routes_lots import install_fast_reads
     from service.redis_client import connect
     from service.sandbox_clock import refresh_all
     from service.scheduler import Daemon
-    from service.serve import wait_for_stop
+    from service.serve import freeze_startup_objects, wait_for_stop
     from service.tenancy import build_tenants
 
     api_url = f"http://{settings.api_host}:{settings.api_port}"
@@ -271,11 +272,13 @@ async def run_all(settings: Settings, redis_url: str | None) -> int:
             state.catch_up()  # Koban's own ticks on the same clock (its expiry webhooks)
 
         api = build_api_app(tenants, redis, on_clock_advanced=sandbox_follows)
+        install_fast_reads(api, redis)  # as `koban-options api` serves it
         await stack.enter_async_context(serving(api, settings.api_host, settings.api_port))
         await _first_sync(tenant)
         daemon = Daemon(tenants, redis, metrics=metrics_of(api), batch=settings.sweep_batch)
         await daemon.start()
         stack.push_async_callback(daemon.stop, "run stopped")
+        freeze_startup_objects()
         for line in Banner(api_url, sandbox_url + "/api/v1", url).lines():
             print(line, flush=True)
         reason = await wait_for_stop()
