@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from statecharts.model import STATUS_OF_CONFIG, Intent, Lot, Option, Prereservation
+from statecharts.model import STATUS_OF_CONFIG, Echo, Intent, Lot, Option, Prereservation
 
 
 def _opt(o: Option) -> list[Any]:
@@ -58,6 +58,8 @@ def encode_lot(lot: Lot) -> bytes:
     if lot.prereservation is not None:
         p = lot.prereservation
         d["r"] = [p.holder, p.partner, p.price_cents, p.deposit_cents, p.at]
+    if lot.echoes:
+        d["e"] = [[e.kind, e.third, e.at, e.date] for e in lot.echoes]
     for key, value in (("p", lot.program), ("l", lot.label), ("g", lot.guid), ("k", lot.link)):
         if value is not None:
             d[key] = value
@@ -82,6 +84,7 @@ def decode_lot(extcode: str, raw: bytes) -> Lot:
         options=[_unopt(a) for a in d.get("o", ())],
         intents=[Intent(*a) for a in d.get("i", ())],
         prereservation=Prereservation(*r) if r else None,
+        echoes=[Echo(*a) for a in d.get("e", ())],
         program=d.get("p"),
         label=d.get("l"),
         guid=d.get("g"),

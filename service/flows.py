@@ -47,6 +47,11 @@ and the apply:
 An unknown outcome of ``Prolong`` / ``Undo`` / ``Preresv`` / ``Desist`` queues the lot for
 reconciliation (the webhook, when it comes, applies the change) and re-raises.
 
+A ``Prolong`` / ``Undo`` / ``Desist`` applied from Koban's answer records, in the same
+transition, the webhook Koban still owes for it (`service.echoes`): arriving late, after the
+lot moved on (the prospect placed a new option there, another préréservation was made), it
+is a replay rather than a change to the lot as it is by then.
+
 Koban did it but the store failed right after (Redis unreachable: 503 to the caller): the
 change to record is kept in memory and applied before the next write to that lot through
 these flows (the lot is then queued for reconciliation). Without it, the caller's retry
@@ -66,6 +71,7 @@ from typing import Any, ClassVar, TypeVar
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from service.echoes import await_echo
 from service.koban import (
     KobanAnswer,
     KobanClient,
@@ -475,6 +481,7 @@ class OptionFlows:
             if option.prolonged and option.deadline == until:
                 return [], option  # the option-prolonged webhook was faster
             events = tr.prolong_option(lot, option.rank, until, option.holder, now, self.rules)
+            await_echo(lot, "option_prolonged", option.holder, until)
             if option.rank != rank:
                 events.append(_moved(seen, option, rank, now, "Prolong"))
             return events, option
@@ -512,6 +519,7 @@ class OptionFlows:
                 return (_vanished(seen, rank, now, "Undo") if expired else []), (seen, expired)
             ended = copy.copy(option)
             events = tr.cancel_option(lot, option.rank, option.holder, now, self.rules)
+            await_echo(lot, "option_cancelled", option.holder)
             moved = option.rank != rank
             if moved:
                 events.append(_moved(seen, option, rank, now, "Undo"))
@@ -588,7 +596,9 @@ class OptionFlows:
         def apply(lot: Lot, _counts: Counts) -> tuple[list[DomainEvent], Lot]:
             if lot.config not in ("prereserved", "reserved"):
                 return [], lot  # the reservation-withdrawn webhook was faster
-            return tr.withdraw(lot, third, now, self.rules), lot
+            events = tr.withdraw(lot, third, now, self.rules)
+            await_echo(lot, "reservation_withdrawn", None)
+            return events, lot
 
         return await self._apply_after_koban(extcode, "Desist", self._record(extcode, apply, now))
 

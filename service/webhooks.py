@@ -43,6 +43,11 @@ through mutate's `prefetch`, so it is consistent with the lot it judges.
   6. Otherwise `transitions.place_option` (placedAt = receipt time; the rank hint is used
      only when it leaves no gap below it). If the lot cannot take it, any opaque
      placeholder is identified instead, else drift is recorded (nothing placed).
+- *Echoes of our own changes* (`service.echoes`): an Undo / Prolong / Desist the service
+  made through Koban and applied from Koban's answer left an echo on the lot; the matching
+  option-cancelled (lot, third), option-prolonged (lot, third, PrgDate) or
+  reservation-withdrawn (lot) takes it and is a replay, even after the lot moved on (the
+  prospect placed a new option there, another préréservation was made).
 - *option-cancelled / option-prolonged* apply to the third's active option (Rank is only a
   hint); none → 200, no change (a replay). A prolongation the local rules refuse
   (already prolonged to another date, not a later tick, beyond ``max_prolongation``) is
@@ -52,7 +57,9 @@ through mutate's `prefetch`, so it is consistent with the lot it judges.
   before ``latest_tick(now)``: expired as of that tick (event time = the tick) with drift
   ``expired_by_koban_earlier`` (the local expiry was later, or the lazy expiry in the same
   step would already have ended it: then it is a no-op). An option placed at or after that
-  tick is a newer one: ignored.
+  tick is a newer one: ignored; so is one placed after an earlier option of that third on
+  this lot ended (a tombstone): the webhook is most likely that one's, late — the lot is
+  queued for reconciliation in case Koban did expire the newer one early.
 - *reservation-validated* → RESV whatever the state, drift when it was not PRERESV; already
   RESV, or its ``_id`` (the préréservation's guid, kept as ``prereservationGuid`` in
   ``lot.reserved``) already reserved the lot in its recent history → replay.
@@ -84,6 +91,7 @@ from aiohttp import web
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from service.echoes import take_echo
 from service.events import history_entry
 from service.intents import webhook_resolution
 from service.store import Counts, LotStore, StoreConflict, new_id
@@ -218,6 +226,7 @@ class Applied:
     events: list[DomainEvent]
     outcome: str
     drift: bool = False
+    resync: bool = False  # queue the lot for reconciliation even without drift
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +237,7 @@ class Outcome:
     created: bool
     drift: bool
     events: int
+    resync: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,6 +381,8 @@ def _option_placed(form: OptionPlacedForm, ctx: Ctx) -> Step:
 
 def _option_cancelled(form: OptionCancelledForm, ctx: Ctx) -> Step:
     def step(lot: Lot, seen: Seen) -> Applied:
+        if take_echo(lot, "option_cancelled", form.third_guid):
+            return Applied([], "replay: echo of our Undo")
         own = lot.option_of(form.third_guid)
         if own is None:
             return Applied([], "replay: nothing active")
@@ -384,6 +396,8 @@ def _option_prolonged(form: OptionProlongedForm, ctx: Ctx) -> Step:
     third, until = form.third_guid, form.prg_date
 
     def step(lot: Lot, seen: Seen) -> Applied:
+        if take_echo(lot, "option_prolonged", third, until):
+            return Applied([], "replay: echo of our Prolong")
         own = lot.option_of(third)
         if own is None:
             return Applied([], "replay: nothing active")
@@ -431,6 +445,11 @@ def _option_expired(form: OptionExpiredForm, ctx: Ctx) -> Step:
             return Applied([], "replay: nothing active")
         if own.placed_at >= tick:
             return Applied([], "stale: placed after Koban's latest tick")
+        if any(t.ended <= own.placed_at for t in seen.tombstones):
+            # An earlier option of that third on this lot ended before this one was
+            # placed: the webhook is that one's, late (had Koban really expired this one
+            # early, reconciliation finds it).
+            return Applied([], "stale: an earlier option's expiry", resync=True)
         # Anything due by now was expired by mutate's lazy expiry already: the local
         # expiry is later than Koban's tick. Koban wins, as of that tick.
         local = own.expiry
@@ -500,6 +519,8 @@ def _reservation_validated(form: ReservationValidatedForm, ctx: Ctx) -> Step:
 
 def _reservation_withdrawn(form: ReservationWithdrawnForm, ctx: Ctx) -> Step:
     def step(lot: Lot, seen: Seen) -> Applied:
+        if take_echo(lot, "reservation_withdrawn", None):
+            return Applied([], "replay: echo of our Desist")
         if lot.config not in ("prereserved", "reserved"):
             return Applied([], "replay: not pre-reserved")
         return Applied(tr.withdraw(lot, None, ctx.now, ctx.rules, "koban"), "withdrawn")
@@ -523,7 +544,7 @@ POSTS: dict[str, Endpoint[Any]] = {
     "option-placed": Endpoint(OptionPlacedForm, _option_placed, tombstones=True),
     "option-cancelled": Endpoint(OptionCancelledForm, _option_cancelled),
     "option-prolonged": Endpoint(OptionProlongedForm, _option_prolonged),
-    "option-expired": Endpoint(OptionExpiredForm, _option_expired),
+    "option-expired": Endpoint(OptionExpiredForm, _option_expired, tombstones=True),
     "reservation-validated": Endpoint(ReservationValidatedForm, _reservation_validated),
     "reservation-withdrawn": Endpoint(ReservationWithdrawnForm, _reservation_withdrawn),
 }
@@ -541,7 +562,7 @@ async def _tombstones(store: LotStore, extcode: str, third: str, since: int) -> 
     """The third's options on this lot that ended at or after `since`.
 
     The tombstone set is scored by end time, not keyed by lot: a ZSCAN with a pattern walks
-    it all (bounded by `tombstone_ttl`); only option-placed needs it.
+    it all (bounded by `tombstone_ttl`); only option-placed and option-expired need it.
     """
     prefix = f"{extcode}|{third}|".encode()
     out = []
@@ -760,10 +781,11 @@ class _Webhooks:
             ):
                 applied = Applied([], "replay: drift already recorded")
             events.extend(applied.events)
-            return events, Outcome(applied.outcome, created, applied.drift, len(events))
+            outcome = Outcome(applied.outcome, created, applied.drift, len(events), applied.resync)
+            return events, outcome
 
         outcome = await store.mutate(extcode, change, now=now, create=create, prefetch=prefetch)
-        if outcome.drift:
+        if outcome.drift or outcome.resync:
             await mark_needs_sync(tenant, extcode)
         return outcome
 

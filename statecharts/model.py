@@ -61,6 +61,21 @@ class Intent:
     created_at: int
 
 
+EchoKind = Literal["option_cancelled", "option_prolonged", "reservation_withdrawn"]
+
+
+@dataclass(slots=True)
+class Echo:
+    """A webhook Koban still owes for a change the service made through Koban's API and
+    has already applied from Koban's answer (service.flows): when it comes, it is that
+    change's echo and a replay, however the lot has moved on since (service.webhooks)."""
+
+    kind: EchoKind
+    third: str | None  # the prospect the webhook names (None: reservation_withdrawn)
+    at: int  # real time (UNIX s) the change was applied; awaited for a bounded time
+    date: int | None = None  # option_prolonged: the DateProlongation sent (its PrgDate)
+
+
 @dataclass(slots=True)
 class Prereservation:
     holder: str
@@ -81,6 +96,7 @@ class Lot:
     options: list[Option] = field(default_factory=list)
     intents: list[Intent] = field(default_factory=list)
     prereservation: Prereservation | None = None
+    echoes: list[Echo] = field(default_factory=list)  # webhooks owed for our own changes
     program: str | None = None
     label: str | None = None
     guid: str | None = None
