@@ -180,3 +180,20 @@ async def test_an_echo_is_awaited_for_a_bounded_real_time(
     await deliver(stack, "reservation_withdrawn", echo)  # too late to be taken for the echo
     lot = await stack.store.load(L1)
     assert lot is not None and lot.config == "free" and not lot.echoes
+
+
+async def test_the_sweep_keeps_an_awaited_echo(stack: Stack) -> None:
+    """A lot awaiting an echo is swept (its stored form has a key the sweep's fast path does
+    not take: the generic path) without losing it."""
+    assert (await stack.place(L1, P1)).status == 201
+    assert (await stack.place(L1, P2)).status == 201
+    assert (await stack.cancel(L1, 2, P2)).status == 200
+    lot = await stack.store.load(L1)
+    assert lot is not None and [(e.kind, e.third) for e in lot.echoes] == [("option_cancelled", P2)]
+    stack.clock.set(T0 + 2 * DAY + 1800)
+    stack.koban.catch_up()
+    await expire_due(stack.store, latest_tick(stack.clock.now()))
+    lot = await stack.store.load(L1)
+    assert lot is not None and lot.options == []
+    assert [(e.kind, e.third) for e in lot.echoes] == [("option_cancelled", P2)]
+    await agree(stack)
