@@ -27,7 +27,7 @@ local current = redis.call('MGET', unpack(lot_keys))
 local moved = {}
 for i = 1, n do
   local value, want = current[i], ARGV[3 + n + i]
-  if not value or string.sub(value, 1, #want) ~= want then moved[#moved + 1] = i end
+  if not value or string.find(value, want, 1, true) ~= 1 then moved[#moved + 1] = i end
 end
 if #moved > 0 then return moved end
 
