@@ -766,11 +766,12 @@ async def expire_due(
 ) -> SweepReport:
     """Expire every option with effective expiry <= `tick` (one event per change).
 
-    `batch` bounds the options (expiry index entries) of one atomic script call; `window`
-    the index entries read at once (default 40 chunks).
+    `batch` bounds the options (expiry index entries) of one atomic script call (at most
+    `MAX_BATCH`); `window` the index entries read at once (default 40 chunks).
     """
-    if not 1 <= batch <= MAX_BATCH:
-        raise ValueError(f"batch must be within 1..{MAX_BATCH}")
+    if batch < 1:
+        raise ValueError("batch must be at least 1")
+    batch = min(batch, MAX_BATCH)
     return await _Sweeper(store, tick, batch, window or batch * 40).run()
 
 
