@@ -177,7 +177,15 @@ def test_fast_path_takes_the_common_shapes() -> None:
         Option("o1", 2, "p2", None, 0, TICK + 3000, TICK + 3600),
     ]
     assert sweep.fast_expiry(store, "D", encode_lot(twice), TICK) is None
-    for lot in (one, two, both):
+    second_due = Lot("E", config="two_options", status="OPTION", rev=4, version=2, sequence=6)
+    second_due.options += [
+        Option("o1", 1, "p1", "cgp", 0, TICK + 3000, TICK + 3600, prolonged=True),
+        Option("o2", 2, None, None, 0, TICK - 9, TICK, source="koban"),  # opaque
+    ]
+    held = Lot("F", config="prereserved", status="PRERESV", rev=2, version=2, sequence=3)
+    held.prereservation = Prereservation("p9", None, 100, 10, TICK - 99)
+    held.options.append(Option("o1", 1, "p1", None, 0, TICK - 5, TICK, via_api=True))
+    for lot in (one, two, both, second_due, held):
         plan = sweep.fast_expiry(store, lot.extcode, encode_lot(lot), TICK)
         generic = _generic(store, lot.extcode, encode_lot(lot), TICK)
         assert plan is not None and generic is not None
@@ -345,7 +353,7 @@ async def _write_tenant(
 
 @pytest.mark.slow
 @settings(
-    max_examples=60,
+    max_examples=150,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
