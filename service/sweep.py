@@ -582,10 +582,10 @@ def chunks(members: list[bytes], batch: int) -> tuple[list[list[str]], list[byte
 def _collector_paused() -> Iterator[None]:
     """The cyclic garbage collector off while a chunk is decided and packed.
 
-    A chunk allocates some 15 containers per lot, all alive until it is sent: the collector
-    would walk them again and again (≈ 3 µs per lot, a quarter of the Python time) to find
-    nothing. Used only around code that does not await, so no other task runs meanwhile;
-    the collector runs as usual right after.
+    A chunk allocates a dozen containers per lot, most alive until it is sent: the collector
+    would walk them again and again to find nothing (measured: ≈ 1.5 µs per lot, over a
+    tenth of the sweep's Python time). Used only around code that does not await, so no
+    other task runs meanwhile; the collector runs as usual right after.
     """
     enabled = gc.isenabled()
     gc.disable()
