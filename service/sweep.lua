@@ -6,10 +6,9 @@
 -- KEYS: 1 counts hash, 2 expiry zset, 3 lots zset, 4 tombstones zset, 5 event stream.
 --       Lot and history keys are built here from ARGV[1], the tenant's key prefix
 --       "kol:{tenant}:", as commit.lua does (every key shares the tenant's hash tag).
--- ARGV: 1 key prefix, 2 the tick (score of the lots modified and of the tombstones), 3 n,
---   then n extcodes, n expected prefixes "<rev>|" of the lots' current values, n new lot
---   values, n new histories (whole, trimmed: the sweep read them with the lots, and a
---   history changes only together with its lot, whose revision is checked here),
+-- ARGV: 1 key prefix, 2 the tick (score of the lots modified and of the tombstones),
+--   3 history cap, 4 n, then n extcodes, n expected prefixes "<rev>|" of the lots' current
+--   values, n new lot values, n new history entries (each lot's, joined by "\n"),
 --   then sections, each a count of items followed by the items:
 --     member...           expiry index removals
 --     (score, member)...  expiry index additions
@@ -19,14 +18,14 @@
 -- Returns {} when applied; otherwise the positions (1-based) of the lots whose revision
 -- moved, and nothing was written (the sweep drops those lots and resubmits the others).
 
-local prefix, tick, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local prefix, tick, cap, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local lot_keys = {}
-for i = 1, n do lot_keys[i] = prefix .. 'l:' .. ARGV[3 + i] end
+for i = 1, n do lot_keys[i] = prefix .. 'l:' .. ARGV[4 + i] end
 
 local current = redis.call('MGET', unpack(lot_keys))
 local moved = {}
 for i = 1, n do
-  local value, want = current[i], ARGV[3 + n + i]
+  local value, want = current[i], ARGV[4 + n + i]
   if not value or string.find(value, want, 1, true) ~= 1 then moved[#moved + 1] = i end
 end
 if #moved > 0 then return moved end
@@ -48,20 +47,38 @@ local function call_range(cmd, key, first, last)
   end
 end
 
+local function trim_history(h)  -- commit.lua's: keep the last `cap` entries
+  if #h <= cap * 48 then return h end  -- no entry is shorter than 48 bytes
+  local starts, at = {1}, 1
+  while true do
+    local nl = string.find(h, '\n', at, true)
+    if not nl then break end
+    starts[#starts + 1] = nl + 1
+    at = nl + 1
+  end
+  if #starts <= cap then return h end
+  return string.sub(h, starts[#starts - cap + 1])
+end
+
+local history_keys = {}
+for i = 1, n do history_keys[i] = prefix .. 'h:' .. ARGV[4 + i] end
+local old = redis.call('MGET', unpack(history_keys))
+
 local values, scored = {}, {}
 for i = 1, n do
-  local code = ARGV[3 + i]
+  local h, add = old[i], ARGV[4 + 3 * n + i]
+  if h then h = h .. '\n' .. add else h = add end
   values[4 * i - 3] = lot_keys[i]
-  values[4 * i - 2] = ARGV[3 + 2 * n + i]
-  values[4 * i - 1] = prefix .. 'h:' .. code
-  values[4 * i] = ARGV[3 + 3 * n + i]
+  values[4 * i - 2] = ARGV[4 + 2 * n + i]
+  values[4 * i - 1] = history_keys[i]
+  values[4 * i] = trim_history(h)
   scored[2 * i - 1] = tick
-  scored[2 * i] = code
+  scored[2 * i] = ARGV[4 + i]
 end
 call_list('MSET', nil, values)
 call_list('ZADD', KEYS[3], scored)
 
-local pos = 4 + 4 * n
+local pos = 5 + 4 * n
 local function section(width)
   local first = pos + 1
   local last = pos + tonumber(ARGV[pos]) * width

@@ -4,7 +4,7 @@
 missed tick at start-up). It reads the expiry index in windows and works in chunks of at
 most `batch` options (500):
 
-1. read the chunk's lots and their histories (one MGET);
+1. read the chunk's lots (one MGET);
 2. decide each lot with the chart's compiled form — a lot of a common shape (one or two
    options, no pending intent, every due option on one tick) directly on its stored JSON
    (`fast_expiry`, its events filled into byte templates derived from `service.events`),
@@ -470,16 +470,6 @@ def plan_expiry(store: LotStore, code: str, raw: bytes, tick: int) -> Plan | Non
 # --- applying chunks --------------------------------------------------------------------
 
 
-def history_after(old: bytes | None, lines: bytes, cap: int) -> bytes:
-    """A lot's history with `lines` appended, capped: what ``commit.lua`` leaves."""
-    h = lines if old is None else old + b"\n" + lines
-    if len(h) <= cap * 48:  # commit.lua's shortcut: no entry is shorter than 48 bytes
-        return h
-    if h.count(b"\n") < cap:
-        return h
-    return b"\n".join(h.split(b"\n")[-cap:])
-
-
 _HEADS = [b"$%d\r\n" % n for n in range(4096)]
 _CRLF = b"\r\n"
 
@@ -510,10 +500,8 @@ def _bulks(out: list[bytes], items: list[bytes]) -> None:
         out += (heads[n] if n < top else b"$%d\r\n" % n, x, _CRLF)
 
 
-def apply_command(
-    store: LotStore, sha: str, tick: int, plans: list[Plan], histories: list[bytes]
-) -> bytes:
-    """The EVALSHA applying `plans`, with the lots' new `histories`, packed (sweep.lua's
+def apply_command(store: LotStore, sha: str, tick: int, plans: list[Plan]) -> bytes:
+    """The EVALSHA applying `plans`, packed (sweep.lua's
     layout). Built section by section: packing is a good part of the sweep's Python time."""
     k = store.keys
     removed = [m.encode() for p in plans for m in p[4]]
@@ -528,13 +516,14 @@ def apply_command(
     tombs = [m.encode() for p in plans for m in p[7]]
     events = [e for p in plans for e in p[8]]
     head = [sha, 5, k.counts, k.expiries, k.lots, k.tombstones, k.events, k.prefix, tick]
+    head.append(store.history_cap)
     sections = [
         [_arg(a) for a in head],
         [b"%d" % len(plans)],
         [p[0].encode() for p in plans],
         [p[1] for p in plans],
         [p[2] for p in plans],
-        histories,
+        [p[3] for p in plans],
         [b"%d" % len(removed)],
         removed,
         [b"%d" % (len(added) // 2)],
@@ -608,7 +597,7 @@ class _Sweeper:
         self.sha = ""
         self.conn: AbstractConnection | None = None
         # what each reply not read yet answers: ("range", None) | ("read", codes) |
-        # ("apply", (plans, histories))
+        # ("apply", plans)
         self.expected: deque[tuple[str, Any]] = deque()
 
     async def send(self, kind: str, what: Any, args: list[Any]) -> None:
@@ -625,18 +614,14 @@ class _Sweeper:
         await self.send("range", None, args)
 
     async def send_read(self, codes: list[str]) -> None:
-        """The chunk's lots and their histories (a history changes only with its lot)."""
-        lot_key, history_key = self.store.keys.lot(""), self.store.keys.history("")
-        keys = [k for c in codes for k in (lot_key + c, history_key + c)]
-        await self.send("read", codes, ["MGET", *keys])
+        lot_key = self.store.keys.lot("")
+        await self.send("read", codes, ["MGET", *[lot_key + c for c in codes]])
 
-    async def send_apply(
-        self, plans: list[Plan], histories: list[bytes], command: bytes | None = None
-    ) -> None:
+    async def send_apply(self, plans: list[Plan], command: bytes | None = None) -> None:
         """Queue the script call applying `plans` (`command`: it, packed already)."""
         if command is None:
-            command = apply_command(self.store, self.sha, self.tick, plans, histories)
-        await self.send_packed("apply", (plans, histories), command)
+            command = apply_command(self.store, self.sha, self.tick, plans)
+        await self.send_packed("apply", plans, command)
 
     async def read_one(self) -> tuple[str, Any, Any] | None:
         """The next reply; an apply's reply is settled here and gives None."""
@@ -648,12 +633,11 @@ class _Sweeper:
             if kind != "apply":
                 raise
             self.sha = await self.store.redis.script_load(LUA_SWEEP)
-            await self.send_apply(*what)
+            await self.send_apply(what)
             return None
         if kind != "apply":
             return kind, what, reply
-        plans, histories = what
-        await self.settle(plans, histories, reply)
+        await self.settle(what, reply)
         return None
 
     async def next_reply(self, kind: str) -> Any:
@@ -662,7 +646,7 @@ class _Sweeper:
         assert got[0] == kind
         return got[2]
 
-    async def settle(self, plans: list[Plan], histories: list[bytes], moved: list[int]) -> None:
+    async def settle(self, plans: list[Plan], moved: list[int]) -> None:
         if not moved:
             for p in plans:
                 self.report.count(p[9])
@@ -671,9 +655,9 @@ class _Sweeper:
         # go again at once, these are read again in the next window.
         self.report.retried += len(moved)
         skip = set(moved)
-        keep = [i for i in range(len(plans)) if i + 1 not in skip]
+        keep = [p for i, p in enumerate(plans, 1) if i not in skip]
         if keep:
-            await self.send_apply([plans[i] for i in keep], [histories[i] for i in keep])
+            await self.send_apply(keep)
 
     async def run(self) -> SweepReport:
         store = self.store
@@ -718,14 +702,10 @@ class _Sweeper:
                 await self.send_read(lots[i + 2])
             values = await self.next_reply("read")
             with _collector_paused():  # no awaits inside: no other task runs meanwhile
-                plans, histories, broken = self.decide(codes, values)
-                command = (
-                    apply_command(self.store, self.sha, self.tick, plans, histories)
-                    if plans
-                    else b""
-                )
+                plans, broken = self.decide(codes, values)
+                command = apply_command(self.store, self.sha, self.tick, plans) if plans else b""
             if plans:
-                await self.send_apply(plans, histories, command)
+                await self.send_apply(plans, command)
                 self.report.batches += 1
             if i + 1 == len(lots):
                 await self.send_range()  # runs after every apply sent so far
@@ -733,17 +713,14 @@ class _Sweeper:
                 if await _repair(self.store, code):
                     self.report.repaired += 1
 
-    def decide(
-        self, codes: list[str], values: list[bytes | None]
-    ) -> tuple[list[Plan], list[bytes], list[str]]:
-        """Plans for the chunk's lots, their new histories, and the lots to repair."""
-        store, tick, report, cap = self.store, self.tick, self.report, self.store.history_cap
+    def decide(self, codes: list[str], raws: list[bytes | None]) -> tuple[list[Plan], list[str]]:
+        """Plans for the chunk's lots, and the lots to repair."""
+        store, tick, report = self.store, self.tick, self.report
         t = templates(store.tenant)
         own = store.rules.rank2_clock == "own"
         plans: list[Plan] = []
-        histories: list[bytes] = []
         broken: list[str] = []
-        for code, raw, old in zip(codes, values[0::2], values[1::2], strict=True):
+        for code, raw in zip(codes, raws, strict=True):
             if raw is None:
                 broken.append(code)
                 continue
@@ -757,8 +734,7 @@ class _Sweeper:
                     continue
                 plan = plan_of(result[0], result[1], raw[: raw.index(b"|") + 1], tick)
             plans.append(plan)
-            histories.append(history_after(old, plan[3], cap))
-        return plans, histories, broken
+        return plans, broken
 
 
 async def expire_due(

@@ -425,14 +425,13 @@ async def test_sweep_crash_between_batches_loses_nothing(
     async def crashing_send(
         self: sweep_module._Sweeper,
         plans: list[sweep_module.Plan],
-        histories: list[bytes],
         command: bytes | None = None,
     ) -> None:
         nonlocal calls
         calls += 1
         if calls == 3:  # two chunks sent (maybe not yet applied), the third never leaves
             raise ConnectionError("process died here")
-        await real_send(self, plans, histories, command)
+        await real_send(self, plans, command)
 
     monkeypatch.setattr(sweep_module._Sweeper, "send_apply", crashing_send)
     with pytest.raises(ConnectionError):

@@ -432,7 +432,6 @@ async def test_a_lot_written_between_read_and_apply_is_swept_again(
     async def send_after_a_write(
         self: sweep._Sweeper,
         plans: list[sweep.Plan],
-        histories: list[bytes],
         command: bytes | None = None,
     ) -> None:
         if not touched:  # a write (one that only bumps the revision) lands on a lot first
@@ -441,7 +440,7 @@ async def test_a_lot_written_between_read_and_apply_is_swept_again(
             rev, rest = raw.split(b"|", 1)
             await store.redis.set(store.keys.lot(touched[0]), b"%d|%s" % (int(rev) + 1, rest))
             revs.append(int(rev))
-        await real_send(self, plans, histories, command)
+        await real_send(self, plans, command)
 
     monkeypatch.setattr(sweep._Sweeper, "send_apply", send_after_a_write)
     report = await sweep.expire_due(store, TICK, batch=4)
@@ -464,14 +463,13 @@ async def test_a_flushed_script_cache_is_reloaded(
     async def flush_then_send(
         self: sweep._Sweeper,
         plans: list[sweep.Plan],
-        histories: list[bytes],
         command: bytes | None = None,
     ) -> None:
         nonlocal calls
         calls += 1
         if calls == 2:
             await store.redis.script_flush()
-        await real_send(self, plans, histories, command)
+        await real_send(self, plans, command)
 
     monkeypatch.setattr(sweep._Sweeper, "send_apply", flush_then_send)
     report = await sweep.expire_due(store, TICK, batch=2)
