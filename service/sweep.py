@@ -49,6 +49,7 @@ from statecharts.model import DomainEvent, Option, Rules
 
 LUA_SWEEP = resources.files("service").joinpath("sweep.lua").read_text()
 MAX_BATCH = 2000  # the script unpacks per-lot keys onto Lua's stack (limit 8000)
+READ_AHEAD = 2  # chunks read ahead of the one being decided
 
 EXPIRED = "option.expired"
 PROMOTED = "option.promoted"
@@ -695,11 +696,12 @@ class _Sweeper:
         Reads go out two chunks ahead, so Redis has the next apply queued while Python
         decides: chunk i is decided while Redis applies chunks i-1 and i-2.
         """
-        for codes in lots[:2]:
+        ahead = READ_AHEAD
+        for codes in lots[:ahead]:
             await self.send_read(codes)
         for i, codes in enumerate(lots):
-            if i + 2 < len(lots):
-                await self.send_read(lots[i + 2])
+            if i + ahead < len(lots):
+                await self.send_read(lots[i + ahead])
             values = await self.next_reply("read")
             with _collector_paused():  # no awaits inside: no other task runs meanwhile
                 plans, broken = self.decide(codes, values)
