@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from service.api import build_api_app
-from service.api.logging import configure_logging
+from service.api.logging import configure_logging, log_access
 from service.redis_client import connect
 from service.tenancy import Tenants
 from tests.test_api_harness import (
@@ -395,5 +395,38 @@ def test_configure_logging_json_and_console(capsys: pytest.CaptureFixture[str]) 
         configure_logging("console", "debug")
         structlog.get_logger("t").debug("shown")
         assert "shown" in capsys.readouterr().err
+    finally:
+        structlog.configure(**saved)
+
+
+def test_the_access_line_is_the_one_structlog_writes(capsys: pytest.CaptureFixture[str]) -> None:
+    """`log_access` skips structlog's dispatch under `configure_logging`'s configuration:
+    the same line as through structlog (timestamp aside), nothing below the level, and
+    through structlog again once something else is configured (a test's capture)."""
+    saved = structlog.get_config()
+    try:
+        configure_logging("json", "info")
+        path = "/v1/tenants/t/lots/L1/availability?token=s3cret&x=1"
+        with structlog.contextvars.bound_contextvars(request_id="r-9"):
+            log_access("GET", path, 200, 0.001234)
+            structlog.get_logger("service.api").info(
+                "http_request",
+                method="GET",
+                path="/v1/tenants/t/lots/L1/availability?token=***&x=1",
+                status=200,
+                duration_ms=1.23,
+            )
+        fast, slow = (json.loads(line) for line in capsys.readouterr().err.splitlines())
+        assert fast.pop("timestamp").endswith("Z") and slow.pop("timestamp").endswith("Z")
+        assert list(fast.items()) == list(slow.items())
+        assert fast["request_id"] == "r-9" and "s3cret" not in str(fast)
+        configure_logging("json", "warning")
+        log_access("GET", "/x", 200, 0.001)
+        assert capsys.readouterr().err == ""
+        configure_logging("json", "info")
+        with captured_logs() as logs:
+            log_access("POST", "/y", 201, 0.002)
+        assert capsys.readouterr().err == ""
+        assert [(e["event"], e["path"], e["status"]) for e in logs] == [("http_request", "/y", 201)]
     finally:
         structlog.configure(**saved)

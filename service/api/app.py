@@ -7,11 +7,11 @@
 * Koban's webhooks under ``/koban/{t}/…`` (service.webhooks), unless ``webhooks=False``;
 * ``GET /healthz`` (no token).
 
-Middlewares, outermost first: the request id + access log line (service.api.logging),
-then the error envelope (service.api.errors). The Koban HTTP session is created in the
-app's ``cleanup_ctx`` (so it lives on the serving event loop and is closed on shutdown),
-with one `KobanClient` and one `OptionFlows` per tenant that has Koban credentials
-(``koban_factory`` makes them; the default builds them from the tenant's settings).
+One middleware (service.api.middleware): request id, error envelope, metrics and the
+access log line. The Koban HTTP session is created in the app's ``cleanup_ctx`` (so it
+lives on the serving event loop and is closed on shutdown), with one `KobanClient` and one
+`OptionFlows` per tenant that has Koban credentials (``koban_factory`` makes them; the
+default builds them from the tenant's settings).
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from service.api.context import (
     KobanFactory,
     KobanPool,
 )
-from service.api.errors import error_middleware, json_response
-from service.api.health import install_health, metrics_middleware
-from service.api.logging import request_id_middleware, stamp_request_id
+from service.api.errors import json_response
+from service.api.health import install_health
+from service.api.middleware import api_middleware
 from service.api.models import MAX_BODY
 from service.api.openapi import install_openapi
 from service.api.routes_clock import install_clock
@@ -92,7 +92,7 @@ def build_api_app(
     tenants = source if isinstance(source, Tenants) else build_tenants(source, redis, clock)
     factory = koban_factory or koban_from_settings
     app = web.Application(
-        middlewares=[request_id_middleware, metrics_middleware, error_middleware],
+        middlewares=[api_middleware],
         client_max_size=MAX_BODY,
     )
     app[TENANTS_KEY] = tenants
@@ -115,7 +115,6 @@ def build_api_app(
                 pool.flows.clear()
 
     app.cleanup_ctx.append(koban_clients)
-    app.on_response_prepare.append(stamp_request_id)
     app.router.add_get("/healthz", healthz)
     app.add_routes(lot_routes)
     app.add_routes(option_routes)

@@ -1,4 +1,4 @@
-"""The one error envelope of the API, and the middleware that answers every failure with it.
+"""The one error envelope of the API (`service.api.middleware` answers every failure with it).
 
 Body: ``{"errorCode", "message", "kobanCode", "source", "requestId", "errors": [{"field",
 "message"}]}``. ``source`` is set for business refusals only: ``"koban"`` when Koban
@@ -24,7 +24,6 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -37,7 +36,6 @@ from statecharts.errors import RuleViolation
 __all__ = [
     "ApiError",
     "error_body",
-    "error_middleware",
     "error_response",
     "field_errors",
     "json_response",
@@ -204,11 +202,3 @@ def error_response(request: web.Request, exc: BaseException) -> web.Response:
     elif error.status >= 500:
         log.warning("upstream_failure", error_code=error.code, detail=str(exc))
     return json_response(error_body(request, error), error.status, error.headers)
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except Exception as exc:
-        return error_response(request, exc)

@@ -2,8 +2,8 @@
 
 ``install_health(app, redis, tenants)`` registers the last two and a per-app `Metrics`
 (``/healthz`` is registered by ``service.api.app``; `HealthOut` describes it); the
-request counter is fed by `metrics_middleware`, which sits between the request-id and
-the error middlewares (so it sees the final status of every answer, envelope included).
+request counter is fed by the API's middleware (`service.api.middleware`), after the error
+envelope is made (so it sees the final status of every answer, envelope included).
 
 * ``GET /healthz`` → 200 ``{"status": "ok"}`` while the process serves.
 * ``GET /readyz`` → 200 when Redis answers ``PING`` within `READY_TIMEOUT_S`, else 503;
@@ -48,7 +48,6 @@ from typing import Any, Literal, cast
 
 import orjson
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -73,7 +72,6 @@ __all__ = [
     "RedisCheckOut",
     "SchedulerOut",
     "install_health",
-    "metrics_middleware",
     "metrics_of",
 ]
 
@@ -85,7 +83,7 @@ DRIFT_SCAN_BUDGET = 10_000
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 UNMATCHED = "unmatched"
 # Any token is a method to aiohttp: others are counted as "other" (bounded label values).
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 SWEEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
@@ -290,31 +288,6 @@ def metrics_of(app: web.Application) -> Metrics:
     return app[METRICS_KEY]
 
 
-def _route_of(request: web.Request) -> str:
-    resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else UNMATCHED
-
-
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count every request by route template, method and final status."""
-    metrics = request.app.get(METRICS_KEY)
-    if metrics is None:
-        return await handler(request)
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        method = request.method if request.method in _METHODS else "other"
-        metrics.observe_request(_route_of(request), method, status, time.perf_counter() - started)
-
-
 # --------------------------------------------------------------------------- handlers
 
 
@@ -387,8 +360,7 @@ def _clients_of(app: web.Application) -> Callable[[], Mapping[str, KobanClient]]
 
 def install_health(app: web.Application, redis: Redis, tenants: Tenants) -> Metrics:
     """Register ``/readyz``, ``/metrics`` and the app's `Metrics` on `app` (``/healthz``
-    is the app's own; add `metrics_middleware` to the app's middlewares to count
-    requests)."""
+    is the app's own; `service.api.middleware.api_middleware` counts the requests)."""
     collected = Metrics(tenants, _clients_of(app))
     app[METRICS_KEY] = collected
     app[HEALTH_REDIS_KEY] = redis

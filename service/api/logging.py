@@ -4,9 +4,10 @@
 console renderer for a person. Every request gets an id — the caller's ``X-Request-ID``
 when it is a sane token, else a fresh one — bound into structlog's context variables for
 the whole request (every log line of the request carries ``request_id``), stored on the
-request, and echoed on every response (errors, 404s and streamed responses included,
-through ``on_response_prepare``). One ``http_request`` line per request, with the query's
-``token`` redacted.
+request, and echoed on every response (errors and 404s included; a handler that streams
+its answer sets the header itself before it starts). One ``http_request`` line per
+request, with the query's ``token`` redacted (`log_access`). All of this runs in the API's
+one middleware, `service.api.middleware.api_middleware`.
 
 aiohttp logs through the standard library, and some of its records quote a request line
 or a URL: the access log (``%r``), a request line too long for its parser (the first bytes
@@ -18,29 +19,30 @@ imported (so before any app serves) and again by `configure_logging`.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import sys
 import time
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
+import orjson
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler
-from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from service.webhooks import redact_token
 
 __all__ = [
     "REQUEST_ID",
     "REQUEST_ID_HEADER",
+    "IsoUtcStamper",
     "RedactTokens",
     "configure_logging",
+    "log_access",
     "redact_stdlib_logs",
-    "request_id_middleware",
     "request_id_of",
-    "stamp_request_id",
 ]
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -90,33 +92,128 @@ def redact_stdlib_logs() -> None:
 redact_stdlib_logs()
 
 
+class IsoUtcStamper:
+    """``timestamp``: ISO-8601 UTC with ``Z`` and microseconds, like structlog's
+    ``TimeStamper(fmt="iso", utc=True)``; the date-and-seconds part is formatted once per
+    second (≈ 0.3 µs a line instead of ≈ 1.5 µs for a ``datetime``)."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(
+        self, _logger: object, _name: str, event_dict: structlog.typing.EventDict
+    ) -> structlog.typing.EventDict:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
+        return event_dict
+
+
+def _orjson_line(obj: object, **kw: Any) -> str:
+    """A JSON line through orjson (≈ 0.4 µs against ≈ 3 µs for the standard library's);
+    what orjson refuses (an integer beyond 64 bits) goes through the standard library."""
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS, **kw).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(obj, **kw)
+
+
+@dataclass(slots=True)
+class _Fast:
+    """The configuration `configure_logging` installed: its processors, factory and
+    wrapper (to recognise it), whether it logs at INFO, and one logger of its factory."""
+
+    processors: list[structlog.typing.Processor]
+    factory: Any
+    wrapper: Any
+    info: bool
+    logger: Any
+
+    def current(self) -> bool:
+        """Is structlog still configured this way (a test may have reconfigured it)?"""
+        config = structlog.get_config()
+        return (
+            config["processors"] is self.processors
+            and config["logger_factory"] is self.factory
+            and config["wrapper_class"] is self.wrapper
+            and config["context_class"] is dict
+        )
+
+
+_fast: _Fast | None = None
+
+
 def configure_logging(
     fmt: Literal["json", "console"] = "json",
     level: Literal["debug", "info", "warning", "error"] = "info",
 ) -> None:
     """Process-wide structlog set-up: context variables merged into every line; aiohttp's
-    standard-library records redacted."""
+    standard-library records redacted. JSON lines are rendered by orjson and written with
+    one ``write`` + ``flush`` each."""
+    global _fast
     redact_stdlib_logs()
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_orjson_line)
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
+    processors: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        IsoUtcStamper(),
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+        renderer,
+    ]
+    factory = structlog.WriteLoggerFactory(sys.stderr)
+    threshold = logging.getLevelNamesMapping()[level.upper()]
+    wrapper = structlog.make_filtering_bound_logger(threshold)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        processors=processors,
+        wrapper_class=wrapper,
+        logger_factory=factory,
         cache_logger_on_first_use=False,
     )
+    _fast = _Fast(processors, factory, wrapper, threshold <= logging.INFO, factory())
+
+
+def log_access(method: str, path: str, status: int, seconds: float) -> None:
+    """The request's one ``http_request`` line (``token`` query values redacted).
+
+    Module loggers are lazy proxies that assemble a bound logger on every call, so tests
+    may reconfigure structlog at any time (``cache_logger_on_first_use`` would pin the
+    first configuration for good). Under the configuration `configure_logging` installed,
+    checked on every call, this line skips that assembly and structlog's dispatch: the
+    event dict it would build goes through the same processors to the same logger
+    (≈ 4 µs instead of ≈ 10 µs here; `tests/test_api_errors.py` checks both write the
+    same line). Under any other configuration it is logged through structlog."""
+    if "token" in path.lower():
+        path = redact_token(path)
+    duration_ms = round(seconds * 1000, 2)
+    fast = _fast
+    if fast is None or not fast.current():
+        log.info("http_request", method=method, path=path, status=status, duration_ms=duration_ms)
+        return
+    if not fast.info:
+        return
+    # What `BoundLogger.info` builds: its (empty) context, the keywords, then the event.
+    event: Any = {
+        "method": method,
+        "path": path,
+        "status": status,
+        "duration_ms": duration_ms,
+        "event": "http_request",
+    }
+    logger = fast.logger
+    for processor in fast.processors:
+        event = processor(logger, "info", event)
+    logger.info(event)
 
 
 def _request_id(request: web.Request) -> str:
@@ -131,36 +228,3 @@ def request_id_of(request: web.Request) -> str:
         rid = _request_id(request)
         request[REQUEST_ID] = rid
     return rid
-
-
-@web.middleware
-async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Outermost middleware: the id in the log context, one access line per request."""
-    rid = request_id_of(request)
-    started = time.perf_counter()
-    status = 500
-    bound = bind_contextvars(request_id=rid)  # what bound_contextvars does, minus contextlib
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        try:
-            path = request.path_qs
-            log.info(
-                "http_request",
-                method=request.method,
-                path=redact_token(path) if "token" in path.lower() else path,
-                status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
-            )
-        finally:
-            reset_contextvars(**bound)
-
-
-async def stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: every response, streamed or not, carries the id."""
-    response.headers[REQUEST_ID_HEADER] = request_id_of(request)

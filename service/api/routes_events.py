@@ -45,6 +45,7 @@ from redis.exceptions import RedisError, ResponseError
 from service.api.auth import Caller
 from service.api.context import authenticate
 from service.api.errors import ApiError, json_response, validation_failed
+from service.api.logging import REQUEST_ID_HEADER, request_id_of
 from service.api.models import Limit, dump, parse_query
 from service.api.routes_lots import BASE, redact_event
 
@@ -300,7 +301,9 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     closing = _closing(request.app)
     conn = store.redis.client()  # a connection of its own for the blocking reads
     try:
-        async with sse_response(request, ping_interval=HEARTBEAT_S) as sse:
+        # Prepared here, before the API's middleware sees it: the id header is set now.
+        headers = {REQUEST_ID_HEADER: request_id_of(request)}
+        async with sse_response(request, ping_interval=HEARTBEAT_S, headers=headers) as sse:
             try:
                 await _send(sse, first, caller)
                 await _pump(request, sse, conn, key, position, caller, closing)
