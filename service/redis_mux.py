@@ -7,14 +7,16 @@ one socket write plus one wake-up of Redis per command); through this reader the
 costs ~5 µs, because concurrent requests share writes and reads (bench/http.py: a bare
 aiohttp handler plus one GET serves ~5 900 req/s through redis-py, ~20 900 through this).
 
-For idempotent reads only (GET, HMGET, …): after a lost connection a command is sent once
-more on a new connection. Replies are RESP2 as hiredis parses them (bytes, lists, ints,
-None). Redis error replies raise `redis.exceptions.ResponseError`, but ``LOADING`` (a
-server just restarted, reading its data) raises `BusyLoadingError`, a ``ConnectionError``,
-as in redis-py; an unreachable or lost server `redis.exceptions.ConnectionError`; no
-answer within `timeout` seconds `redis.exceptions.TimeoutError` (the API maps the last two
-to 503 STORE_UNAVAILABLE, as it does for redis-py's). Writes keep going through redis-py
-(scripts, WATCH/MULTI, retries).
+For idempotent reads (GET, HMGET, …) and for scripts whose resending is harmless
+(`evalsha`: the store's revision-guarded commit, which redis-py's own retries may resend
+too): after a lost connection a command is sent once more on a new connection. Replies are
+RESP2 as hiredis parses them (bytes, lists, ints, None). Redis error replies raise
+`redis.exceptions.ResponseError`, but ``LOADING`` (a server just restarted, reading its
+data) raises `BusyLoadingError`, a ``ConnectionError``, as in redis-py; an unreachable or
+lost server `redis.exceptions.ConnectionError`; no answer within `timeout` seconds
+`redis.exceptions.TimeoutError` (the API maps the last two to 503 STORE_UNAVAILABLE, as it
+does for redis-py's). Other writes keep going through redis-py (WATCH/MULTI, commands that
+must not be resent).
 """
 
 from __future__ import annotations
@@ -186,6 +188,18 @@ class MuxReader:
                     raise reply
             return replies
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def evalsha(self, sha: str, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """The reply of the script `script` (SHA-1 `sha`) run on `keys` and `args`: EVALSHA,
+        or EVAL when the server's script cache lost it (NOSCRIPT), which caches it again.
+        Only for scripts that may safely be sent twice (see the module doc)."""
+        try:
+            (reply,) = await self.execute(("EVALSHA", sha, len(keys), *keys, *args))
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            (reply,) = await self.execute(("EVAL", script, len(keys), *keys, *args))
+        return reply
 
     async def _connected(self) -> _Protocol:
         protocol = self._protocol

@@ -5,6 +5,14 @@ that follows from it, and its CloudEvents, guarded by the lot's revision. Writer
 lock: they read, let the chart decide, and commit; when another writer got there first the
 commit is refused and the writer re-reads and re-decides. Indexes and counts are derived by
 diffing the lot before and after, so they cannot drift from the lots.
+
+The hot path — `load`/`read`, `counts`, and `mutate`'s read and commit — goes through
+`LotStore.fast` when one is set (`service.api.routes_lots.install_fast_reads`, as
+`koban-options api` serves): a `MuxReader`, one shared connection whose commands from every
+request of a loop iteration leave in one write, ≈ 5 µs of CPU per command here against
+≈ 65–75 µs through redis-py. The same commands, the same answers: only the transport
+differs. A commit resent after a lost connection is one redis-py's retries could send too;
+`mutate` recognises it (the lot then holds exactly what the refused commit wrote).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from redis.asyncio import Redis
 from service.codec import decode_lot, encode_lot
 from service.events import cloud_event, expand_history_entry, history_entry
 from service.keys import API_USER_FIELD, TenantKeys, prospect_field
+from service.redis_mux import MuxReader
 from statecharts import transitions as tr
 from statecharts.errors import ErrorCode, RuleViolation
 from statecharts.model import DomainEvent, Intent, Lot, Option, Rules
@@ -117,12 +126,19 @@ class LotStore:
         self.history_cap = history_cap
         self.max_attempts = max_attempts
         self._commit = redis.register_script(LUA_COMMIT)
+        # The hot path's transport when set (see the module doc); else `redis`.
+        self.fast: MuxReader | None = None
 
     # --- reads ------------------------------------------------------------------------
 
     async def load(self, extcode: str) -> Lot | None:
         """The lot as stored (due options possibly not yet swept)."""
-        raw = cast(bytes | None, await self.redis.get(self.keys.lot(extcode)))
+        key = self.keys.lot(extcode)
+        fast = self.fast
+        if fast is not None:
+            (raw,) = await fast.execute(("GET", key))
+        else:
+            raw = cast(bytes | None, await self.redis.get(key))
         return decode_lot(extcode, raw) if raw is not None else None
 
     async def read(self, extcode: str, now: int) -> Lot | None:
@@ -134,7 +150,11 @@ class LotStore:
 
     async def counts(self, holder: str | None = None) -> Counts:
         fields = [API_USER_FIELD] + ([prospect_field(holder)] if holder else [])
-        values = await self.redis.hmget(self.keys.counts, fields)
+        fast = self.fast
+        if fast is not None:
+            (values,) = await fast.execute(("HMGET", self.keys.counts, *fields))
+        else:
+            values = await self.redis.hmget(self.keys.counts, fields)
         user = int(values[0] or 0)
         prospect = int(values[1] or 0) if holder else 0
         return Counts(prospect, user)
@@ -211,10 +231,12 @@ class LotStore:
 
     async def commit(self, transitions: Sequence[list[Any]], mode: str = "all") -> Any:
         k = self.keys
-        return await self._commit(
-            keys=[k.counts, k.expiries, k.lots, k.tombstones, k.intents, k.events],
-            args=flatten(mode, self.history_cap, k.prefix, transitions),
-        )
+        keys = [k.counts, k.expiries, k.lots, k.tombstones, k.intents, k.events]
+        args = flatten(mode, self.history_cap, k.prefix, transitions)
+        fast = self.fast
+        if fast is not None:
+            return await fast.evalsha(self._commit.sha, LUA_COMMIT, keys, args)
+        return await self._commit(keys=keys, args=args)
 
     async def mutate(
         self,
@@ -246,10 +268,16 @@ class LotStore:
         attempted: tuple[bytes, T] | None = None  # the last refused commit's value, result
         for _ in range(self.max_attempts):
             extra = await prefetch() if prefetch is not None else None
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.get(lot_key)
-                pipe.hmget(self.keys.counts, fields)
-                raw, values = await pipe.execute()
+            fast = self.fast
+            if fast is not None:
+                raw, values = await fast.execute(
+                    ("GET", lot_key), ("HMGET", self.keys.counts, *fields)
+                )
+            else:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.get(lot_key)
+                    pipe.hmget(self.keys.counts, fields)
+                    raw, values = await pipe.execute()
             if attempted is not None and raw == attempted[0]:
                 # That commit did land: its reply was lost and redis-py's retry sent the
                 # script again, which found the lot already at its own revision. Deciding

@@ -18,6 +18,7 @@ from service.clock import FixedClock
 from service.config import TenantSettings
 from service.flows import KobanRefusal, OptionFlows, Pending, Placed
 from service.koban import KobanClient, KobanUnavailable
+from service.redis_mux import MuxReader
 from service.store import LotStore
 from service.tenancy import Tenant, rules_from
 from statecharts.errors import ErrorCode, RuleViolation
@@ -97,13 +98,21 @@ class Env:
         return (await self.store.counts(holder)).prospect
 
 
-@pytest.fixture
-async def env(redis: Redis, tenant: str) -> AsyncIterator[Env]:
+@pytest.fixture(params=["redis-py", "mux"])
+async def env(request: pytest.FixtureRequest, redis: Redis, tenant: str) -> AsyncIterator[Env]:
+    """Flows whose store goes through redis-py, or through the shared connection
+    `koban-options api` installs (`LotStore.fast`)."""
     clock = FixedClock(T0)
     t = make_tenant(redis, tenant, clock)
-    async with ScriptedKoban() as server, aiohttp.ClientSession() as session:
-        koban = make_client(session, server.base_url)
-        yield Env(t, clock, server, koban, OptionFlows(t, koban, poll_s=0.01))
+    if request.param == "mux":
+        t.store.fast = MuxReader.for_client(redis)
+    try:
+        async with ScriptedKoban() as server, aiohttp.ClientSession() as session:
+            koban = make_client(session, server.base_url)
+            yield Env(t, clock, server, koban, OptionFlows(t, koban, poll_s=0.01))
+    finally:
+        if t.store.fast is not None:
+            await t.store.fast.aclose()
 
 
 async def lot(env: Env, code: str = "A1") -> str:

@@ -1,7 +1,8 @@
 """`MuxReader`: the same answers as redis-py for the reads it serves, each concurrent caller
-its own replies (cancelled callers included), Redis errors raised, a lost connection
-replaced, an unreachable or silent server reported as the redis-py errors the API maps to
-503, and the client's database and password followed."""
+its own replies (cancelled callers included), Redis errors raised, scripts run (and sent
+again when the server's script cache lost them), a lost connection replaced, an
+unreachable or silent server reported as the redis-py errors the API maps to 503, and the
+client's database and password followed."""
 
 from __future__ import annotations
 
@@ -95,6 +96,31 @@ async def test_a_lost_connection_is_replaced(tmp_path: Path) -> None:
     with pytest.raises(RedisConnectionError):
         await reader.execute(("GET", "k"))  # the server is gone
     await reader.aclose()
+
+
+async def test_scripts_run_and_survive_a_flushed_script_cache(tmp_path: Path) -> None:
+    proc, url = start_redis_server(tmp_path)
+    admin = connect(url)
+    reader = MuxReader.for_client(admin)
+    assert reader is not None
+    body = "redis.call('SET', KEYS[1], ARGV[1]); return {'ok', tonumber(ARGV[2])}"
+    script = admin.register_script(body)
+    try:
+        assert await reader.evalsha(script.sha, body, ["k"], ["v1", 7]) == [b"ok", 7]
+        assert await admin.get("k") == b"v1"
+        await admin.script_flush()  # the server forgot it: EVAL sends it (and caches it)
+        assert await reader.evalsha(script.sha, body, ["k"], ["v2", 8]) == [b"ok", 8]
+        assert await admin.script_exists(script.sha) == [True]
+        assert await reader.evalsha(script.sha, body, ["k"], ["v3", 9]) == [b"ok", 9]
+        assert await admin.get("k") == b"v3"
+        broken = "return redis.call('NOPE')"
+        with pytest.raises(ResponseError, match="Unknown Redis command"):
+            await reader.evalsha(admin.register_script(broken).sha, broken, [], [])
+    finally:
+        await reader.aclose()
+        await admin.aclose()
+        proc.terminate()
+        proc.wait(10)
 
 
 async def test_an_unreachable_server_is_a_connection_error() -> None:

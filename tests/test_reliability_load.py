@@ -19,6 +19,7 @@ import os
 import time
 from collections import Counter
 
+import pytest
 from redis.asyncio import Redis
 
 from service.api.context import FlowSettings
@@ -42,11 +43,15 @@ async def test_redis_pool_waits_for_a_free_connection(redis_url: str, tenant: st
         await client.aclose()
 
 
-async def test_concurrent_placements_on_one_lot(redis: Redis, tenant: str) -> None:
+@pytest.mark.parametrize("fast_reads", [False, True], ids=["redis-py", "mux"])
+async def test_concurrent_placements_on_one_lot(
+    redis: Redis, tenant: str, fast_reads: bool
+) -> None:
     # Rank 2's flow waits for rank 1's Add to land in Koban (SPEC §4); give it room on a
-    # loaded machine: the assertion is about who wins, not how fast.
+    # loaded machine: the assertion is about who wins, not how fast. `fast_reads`: the
+    # store's reads and commits through the shared connection, as `koban-options api` runs.
     flows = FlowSettings(predecessor_wait_s=60.0, poll_s=0.05)
-    async with running_stack(redis, tenant, flow_settings=flows) as stack:
+    async with running_stack(redis, tenant, flow_settings=flows, fast_reads=fast_reads) as stack:
         creator = KobanClient(
             stack.http, stack.sandbox.base_url + "/api/v1", API_KEY, USER_KEY, rate_per_s=1e6
         )

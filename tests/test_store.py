@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import datetime
 
 import orjson
@@ -10,9 +11,11 @@ import pytest
 from redis.asyncio import Redis
 
 from service import sweep as sweep_module
+from service.redis_mux import MuxReader
 from service.store import LotStore
 from service.sweep import expire_due
 from statecharts.errors import ErrorCode, RuleViolation
+from statecharts.model import Rules
 from statecharts.ticks import parse_duration
 from tests.conftest import make_rules
 
@@ -36,6 +39,20 @@ async def types(store: LotStore) -> list[str]:
 async def lots(store: LotStore, *codes: str, now: int = T0) -> None:
     for code in codes:
         await store.import_lot(code, now, program="P1")
+
+
+@pytest.fixture(params=["redis-py", "mux"])
+async def store(
+    request: pytest.FixtureRequest, redis: Redis, tenant: str, rules: Rules
+) -> AsyncIterator[LotStore]:
+    """The store through each transport of its hot path: redis-py, or the shared
+    connection `koban-options api` installs (`LotStore.fast`)."""
+    store = LotStore(redis, tenant, rules)
+    if request.param == "mux":
+        store.fast = MuxReader.for_client(redis)
+    yield store
+    if store.fast is not None:
+        await store.fast.aclose()
 
 
 def code_of(excinfo: pytest.ExceptionInfo[RuleViolation]) -> ErrorCode:

@@ -10,7 +10,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from service.api.auth import Caller
-from service.api.context import authenticate, koban_for
+from service.api.context import TENANTS_KEY, authenticate, koban_for
 from service.api.errors import json_response
 from service.api.models import (
     Action,
@@ -346,14 +346,22 @@ async def get_availability(request: web.Request) -> web.Response:
 
 
 def install_fast_reads(app: web.Application, redis: Redis) -> None:
-    """Let the availability route read through a `MuxReader` of `redis`'s server (one
-    shared connection, closed with the app); nothing changes over TLS."""
+    """Let the availability route, and the hot path of the stores of the app's tenants
+    that use `redis` (`LotStore.fast`: reads, the read and commit of every transition),
+    go through a `MuxReader` of `redis`'s server (one shared connection, closed with the
+    app); nothing changes over TLS."""
     reader = MuxReader.for_client(redis)
     if reader is None:
         return
     app[FAST_READS] = reader
+    stores = [t.store for t in app[TENANTS_KEY].values() if t.store.redis is redis]
+    for store in stores:
+        store.fast = reader
 
     async def close(app: web.Application) -> None:
+        for store in stores:
+            if store.fast is reader:
+                store.fast = None
         await reader.aclose()
 
     app.on_cleanup.append(close)
