@@ -61,11 +61,15 @@ class _Entry:
     token: ApiToken
     granted: frozenset[str]  # the token's scopes with the ones they imply
     token_id: str  # digest.hex()
+    caller: Caller | None  # who it authenticates (None: its tenant is not configured)
 
 
-def _entry(digest: bytes, tenant: str, token: ApiToken) -> _Entry:
+def _entry(digest: bytes, tenant: str, token: ApiToken, tenants: Tenants) -> _Entry:
     granted = frozenset().union(*(_IMPLIED[s] for s in token.scopes))
-    return _Entry(digest, tenant, token, granted, digest.hex())
+    token_id = digest.hex()
+    known = tenants.get(tenant)
+    caller = Caller(known, token_id, granted, token.partner_guid) if known else None
+    return _Entry(digest, tenant, token, granted, token_id, caller)
 
 
 def _digest(token: str) -> bytes:
@@ -78,7 +82,7 @@ class TokenIndex:
     def __init__(self, tenants: Tenants) -> None:
         self.tenants = tenants
         self._entries = [
-            _entry(_digest(t.token.get_secret_value()), name, t)
+            _entry(_digest(t.token.get_secret_value()), name, t, tenants)
             for name, tenant in tenants.items()
             for t in tenant.settings.api_tokens
         ]
@@ -101,12 +105,12 @@ class TokenIndex:
                 "A valid 'Authorization: Bearer <token>' header is required.",
                 headers={"WWW-Authenticate": 'Bearer realm="koban-options"'},
             )
-        tenant = self.tenants.get(tenant_name)
-        if tenant is None or entry.tenant != tenant_name:
+        caller = entry.caller
+        if caller is None or entry.tenant != tenant_name:
             raise ApiError(404, TENANT_UNKNOWN, f"Unknown tenant {tenant_name!r}.")
         if scope not in entry.granted:
             raise ApiError(403, FORBIDDEN, f"This token lacks the {scope!r} scope.")
-        return Caller(tenant, entry.token_id, entry.granted, entry.token.partner_guid)
+        return caller  # immutable: made once per token
 
 
 def _bearer(request: web.Request) -> str | None:

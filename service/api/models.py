@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal, TypeAlias, TypeVar
+from typing import Annotated, Any, Literal, TypeAlias, TypeVar, cast
 
 import orjson
 from aiohttp import web
@@ -317,8 +317,17 @@ async def parse_body(request: web.Request, model: type[M]) -> tuple[M, Any]:
     return validate(model, data), data
 
 
+# Frozen query models validated from an empty query, per model: most reads have none.
+_EMPTY_QUERIES: dict[type[BaseModel], BaseModel] = {}
+
+
 def parse_query(request: web.Request, model: type[M]) -> M:
     query = request.rel_url.query
+    if not query and model.model_config.get("frozen"):
+        empty = _EMPTY_QUERIES.get(model)
+        if empty is None:  # validated once (an invalid empty query raises every time)
+            empty = _EMPTY_QUERIES[model] = validate(model, {})
+        return cast(M, empty)
     twice = sorted({k for k in query if len(query.getall(k)) > 1})
     if twice:
         raise validation_failed([{"field": k, "message": "given more than once"} for k in twice])
