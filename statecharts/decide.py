@@ -25,6 +25,17 @@ def decide(config: str, event: str, facts: Mapping[str, bool | str] | None = Non
     unknown configuration or event, or fact values outside their domain (e.g. a missing
     or unknown ``sync_status`` target). Missing facts are False.
     """
+    kind, value = verdict(config, event, facts)
+    if kind == "ok":
+        return value
+    raise RuleViolation(ErrorCode(value))
+
+
+def verdict(
+    config: str, event: str, facts: Mapping[str, bool | str] | None = None
+) -> tuple[str, str]:
+    """`decide` without raising on a refusal: ``("ok", target configuration)`` or
+    ``("error", error code value)`` (raising costs more than the lookup on hot reads)."""
     names = FACTS.get(event)
     if names is None:
         raise ValueError(f"unknown lot event {event!r}")
@@ -34,7 +45,4 @@ def decide(config: str, event: str, facts: Mapping[str, bool | str] | None = Non
     row = TABLE.get((config, event, values))
     if row is None:
         raise ValueError(f"fact values out of domain for {event!r}: {values!r}")
-    kind, value = row
-    if kind == "ok":
-        return value
-    raise RuleViolation(ErrorCode(value))
+    return row

@@ -12,6 +12,7 @@ throw it away when the atomic write loses a race.
 from __future__ import annotations
 
 from statecharts.decide import decide as decide  # re-exported: the benchmark swaps engines here
+from statecharts.decide import verdict
 from statecharts.errors import ErrorCode, RuleViolation
 from statecharts.model import (
     STATUS_OF_CONFIG,
@@ -211,6 +212,21 @@ def reserve_placement(
     intent = Intent(intent_id, len(lot.options) + len(lot.intents) + 1, holder, partner, now)
     lot.intents.append(intent)
     return intent
+
+
+def placement_refusal(
+    lot: Lot,
+    holder: str,
+    rank: int | None,
+    rules: Rules,
+    prospect_count: int,
+    user_count: int,
+) -> ErrorCode | None:
+    """What `reserve_placement` would refuse with, without reserving nor raising (None: it
+    would hold rank ``len(lot.options) + len(lot.intents) + 1``)."""
+    facts = place_facts(lot, holder, rank, prospect_count, user_count, rules)
+    kind, value = verdict(_place_config(lot), "place", facts)
+    return None if kind == "ok" else ErrorCode(value)
 
 
 def find_intent(lot: Lot, intent_id: str) -> Intent | None:

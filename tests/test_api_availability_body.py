@@ -13,6 +13,7 @@ import pytest
 from service.api.models import AvailabilityOut, dump
 from service.api.routes_lots import availability
 from statecharts import transitions as tr
+from statecharts.errors import RuleViolation
 from statecharts.model import Lot
 from statecharts.ticks import parse_instant
 from tests.conftest import make_rules
@@ -89,3 +90,26 @@ def test_bodies_differ_where_the_lots_do() -> None:
         "NOPE": (-1, 0, False, "LOT_UNKNOWN"),
     }
     assert bodies["O1"]["endDate"] is not None and bodies["O1"]["endDate"].endswith("Z")
+
+
+@pytest.mark.parametrize("holder", ["p0", "p9"])
+@pytest.mark.parametrize("counts", [(0, 0), (3, 0), (0, 50)])
+@pytest.mark.parametrize("rank", [None, 1, 2])
+def test_the_probe_answers_what_reserving_would(
+    holder: str, counts: tuple[int, int], rank: int | None
+) -> None:
+    """`placement_refusal` (no reservation, no exception) refuses exactly when
+    `reserve_placement` raises, with its code, and otherwise names the rank it holds."""
+    rules = replace(RULES, max_options_per_user=50)
+    for lot in _lots():
+        if lot is None:
+            continue
+        refusal = tr.placement_refusal(lot, holder, rank, rules, *counts)
+        trial = copy.deepcopy(lot)
+        try:
+            intent = tr.reserve_placement(trial, "x", holder, None, rank, T0, rules, *counts)
+        except RuleViolation as exc:
+            assert refusal is exc.code, lot.extcode
+        else:
+            assert refusal is None, lot.extcode
+            assert intent.rank == len(lot.options) + len(lot.intents) + 1

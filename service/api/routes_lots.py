@@ -249,23 +249,19 @@ def availability(
     can_place, next_rank = False, None
     reason: str | None = ErrorCode.LOT_UNKNOWN.value
     if lot is not None:
-        try:
-            intent = tr.reserve_placement(
-                lot,
-                "probe",
-                third or _PROBE_HOLDER,
-                None,
-                None,
-                now,
-                rules,
-                prospect_count if third else 0,
-                user_count,
-            )
-        except RuleViolation as exc:
-            reason = exc.code.value
+        # What reserving would answer (the same rules, nothing reserved, nothing raised).
+        refusal = tr.placement_refusal(
+            lot,
+            third or _PROBE_HOLDER,
+            None,
+            rules,
+            prospect_count if third else 0,
+            user_count,
+        )
+        if refusal is not None:
+            reason = refusal.value
         else:
-            lot.intents.remove(intent)  # the probe was all reserve_placement added
-            can_place, next_rank, reason = True, intent.rank, None
+            can_place, next_rank, reason = True, len(lot.options) + len(lot.intents) + 1, None
     return {
         "extcode": extcode,
         "result": result,
