@@ -235,7 +235,7 @@ class OptionFlows:
         sent = False
         ready = intent.rank
         try:
-            found = await self._await_rank(extcode, iid)
+            found, seen = await self._await_rank(extcode, iid)
             if found is None:  # resolved by someone else meanwhile: its resolution answers
                 return Pending(extcode, iid, ready, third)
             ready = found
@@ -260,11 +260,12 @@ class OptionFlows:
             raise  # after sending: the intent stays pending, resolution settles it
         if not answer.success:
             await self._refused_add(extcode, iid, answer)
-        return await self._confirm(extcode, iid, third, partner, date_option)
+        return await self._confirm(extcode, iid, third, partner, date_option, seen)
 
-    async def _await_rank(self, extcode: str, iid: str) -> int | None:
+    async def _await_rank(self, extcode: str, iid: str) -> tuple[int | None, bytes | None]:
         """GetLotStatus until Koban's next rank is our intent's rank → that rank (None when
-        the intent is no longer pending: an operator or a webhook resolved it).
+        the intent is no longer pending: an operator or a webhook resolved it), and the
+        lot's stored value it was judged on (the confirmation decides on it first).
 
         Raises :class:`KobanRefusal` (after releasing the intent) when Koban's view shows
         local state is wrong, or :class:`RuleViolation` ``RANK_NOT_AVAILABLE`` when an
@@ -275,13 +276,13 @@ class OptionFlows:
         while True:
             status = await self.koban.get_lot_status(extcode)
             now = self._now()
-            lot = await self.store.read(extcode, now)
+            lot, raw = await self.store.read_with_raw(extcode, now)
             intent = tr.find_intent(lot, iid) if lot is not None else None
             if lot is None or intent is None:
-                return None
+                return None, None
             verdict = self._judge(status, lot, intent.rank, now)
             if verdict is None:
-                return intent.rank
+                return intent.rank, raw
             if verdict != "wait":
                 await self._koban_disagrees(extcode, iid, status, lot, intent.rank, verdict, now)
             if loop.time() >= give_up:
@@ -399,11 +400,21 @@ class OptionFlows:
         raise KobanRefusal(code, answer.error_code, answer.message, drift=drift)
 
     async def _confirm(
-        self, extcode: str, iid: str, third: str, partner: str | None, placed_at: int
+        self,
+        extcode: str,
+        iid: str,
+        third: str,
+        partner: str | None,
+        placed_at: int,
+        seen: bytes | None = None,
     ) -> Placed | Pending:
         """Koban placed it: the intent becomes the option. If the intent is gone (a webhook
         or a resolution got there first) the option it became is returned; if it was
-        released meanwhile, Koban's placement is recorded anyway (Koban is the authority)."""
+        released meanwhile, Koban's placement is recorded anyway (Koban is the authority).
+
+        `seen`: the lot as read right before the Add; the transition is first decided on
+        it (no read), and on a fresh read only if the lot changed since (`mutate`'s
+        `known`: the commit's revision check tells)."""
         now = self._now()
         oid = new_id()
 
@@ -441,7 +452,7 @@ class OptionFlows:
             )
             return events, lot.option_of(third)
 
-        option = await self.store.mutate(extcode, change, now=now)
+        option = await self.store.mutate(extcode, change, now=now, known=seen)
         if option is None:
             await mark_needs_sync(self.tenant, extcode)
             return Pending(extcode, iid, 0, third)  # rank unknown: reconciliation settles it

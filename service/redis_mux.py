@@ -152,9 +152,9 @@ class MuxReader:
     @classmethod
     def for_client(cls, redis: Redis) -> MuxReader | None:
         """A reader of the server, database and credentials `redis` uses (None over TLS,
-        which stays with redis-py)."""
-        pool = redis.connection_pool
-        if issubclass(pool.connection_class, SSLConnection):
+        which stays with redis-py, and for a client without one pool of one server)."""
+        pool = getattr(redis, "connection_pool", None)
+        if pool is None or issubclass(pool.connection_class, SSLConnection):
             return None
         kw = pool.connection_kwargs
         unix = issubclass(pool.connection_class, UnixDomainSocketConnection)

@@ -131,22 +131,32 @@ class LotStore:
 
     # --- reads ------------------------------------------------------------------------
 
-    async def load(self, extcode: str) -> Lot | None:
-        """The lot as stored (due options possibly not yet swept)."""
+    async def load_raw(self, extcode: str) -> bytes | None:
+        """The lot's stored value (``"<rev>|<json>"``), or None."""
         key = self.keys.lot(extcode)
         fast = self.fast
         if fast is not None:
             (raw,) = await fast.execute(("GET", key))
-        else:
-            raw = cast(bytes | None, await self.redis.get(key))
+            return cast(bytes | None, raw)
+        return cast(bytes | None, await self.redis.get(key))
+
+    async def load(self, extcode: str) -> Lot | None:
+        """The lot as stored (due options possibly not yet swept)."""
+        raw = await self.load_raw(extcode)
         return decode_lot(extcode, raw) if raw is not None else None
 
     async def read(self, extcode: str, now: int) -> Lot | None:
         """The lot as of `now`: lazy expiry applied in memory (§2.2), nothing written."""
-        lot = await self.load(extcode)
-        if lot is not None:
-            tr.expire_due(lot, now, self.rules)
-        return lot
+        return (await self.read_with_raw(extcode, now))[0]
+
+    async def read_with_raw(self, extcode: str, now: int) -> tuple[Lot | None, bytes | None]:
+        """`read`, and the stored value it decoded (for `mutate(known=...)` later)."""
+        raw = await self.load_raw(extcode)
+        if raw is None:
+            return None, None
+        lot = decode_lot(extcode, raw)
+        tr.expire_due(lot, now, self.rules)
+        return lot, raw
 
     async def counts(self, holder: str | None = None) -> Counts:
         fields = [API_USER_FIELD] + ([prospect_field(holder)] if holder else [])
@@ -248,9 +258,17 @@ class LotStore:
         limits: Mapping[str, int] | None = None,
         create: Callable[[], Lot] | None = None,
         prefetch: Callable[[], Awaitable[Any]] | None = None,
+        known: bytes | None = None,
     ) -> T:
         """Read, decide, commit; on a lost race re-read and re-decide (unless the lot now
         holds exactly what the refused commit wrote: a resent commit that had landed).
+
+        `known` (optional, for a change that uses no counts: they are zero then) is the
+        lot's stored value as the caller last read it: the first attempt decides on it
+        instead of reading. Only a landed commit counts — its revision check proves the
+        value was still current — so a stale one costs a refused commit, never a decision:
+        a change that raises, or has nothing to write, on it is decided again on a fresh
+        read.
 
         `prefetch` (optional) is awaited at every attempt *before* the lot is read and its
         result handed to `change` as ``counts.extra``: data written only together with a
@@ -268,8 +286,10 @@ class LotStore:
         attempted: tuple[bytes, T] | None = None  # the last refused commit's value, result
         for _ in range(self.max_attempts):
             extra = await prefetch() if prefetch is not None else None
-            fast = self.fast
-            if fast is not None:
+            optimistic = known is not None
+            if known is not None:
+                raw, values, known = known, [None, None], None
+            elif (fast := self.fast) is not None:
                 raw, values = await fast.execute(
                     ("GET", lot_key), ("HMGET", self.keys.counts, *fields)
                 )
@@ -301,13 +321,20 @@ class LotStore:
                     counts.user - freed[API_USER_FIELD],
                     extra,
                 )
-            more, result = change(lot, counts)
+            try:
+                more, result = change(lot, counts)
+            except Exception:
+                if optimistic:
+                    continue  # judged on a value that may be stale: decide on a fresh one
+                raise
             events.extend(more)
             # Options created or moved into the notice window get it now, whichever path
             # moved them (transitions do it themselves; Koban's dates learned by webhook
             # or reconciliation are set outside them).
             events.extend(tr.expiring_notices(lot, now, self.rules, at=now))
             if raw is not None and not events and encode_lot(lot) == raw:
+                if optimistic:
+                    continue  # nothing proves that value current: read it
                 return result  # nothing to write (e.g. a replayed webhook)
             transition = self.transition(before, lot, events, now, limits)
             reply = await self.commit([transition])

@@ -12,10 +12,11 @@ from redis.asyncio import Redis
 
 from service import sweep as sweep_module
 from service.redis_mux import MuxReader
-from service.store import LotStore
+from service.store import ChangeFn, Counts, LotStore
 from service.sweep import expire_due
+from statecharts import transitions as tr
 from statecharts.errors import ErrorCode, RuleViolation
-from statecharts.model import Rules
+from statecharts.model import DomainEvent, Lot, Rules
 from statecharts.ticks import parse_duration
 from tests.conftest import make_rules
 
@@ -175,6 +176,57 @@ async def test_pending_intents_reserve_ranks_and_allowance(store: LotStore) -> N
     option = await store.confirm_placement("A1", i2.id, T0)
     assert option.rank == 1 and option.holder == "p2" and option.via_api
     assert await types(store) == ["koban.lot.imported", "koban.option.placed"]
+
+
+async def test_a_change_decided_on_a_known_value_lands_only_if_it_is_current(
+    store: LotStore,
+) -> None:
+    """`mutate(known=...)`: decided on the value the caller read, without reading again;
+    a stale value (the lot changed since) is never what gets written, nor what a refusal
+    or a no-op is judged on: the change is decided again on the lot as it is."""
+    await lots(store, "A1")
+    i1 = await store.reserve_placement("A1", "p1", None, T0)
+    current = await store.load_raw("A1")
+    assert current is not None
+    seen: list[list[str]] = []
+
+    def confirm(iid: str) -> ChangeFn[str]:
+        def change(lot: Lot, _counts: Counts) -> tuple[list[DomainEvent], str]:
+            seen.append([i.id for i in lot.intents])
+            return tr.confirm_placement(lot, iid, f"o-{iid}", T0, store.rules), iid
+
+        return change
+
+    # Current: one decision, and it lands.
+    assert await store.mutate("A1", confirm(i1.id), now=T0, known=current) == i1.id
+    assert seen == [[i1.id]]
+    # Stale (written before the confirmation): refused by revision, decided on the lot.
+    i2 = await store.reserve_placement("A1", "p2", None, T0)
+    seen.clear()
+    assert await store.mutate("A1", confirm(i2.id), now=T0, known=current) == i2.id
+    assert seen == [[i1.id], [i2.id]]  # the stale view, then the lot as it is
+    lot = await store.load("A1")
+    assert lot is not None and sorted(o.holder or "" for o in lot.options) == ["p1", "p2"]
+    # A refusal on a stale value is not the answer: the intent is there now.
+    i3_lot = "A2"
+    await lots(store, i3_lot)
+    before = await store.load_raw(i3_lot)
+    assert before is not None
+    i3 = await store.reserve_placement(i3_lot, "p3", None, T0)
+    seen.clear()
+    assert await store.mutate(i3_lot, confirm(i3.id), now=T0, known=before) == i3.id
+    assert seen == [[], [i3.id]]  # raised on the stale value (no intent), then landed
+    # Nothing to write on a stale value: read, then decided again.
+    noop_calls: list[int] = []
+
+    def noop(lot: Lot, _counts: Counts) -> tuple[list[DomainEvent], int]:
+        noop_calls.append(lot.version)
+        return [], lot.version
+
+    version = await store.mutate(i3_lot, noop, now=T0, known=before)
+    assert noop_calls == [1, version] and version > 1
+    placed = [e for e in await stream(store) if e["type"] == "koban.option.placed"]
+    assert len(placed) == 3
 
 
 # --- ticks ----------------------------------------------------------------------------
