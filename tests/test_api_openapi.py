@@ -303,3 +303,51 @@ async def test_drift_is_counted_from_the_start_on_in_bounded_batches(
     await metrics.refresh()
     counted = samples(metrics.exposition().decode(), "koban_options_drift_detected_total")
     assert counted[labels(tenant=tenant)] == 5
+
+
+def test_request_figures_expose_as_prometheus_classes_would() -> None:
+    """The API's request counter and histogram (plain numbers, `health._Requests`) give
+    the exposition a prometheus_client `Counter` + `Histogram` give for the same
+    requests, sample for sample (creation times aside)."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    registry = CollectorRegistry()
+    requests = Counter(
+        "koban_options_http_requests",
+        health._Requests.COUNT_HELP,
+        ["route", "method", "status"],
+        registry=registry,
+    )
+    latency = Histogram(
+        "koban_options_http_request_duration_seconds",
+        health._Requests.LATENCY_HELP,
+        ["route", "method"],
+        registry=registry,
+    )
+    ours = Metrics(Tenants({}), started_ms=0)
+    seen = [
+        ("/v1/tenants/{tenant}/lots/{extcode}", "GET", 200, 0.0004),
+        ("/v1/tenants/{tenant}/lots/{extcode}", "GET", 200, 0.005),  # on a bound
+        ("/v1/tenants/{tenant}/lots/{extcode}", "GET", 404, 0.012),
+        ("unmatched", "other", 405, 0.0),
+        ("/v1/tenants/{tenant}/lots/{extcode}/options", "POST", 201, 0.75),
+        ("/v1/tenants/{tenant}/lots/{extcode}/options", "POST", 201, 42.0),  # beyond 10 s
+    ]
+    for route, method, status, seconds in seen:
+        requests.labels(route=route, method=method, status=str(status)).inc()
+        latency.labels(route=route, method=method).observe(seconds)
+        ours.observe_request(route, method, status, seconds)
+
+    def figures(text: str) -> list[tuple[str, str, tuple[tuple[str, str], ...], float]]:
+        out = []
+        for family in text_string_to_metric_families(text):
+            if not family.name.startswith("koban_options_http_request"):
+                continue
+            for s in family.samples:
+                value = -1.0 if s.name.endswith("_created") else s.value
+                out.append((family.documentation, s.name, tuple(sorted(s.labels.items())), value))
+        return sorted(out)
+
+    expected = figures(generate_latest(registry).decode())
+    assert len(expected) == 2 * 4 + 3 * (15 + 3)  # counts + created; buckets, count, sum, created
+    assert figures(ours.exposition().decode()) == expected
