@@ -142,13 +142,18 @@ async def _tail(tenant_name: str, from_start: bool) -> int:
         await redis.aclose()
 
 
-async def _api(host: str | None, port: int | None) -> int:
-    from service.serve import serve_api
+async def _api(host: str | None, port: int | None, workers: int, reuse_port: bool) -> int:
+    from service.serve import serve_api, supervise
 
     settings = _settings()
-    return await serve_api(
-        settings, _redis_url(settings), host or settings.api_host, port or settings.api_port
-    )
+    host, port = host or settings.api_host, port or settings.api_port
+    if workers > 1:
+        from service.api.logging import configure_logging
+
+        configure_logging(settings.log_format, settings.log_level)
+        command = [sys.executable, "-m", "service.cli", "api", "--host", host]
+        return await supervise([*command, "--port", str(port), "--reuse-port"], workers)
+    return await serve_api(settings, _redis_url(settings), host, port, reuse_port=reuse_port)
 
 
 async def _scheduler() -> int:
@@ -429,6 +434,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("api", help="the internal HTTP API and Koban's webhooks")
     p.add_argument("--host", help="listen address (default: api_host of the configuration)")
     p.add_argument("--port", type=int, help="listen port (default: api_port)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="API processes sharing the port (SO_REUSEPORT), each a replica (default 1)",
+    )
+    p.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="bind with SO_REUSEPORT, so other processes may serve the same port",
+    )
     p = sub.add_parser(
         "scheduler", help="the daemon: ticks, catch-up, notices, sync, reconciliation, intents"
     )
@@ -461,7 +477,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return main_run(_settings())
         if args.command == "api":
-            return asyncio.run(_api(args.host, args.port))
+            if args.workers < 1:
+                parser.error("--workers must be at least 1")
+            return asyncio.run(_api(args.host, args.port, args.workers, args.reuse_port))
         if args.command == "scheduler":
             return asyncio.run(_scheduler_check() if args.check else _scheduler())
     except KeyboardInterrupt:

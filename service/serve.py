@@ -4,14 +4,23 @@ Everything here is started from a function on the running event loop, so the sam
 serves one process per role (``api``, ``scheduler``) or everything in one (``run``).
 Stopping is by SIGTERM or SIGINT: the listener closes, in-flight requests finish (aiohttp's
 graceful shutdown), SSE streams are told to end, then Redis is closed.
+
+``koban-options api --workers N`` (`supervise`) runs N API processes on one port: each binds
+it with ``SO_REUSEPORT`` (the kernel spreads connections over them) and has its own event
+loop, Redis pool, shared-connection reader and Koban clients; all state is in Redis, so
+each worker is simply one more replica (`/metrics` answers with the figures of the worker
+that took the scrape's connection, and a Koban change a worker could not record is kept by
+that worker, as with replicas). The supervisor forwards SIGTERM/SIGINT; when a worker ends
+on its own, it stops the others and exits with that worker's code.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import signal
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import structlog
 from aiohttp import web
@@ -22,7 +31,7 @@ from service.api.routes_lots import install_fast_reads
 from service.config import Settings
 from service.redis_client import connect
 
-__all__ = ["freeze_startup_objects", "serve_api", "start_site", "wait_for_stop"]
+__all__ = ["freeze_startup_objects", "serve_api", "start_site", "supervise", "wait_for_stop"]
 
 log = structlog.get_logger("service.serve")
 
@@ -50,12 +59,44 @@ async def wait_for_stop(signals: Iterable[signal.Signals] = (signal.SIGTERM, sig
             loop.remove_signal_handler(sig)
 
 
-async def start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Serve `app` on host:port; the caller cleans the runner up."""
+async def start_site(
+    app: web.Application, host: str, port: int, *, reuse_port: bool = False
+) -> web.AppRunner:
+    """Serve `app` on host:port (with `reuse_port`, ``SO_REUSEPORT``: other processes may
+    serve the same port); the caller cleans the runner up."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
     return runner
+
+
+async def supervise(command: Sequence[str], workers: int) -> int:
+    """Run `workers` processes of `command` (each binding its port with SO_REUSEPORT)
+    until SIGTERM/SIGINT (forwarded; 0) or until one ends on its own (the others are
+    stopped; its exit code, or 1)."""
+    procs = [await asyncio.create_subprocess_exec(*command) for _ in range(workers)]
+    ended = [asyncio.ensure_future(p.wait()) for p in procs]
+    stop = asyncio.ensure_future(wait_for_stop())
+    done, _ = await asyncio.wait([stop, *ended], return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if stop not in done:
+        stop.cancel()
+        first = next(p for p, e in zip(procs, ended, strict=True) if e in done)
+        code = first.returncode or 1
+        log.warning("api_worker_ended", pid=first.pid, code=first.returncode)
+    for proc in procs:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+    try:
+        async with asyncio.timeout(SHUTDOWN_GRACE_S + 5):
+            await asyncio.gather(*ended)
+    except TimeoutError:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+        await asyncio.gather(*ended)
+    return code
 
 
 def freeze_startup_objects() -> None:
@@ -68,14 +109,16 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-async def serve_api(settings: Settings, redis_url: str, host: str, port: int) -> int:
+async def serve_api(
+    settings: Settings, redis_url: str, host: str, port: int, *, reuse_port: bool = False
+) -> int:
     """`koban-options api`: the internal API and Koban's webhooks until SIGTERM/SIGINT."""
     configure_logging(settings.log_format, settings.log_level)
     redis = connect(redis_url)
     try:
         app = build_api_app(settings, redis)
         install_fast_reads(app, redis)
-        runner = await start_site(app, host, port)
+        runner = await start_site(app, host, port, reuse_port=reuse_port)
         freeze_startup_objects()
         log.info("api_started", url=f"http://{host}:{port}", tenants=sorted(settings.tenants))
         try:

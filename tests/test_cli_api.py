@@ -81,3 +81,88 @@ def test_api_serves_and_stops_on_sigterm(tmp_path: Path, redis_url: str, tenant:
     events = [line["event"] for line in lines]
     assert events[0] == "api_started" and events[-1] == "api_stopped"
     assert "cli-api-secret-token" not in err.decode()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def test_api_workers_share_the_port_and_stop_together(
+    tmp_path: Path, redis_url: str, tenant: str
+) -> None:
+    """`--workers 2`: two API processes on one port (SO_REUSEPORT) answer; SIGTERM to the
+    supervisor stops both, and it exits 0."""
+    tenants = tmp_path / "tenants.toml"
+    tenants.write_text(f'[tenants.{tenant}]\nzone = "Europe/Paris"\n')
+    port = _free_port()
+    env = {
+        **os.environ,
+        "KOBAN_OPTIONS_TENANTS_FILE": str(tenants),
+        "KOBAN_OPTIONS_REDIS_URL": redis_url,
+        f"KOBAN_OPTIONS_TENANTS__{tenant.upper()}__API_TOKENS": json.dumps(
+            [{"token": "cli-api-secret-token", "scopes": ["read"]}]
+        ),
+    }
+    env.pop("REDIS_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "api", "--port", str(port), "--workers", "2"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        started: list[str] = []
+        while len(started) < 2:  # both workers listen on the port
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("the workers did not start")
+            workers = _children(proc.pid)
+            started = [w for w in workers if _listens(w, port)]
+            time.sleep(0.1)
+        assert len(_children(proc.pid)) == 2
+        for _ in range(10):  # fresh connections: either worker answers the same
+            status, body = _get(f"{base}/v1/tenants/{tenant}/lots", "cli-api-secret-token")
+            assert status == 200 and body["items"] == []
+    finally:
+        workers = _children(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _out, err = proc.communicate(timeout=40)
+        except subprocess.TimeoutExpired:  # pragma: no cover - diagnostic
+            proc.kill()
+            _out, err = proc.communicate()
+            pytest.fail(f"api workers did not stop on SIGTERM: {err.decode()[-2000:]}")
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert all(not Path(f"/proc/{w}").exists() for w in workers)
+    lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    events = [line["event"] for line in lines]
+    assert events.count("api_started") == 2 and events.count("api_stopped") == 2
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Does process `pid` hold a socket listening on `port` (from /proc/net/tcp)?"""
+    inodes = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        return False
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, inode = fields[1], fields[3], fields[9]
+        if state == "0A" and int(local.split(":")[1], 16) == port and inode in inodes:
+            return True
+    return False
