@@ -23,7 +23,10 @@ and availability alternate for _ROUNDS rounds and each keeps its best (the machi
 shared: others' load only lowers a throughput).
 
 Sizes and durations (environment): KOBAN_BENCH_HTTP_CONNECTIONS (32), _DURATION (8 s
-per figure, after a _WARMUP of 2 s), _ROUNDS (3), _PHASES (hello,hello-redis,hello-mux,
+per figure, after a _WARMUP of 2 s), _ROUNDS (3), _WORKERS (1: with N > 1 the API runs
+as ``koban-options api --workers N`` and the hello server as N processes too, both on
+one port through SO_REUSEPORT, so the ratio still compares equal set-ups; CPU figures
+are then summed over each server's processes), _PHASES (hello,hello-redis,hello-mux,
 availability,place,sweep), _LOTS (20 000), _PLACE_LOTS (12 000: each placement
 takes one, warm-up included; a run that exhausts them reports failed placements),
 _SWEEP (100 000), _LOADGEN (auto | wrk | python), _PROFILE (a directory: after the
@@ -82,6 +85,7 @@ PHASES = os.environ.get(
     "KOBAN_BENCH_HTTP_PHASES", "hello,hello-redis,hello-mux,availability,place,sweep"
 ).split(",")
 ROUNDS = _env_int("ROUNDS", 3)
+WORKERS = _env_int("WORKERS", 1)
 LOAD_BATCH = 500
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
@@ -106,11 +110,31 @@ def machine_load() -> str:
     return f"load average {one}, {five}, {fifteen} ({os.cpu_count()} cores)"
 
 
-def cpu_seconds(pid: int) -> float:
-    """user + system CPU time of a running process."""
+def _stat(pid: int) -> list[str]:
     with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
+        return f.read().rpartition(")")[2].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a running process and of its running descendants (the
+    workers of a server started with several)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                children.setdefault(int(_stat(int(entry))[1]), []).append(int(entry))
+            except (OSError, IndexError):
+                continue  # gone meanwhile
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = _stat(current)
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+        todo.extend(children.get(current, ()))
+    return total / CLOCK_TICK
 
 
 def children_cpu() -> float:
@@ -121,7 +145,7 @@ def children_cpu() -> float:
 # --------------------------------------------------------------------------- child servers
 
 
-async def _serve_hello(port: int, redis_url: str) -> None:
+async def _serve_hello(port: int, redis_url: str, reuse_port: bool = False) -> None:
     """The bare handler (`/hello`); diagnostics: the same plus one GET of a lot through the
     service's redis-py client (`/hello-redis`) or through `MuxReader` (`/hello-mux`), the
     floors of a route reading Redis one way or the other."""
@@ -152,7 +176,7 @@ async def _serve_hello(port: int, redis_url: str) -> None:
         return web.json_response({"hello": len(raw or b"")})
 
     app.router.add_get("/hello-mux", hello_mux)
-    runner = await start_site(app, "127.0.0.1", port)
+    runner = await start_site(app, "127.0.0.1", port, reuse_port=reuse_port)
     try:
         await wait_for_stop()
     finally:
@@ -630,6 +654,7 @@ def profiling(pids: dict[str, int], name: str) -> Iterator[None]:
                 "--output",
                 str(out / f"{name}-{who}.speedscope.json"),
                 "--nonblocking",
+                *(["--subprocesses"] if WORKERS > 1 else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -716,7 +741,13 @@ def run(tmp: Path) -> None:
     say(
         f"http bench: {CONNECTIONS} keep-alive connections from a separate load-generator "
         f"process; redis-server, Koban sandbox (zero latency), koban-options api and a bare "
-        f"aiohttp hello server each in its own process on loopback; {N_LOTS} lots for "
+        f"aiohttp hello server each in its own process on loopback"
+        + (
+            f" (the API and hello as {WORKERS} worker processes each, SO_REUSEPORT)"
+            if WORKERS > 1
+            else ""
+        )
+        + f"; {N_LOTS} lots for "
         f"availability, {N_PLACE} sandbox lots for placements, {N_SWEEP} options due for "
         f"the sweep; {DURATION:g} s per figure after {WARMUP:g} s of warm-up"
     )
@@ -745,14 +776,35 @@ def run(tmp: Path) -> None:
             ],
             env,
         )
+        workers = ["--workers", str(WORKERS)] if WORKERS > 1 else []
         api = servers.spawn(
             "api",
-            [py, "-m", "service.cli", "api", "--host", "127.0.0.1", "--port", str(api_port)],
+            [
+                py,
+                "-m",
+                "service.cli",
+                "api",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(api_port),
+                *workers,
+            ],
             env,
         )
         hello = servers.spawn(
             "hello",
-            [py, "-m", "bench.http", "hello", "--port", str(hello_port), "--redis", redis_url],
+            [
+                py,
+                "-m",
+                "bench.http",
+                "hello",
+                "--port",
+                str(hello_port),
+                "--redis",
+                redis_url,
+                *workers,
+            ],
             env,
         )
         api_url, hello_url = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{hello_port}"
@@ -885,6 +937,8 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("hello", help="(child) the bare aiohttp handler")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--redis", required=True)
+    p.add_argument("--workers", type=int, default=1, help="processes on the port, as the API")
+    p.add_argument("--reuse-port", action="store_true")
     p = sub.add_parser("sandbox", help="(child) the Koban sandbox with bench stock")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--lots", type=int, required=True)
@@ -897,7 +951,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("start", type=int)
     args = parser.parse_args(argv)
     if args.command == "hello":
-        asyncio.run(_serve_hello(args.port, args.redis))
+        if args.workers > 1:  # the same supervisor as `koban-options api --workers N`
+            from service.serve import supervise
+
+            command = [sys.executable, "-m", "bench.http", "hello", "--port", str(args.port)]
+            command += ["--redis", args.redis, "--reuse-port"]
+            raise SystemExit(asyncio.run(supervise(command, args.workers)))
+        asyncio.run(_serve_hello(args.port, args.redis, args.reuse_port))
     elif args.command == "sandbox":
         asyncio.run(_serve_sandbox(args.port, args.lots))
     elif args.command == "sweep":
