@@ -64,7 +64,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -82,7 +82,8 @@ from service.koban import (
     LotStatus,
     koban_refusal,
 )
-from service.store import ChangeFn, Counts, new_id
+from service.lease import Lease
+from service.store import ChangeFn, Counts, StoreConflict, new_id
 from service.sync import (
     OPTIONED,
     drift_event,
@@ -98,6 +99,11 @@ from statecharts.model import DomainEvent, Lot, Option
 
 _ADD_CODES = frozenset({"01", "02", "03", "04", "05"})
 _STORE_DOWN = (RedisConnectionError, RedisTimeoutError)
+# A Koban write on a lot's options holds the lot's write lease at most this long unrenewed
+# (renewed every third of it while the call lasts; a process dying mid-call, or a release
+# lost to a Redis outage, frees the lot within it); waiters poll this often.
+LOT_WRITE_LEASE_MS = 5_000
+LOT_WRITE_POLL_S = 0.02
 T = TypeVar("T")
 
 # (copy to run the transition on, the lot itself, now) → what the caller needs.
@@ -178,6 +184,7 @@ class OptionFlows:
         *,
         predecessor_wait_s: float = 5.0,
         poll_s: float = 0.25,
+        lot_write_wait_s: float = 5.0,
     ) -> None:
         self.tenant = tenant
         self.koban = koban
@@ -185,6 +192,7 @@ class OptionFlows:
         self.rules = tenant.rules
         self.predecessor_wait_s = predecessor_wait_s
         self.poll_s = poll_s
+        self.lot_write_wait_s = lot_write_wait_s
         # What Koban did and the store could not record yet, per lot, oldest first.
         self._unrecorded: dict[str, list[tuple[ChangeFn[Any], int]]] = {}
         self._catching_up = asyncio.Lock()
@@ -460,6 +468,29 @@ class OptionFlows:
 
     # ------------------------------------------------------------------ by rank
 
+    @contextlib.asynccontextmanager
+    async def _lot_write(self, extcode: str) -> AsyncIterator[None]:
+        """One Koban write on the lot's existing options at a time, across processes.
+
+        Koban addresses options by rank and ranks move when one ends: a Prolong or Undo
+        checked against ranks that a concurrent Undo (or a préréservation converting rank
+        1) is about to shift would reach another prospect's option in Koban. Under this
+        lease (`TenantKeys.lot_writes`, real time, renewed while the call lasts) the check,
+        the Koban call and the local record of one such write happen before the next
+        write's check; reconciliation leaves the lot alone meanwhile. A write that cannot
+        get it within `lot_write_wait_s` is answered 503 STORE_UNAVAILABLE (retry)."""
+        lease = Lease(self.store.redis, self.store.keys.lot_writes(extcode), LOT_WRITE_LEASE_MS)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.lot_write_wait_s
+        while not await lease.acquire():
+            if loop.time() >= give_up:
+                raise StoreConflict(
+                    f"lot {extcode}: another change of its options is in flight with Koban"
+                )
+            await asyncio.sleep(min(self.poll_s, LOT_WRITE_POLL_S))
+        async with lease.kept():
+            yield
+
     async def _check(self, extcode: str, validate: OptionValidate) -> Option:
         """Validate on a copy under the lot's current revision; the option addressed."""
         await self._catch_up(extcode)
@@ -473,6 +504,10 @@ class OptionFlows:
     async def prolong(
         self, extcode: str, rank: int, until: int, third: str | None = None
     ) -> Option:
+        async with self._lot_write(extcode):
+            return await self._prolong(extcode, rank, until, third)
+
+    async def _prolong(self, extcode: str, rank: int, until: int, third: str | None) -> Option:
         def validate(trial: Lot, lot: Lot, now: int) -> Option:
             tr.prolong_option(trial, rank, until, third, now, self.rules)
             option = lot.option_at(rank)
@@ -509,6 +544,10 @@ class OptionFlows:
         return option
 
     async def cancel(self, extcode: str, rank: int, third: str | None = None) -> Option:
+        async with self._lot_write(extcode):
+            return await self._cancel(extcode, rank, third)
+
+    async def _cancel(self, extcode: str, rank: int, third: str | None) -> Option:
         def validate(trial: Lot, lot: Lot, now: int) -> Option:
             tr.cancel_option(trial, rank, third, now, self.rules)
             option = lot.option_at(rank)
@@ -576,6 +615,13 @@ class OptionFlows:
         deposit_cents: int,
         partner: str | None = None,
     ) -> Lot:
+        # It converts the prospect's option, which may move rank 2 up: serialized too.
+        async with self._lot_write(extcode):
+            return await self._prereserve(extcode, third, price_cents, deposit_cents, partner)
+
+    async def _prereserve(
+        self, extcode: str, third: str, price_cents: int, deposit_cents: int, partner: str | None
+    ) -> Lot:
         def validate(trial: Lot, lot: Lot, now: int) -> Lot:
             tr.prereserve(trial, third, partner, price_cents, deposit_cents, now, self.rules)
             return lot
@@ -594,6 +640,10 @@ class OptionFlows:
         )
 
     async def withdraw(self, extcode: str, third: str) -> Lot:
+        async with self._lot_write(extcode):
+            return await self._withdraw(extcode, third)
+
+    async def _withdraw(self, extcode: str, third: str) -> Lot:
         def validate(trial: Lot, lot: Lot, now: int) -> Lot:
             tr.withdraw(trial, third, now, self.rules)
             return lot

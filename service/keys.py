@@ -65,6 +65,11 @@ class TenantKeys:
         """Start time (UNIX seconds) of the last successful stock sync."""
         return f"{self.prefix}lastsync"
 
+    def lot_writes(self, extcode: str) -> str:
+        """String (PX lease): the process whose Koban write on the lot's options is in
+        flight (Prolong, Undo, Preresv, Desist are serialized per lot)."""
+        return f"{self.prefix}w:{extcode}"
+
     @property
     def sync_lease(self) -> str:
         """String: the token of the process running the tenant's stock sync (PX lease)."""

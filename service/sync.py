@@ -434,7 +434,8 @@ async def reconcile_lot(
     """Check one lot against GetLotStatus and fix it; the outcome name.
 
     ``agreed`` / ``fixed`` / ``drift`` (recorded, not fixable here) / ``deferred`` (changed
-    since Koban was asked, a placement in flight, or within drift tolerance: stays queued) /
+    since Koban was asked, a placement or another Koban write of ours in flight, or within
+    drift tolerance: stays queued) /
     ``unknown_lot`` (Koban does not know it) / ``missing`` (not a local lot).
     The lot leaves the queue unless deferred or still holding opaque placeholders.
     """
@@ -445,6 +446,10 @@ async def reconcile_lot(
     if status is None:
         status = await koban.get_lot_status(extcode)
     seen = status
+    if await store.redis.exists(store.keys.lot_writes(extcode)):
+        # A Prolong/Undo/Preresv/Desist of ours is in flight: Koban's answer may predate it.
+        await mark_needs_sync(tenant, extcode)
+        return "deferred"
 
     def change(lot: Lot, _counts: Counts) -> tuple[list[DomainEvent], tuple[_Verdict, bool]]:
         events, verdict = _reconcile_change(lot, seen, now, tenant)

@@ -221,7 +221,7 @@ async def running_api(redis: Redis, tenant: str) -> AsyncIterator[Api]:
         Tenants({tenant: t, other_name: other}),
         redis,
         koban_factory=factory,
-        flow_settings=FlowSettings(predecessor_wait_s=0.2, poll_s=0.01),
+        flow_settings=FlowSettings(predecessor_wait_s=0.2, poll_s=0.01, lot_write_wait_s=1.0),
     )
     client = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()

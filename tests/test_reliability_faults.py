@@ -757,7 +757,15 @@ async def test_redis_killed_and_restarted_mid_load(tmp_path: Path) -> None:
             }
             assert {e["id"] for h in histories.values() for e in h} <= streamed
 
-            # One reconciliation pass brings every lot's option count in line with Koban.
+            # One reconciliation pass brings every lot's option count in line with Koban,
+            # once the lots' write leases a kill left behind (released while Redis was
+            # away) have lapsed: reconciliation defers a lot with a Koban write in flight.
+            redis = stack.store.redis
+            pattern = stack.store.keys.lot_writes("*")
+            deadline = asyncio.get_running_loop().time() + 60
+            while [k async for k in redis.scan_iter(match=pattern)]:
+                assert asyncio.get_running_loop().time() < deadline, "a lot write lease stays"
+                await asyncio.sleep(0.2)
             stack.clock.advance(1)
             report = await reconcile(
                 stack.tenant, stack.koban_client, stack.clock.now(), extcodes=lots

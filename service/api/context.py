@@ -30,11 +30,15 @@ KobanFactory = Callable[[Tenant, aiohttp.ClientSession], KobanClient | None]
 
 
 class FlowSettings:
-    """How the outbound flows wait for a predecessor placement (tests shorten it)."""
+    """How the outbound flows wait for a predecessor placement, and for another Koban write
+    on the same lot's options (tests shorten them)."""
 
-    def __init__(self, predecessor_wait_s: float = 5.0, poll_s: float = 0.25) -> None:
+    def __init__(
+        self, predecessor_wait_s: float = 5.0, poll_s: float = 0.25, lot_write_wait_s: float = 5.0
+    ) -> None:
         self.predecessor_wait_s = predecessor_wait_s
         self.poll_s = poll_s
+        self.lot_write_wait_s = lot_write_wait_s
 
 
 class KobanPool:
@@ -51,6 +55,7 @@ class KobanPool:
             client,
             predecessor_wait_s=settings.predecessor_wait_s,
             poll_s=settings.poll_s,
+            lot_write_wait_s=settings.lot_write_wait_s,
         )
 
 
