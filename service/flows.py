@@ -261,6 +261,10 @@ class OptionFlows:
                 # Add answered 404 for a lot GetLotStatus knew: Koban does not know the
                 # prospect (the doc lists no code for it; README "Sandbox").
                 raise KobanRefusal(ErrorCode.PROSPECT_UNKNOWN, None, str(exc)) from exc
+            if sent and isinstance(exc, KobanError):
+                # An answer the doc does not describe (a 409 without a code, say): nothing
+                # was placed, but Koban saw the lot otherwise than we do: re-read it.
+                await mark_needs_sync(self.tenant, extcode)
             raise
         except Exception:
             if not sent:

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from service.clock import FixedClock
 from service.config import TenantSettings
 from service.flows import KobanRefusal, OptionFlows, Pending, Placed
-from service.koban import KobanClient, KobanUnavailable
+from service.koban import KobanClient, KobanError, KobanUnavailable
 from service.redis_mux import MuxReader
 from service.store import LotStore
 from service.tenancy import Tenant, rules_from
@@ -194,6 +194,21 @@ async def test_add_refusal_is_mapped_and_changes_nothing(
     assert kinds.count("koban.sync.drift_detected") == int(drift)
     assert "koban.option.placed" not in kinds
     assert (await env.needs_sync() == {"A1"}) is drift
+
+
+async def test_an_undocumented_409_to_add_releases_the_intent_and_queues_the_lot(
+    env: Env,
+) -> None:
+    await lot(env)
+    env.server.script("GET", LOT_STATUS, FREE)
+    env.server.script("POST", ADD, Reply(status=409, json={"success": False, "message": "?"}))
+    with pytest.raises(KobanError) as e:
+        await env.flows.place("A1", "p1")
+    assert e.value.status == 409  # answered 502 KOBAN_ERROR by the API
+    stored = await env.store.load("A1")
+    assert stored is not None and not stored.intents and not stored.options
+    assert await env.count("p1") == 0
+    assert await env.needs_sync() == {"A1"}  # Koban saw the lot otherwise: re-read it
 
 
 async def test_drift_on_05_with_one_local_option(env: Env) -> None:
