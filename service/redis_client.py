@@ -46,3 +46,19 @@ def connect(url: str, **kwargs: Any) -> Redis:
     kwargs.setdefault("max_connections", MAX_CONNECTIONS)
     kwargs.setdefault("timeout", POOL_TIMEOUT_S)
     return Redis.from_pool(BlockingConnectionPool.from_url(url, **kwargs))
+
+
+def sibling(redis: Redis, max_connections: int) -> Redis:
+    """A client of the same server, database and credentials as `redis` with a pool of its
+    own: for work that holds connections long (blocking stream reads), so it never takes
+    the connections the writes need."""
+    pool = redis.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    return Redis.from_pool(
+        BlockingConnectionPool(
+            connection_class=pool.connection_class,
+            max_connections=max_connections,
+            timeout=POOL_TIMEOUT_S,
+            **kwargs,
+        )
+    )

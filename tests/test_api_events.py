@@ -487,3 +487,33 @@ async def test_every_event_type_written_is_a_valid_cloud_event(api: Api) -> None
     assert len(seen_ids) == len(items)
     expired = [e for e in items if e["type"] == "koban.option.expired"]
     assert expired and all(e["data"]["actor"] == "sweep" for e in expired)
+
+
+async def test_listeners_never_take_the_connections_writes_need(api: Api) -> None:
+    """More open streams than the writes' pool holds (redis_client.MAX_CONNECTIONS): each
+    stream's blocking reads use the streams' own pool, so a write still goes through."""
+    pool = api.store.redis.connection_pool
+    size = pool.max_connections
+    url = str(api.client.make_url(api.path("events/stream")))
+    auth = {"Authorization": f"Bearer {TOKENS['read'][0]}"}
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    streams: list[Sse] = []
+    try:
+        for _ in range(size + 5):
+            response = await session.get(url, headers=auth)
+            assert response.status == 200
+            streams.append(Sse(response))
+        deadline = asyncio.get_running_loop().time() + 20
+        while await blocked_readers(api.store.redis) < size + 5:  # every stream is reading
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        assert len(pool._in_use_connections) < 5  # type: ignore[attr-defined]
+        placed = await api.place("L1", "p1")
+        assert placed.status == 201, placed.body
+        got = await streams[-1].next(1)
+        assert got[0]["event"] == "koban.option.placed"
+    finally:
+        for stream in streams:
+            stream.response.close()
+        await session.close()
+    await wait_no_reader(api.store.redis, within=10)

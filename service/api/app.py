@@ -38,7 +38,7 @@ from service.api.middleware import api_middleware
 from service.api.models import MAX_BODY
 from service.api.openapi import install_openapi
 from service.api.routes_clock import install_clock
-from service.api.routes_events import close_event_streams
+from service.api.routes_events import close_event_streams, close_stream_clients
 from service.api.routes_events import routes as event_routes
 from service.api.routes_lots import routes as lot_routes
 from service.api.routes_options import routes as option_routes
@@ -122,6 +122,7 @@ def build_api_app(
     install_sync(app)
     install_clock(app, on_clock_advanced)
     app.on_shutdown.append(close_event_streams)
+    app.on_cleanup.append(close_stream_clients)
     if webhooks:
         add_webhook_routes(app, tenants)
     install_health(app, redis, tenants)

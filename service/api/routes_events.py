@@ -21,7 +21,8 @@ Items are the stored CloudEvents; a partner token sees other partners' holders r
 (``thirdGuid``/``partnerGuid`` null, ``data.redacted: true``), as in ``/history``.
 
 Each SSE client reads with ``XREAD BLOCK`` (≤ 2 s, under redis-py's socket timeout) on a
-connection of its own taken from the pool, released when the stream ends: when the client
+connection of its own taken from the streams' own pool (so listeners never starve the
+writes of connections), released when the stream ends: when the client
 goes away (noticed within one read) and at once when the app shuts down
 (`close_event_streams`, an ``on_shutdown`` hook).
 """
@@ -48,6 +49,7 @@ from service.api.errors import ApiError, json_response, validation_failed
 from service.api.logging import REQUEST_ID_HEADER, request_id_of
 from service.api.models import Limit, dump, parse_query
 from service.api.routes_lots import BASE, redact_event
+from service.redis_client import sibling
 
 __all__ = [
     "BLOCK_MS",
@@ -218,6 +220,28 @@ async def close_event_streams(app: web.Application) -> None:
     _closing(app).set()
 
 
+# Streams hold a connection each for as long as the client listens: they take them from a
+# pool of their own (per app and Redis server), never from the one the writes use.
+STREAM_CONNECTIONS = 1000
+_STREAM_CLIENTS: weakref.WeakKeyDictionary[web.Application, dict[int, Redis]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _stream_client(app: web.Application, redis: Redis) -> Redis:
+    clients = _STREAM_CLIENTS.setdefault(app, {})
+    client = clients.get(id(redis))
+    if client is None:
+        client = clients[id(redis)] = sibling(redis, STREAM_CONNECTIONS)
+    return client
+
+
+async def close_stream_clients(app: web.Application) -> None:
+    """``on_cleanup`` hook: the streams' own pools are closed with the app."""
+    for client in _STREAM_CLIENTS.pop(app, {}).values():
+        await client.aclose()
+
+
 def _start_position(request: web.Request, query: StreamQuery) -> str | None:
     header = request.headers.get(LAST_EVENT_ID, "").strip()
     if header:
@@ -299,7 +323,8 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     else:  # catch up (410 if too old) before the response starts
         first, position = await read_after(store.redis, key, start, STREAM_BATCH)
     closing = _closing(request.app)
-    conn = store.redis.client()  # a connection of its own for the blocking reads
+    # A connection of its own for the blocking reads, from the streams' pool.
+    conn = _stream_client(request.app, store.redis).client()
     try:
         # Prepared here, before the API's middleware sees it: the id header is set now.
         headers = {REQUEST_ID_HEADER: request_id_of(request)}
