@@ -249,8 +249,14 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
-        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        scheme = urlsplit(value).scheme
+        if scheme not in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
+            raise ValueError(
+                "expected a redis://, rediss://, unix:// or (Redis Cluster) "
+                "redis+cluster:// / rediss+cluster:// URL"
+            )
+        if scheme.endswith("+cluster") and urlsplit(value).path not in ("", "/", "/0"):
+            raise ValueError("a Redis Cluster has only database 0")
         return value
 
     @classmethod

@@ -12,7 +12,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
-from redis.asyncio import Redis
+from service.redis_client import RedisClient
 
 __all__ = ["Lease"]
 
@@ -31,7 +31,7 @@ return 0
 class Lease:
     """A lease on `key`, `ttl_ms` long, renewed by `kept()` every third of its TTL."""
 
-    def __init__(self, redis: Redis, key: str, ttl_ms: int, token: str | None = None) -> None:
+    def __init__(self, redis: RedisClient, key: str, ttl_ms: int, token: str | None = None) -> None:
         if ttl_ms < 3:
             raise ValueError("a lease needs a TTL of a few milliseconds at least")
         self.redis = redis

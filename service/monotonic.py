@@ -8,7 +8,7 @@ forward, and a late writer with an older value changes nothing.
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from service.redis_client import RedisClient
 
 __all__ = ["raise_to", "read_int"]
 
@@ -24,11 +24,11 @@ return tonumber(current)
 """
 
 
-async def raise_to(redis: Redis, key: str, value: int) -> int:
+async def raise_to(redis: RedisClient, key: str, value: int) -> int:
     """Store max(current, `value`) at `key`; returns what is stored."""
     return int(await redis.eval(_RAISE, 1, key, int(value)))
 
 
-async def read_int(redis: Redis, key: str) -> int | None:
+async def read_int(redis: RedisClient, key: str) -> int | None:
     raw = await redis.get(key)
     return None if raw is None else int(raw)

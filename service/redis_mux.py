@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import hiredis
-from redis.asyncio import Redis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import BusyLoadingError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from service.redis_client import RedisClient
 
 __all__ = ["Command", "MuxReader"]
 
@@ -150,9 +151,10 @@ class MuxReader:
         self._connecting: asyncio.Task[_Protocol] | None = None
 
     @classmethod
-    def for_client(cls, redis: Redis) -> MuxReader | None:
+    def for_client(cls, redis: RedisClient) -> MuxReader | None:
         """A reader of the server, database and credentials `redis` uses (None over TLS,
-        which stays with redis-py, and for a client without one pool of one server)."""
+        which stays with redis-py, and for a client without one pool of one server: a Redis
+        Cluster client, whose reads stay with redis-py, routed to each key's master)."""
         pool = getattr(redis, "connection_pool", None)
         if pool is None or issubclass(pool.connection_class, SSLConnection):
             return None

@@ -20,9 +20,8 @@ import math
 from datetime import timedelta
 from typing import cast
 
-from redis.asyncio import Redis
-
 from service.keys import TenantKeys
+from service.redis_client import RedisClient
 from service.store import LotStore
 from statecharts.ticks import IsoDuration
 
@@ -65,7 +64,7 @@ def _seconds(retention: IsoDuration | timedelta | float) -> float:
 
 
 async def trim_events(
-    target: LotStore | Redis,
+    target: LotStore | RedisClient,
     tenant: str,
     now: float,
     retention: IsoDuration | timedelta | float,

@@ -49,7 +49,6 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from redis.asyncio import Redis
 
 from service.api.context import KobanFactory
 from service.api.health import Metrics
@@ -58,6 +57,7 @@ from service.intents import Resolution, resolve_pending
 from service.keys import SCHEDULER_HEARTBEAT_KEY
 from service.koban import KobanClient
 from service.notices import NoticeReport, send_notices
+from service.redis_client import RedisClient
 from service.retention import trim_events
 from service.sandbox_clock import is_sandbox, refresh, refresh_all
 from service.sync import ReconcileReport, SyncReport, reconcile
@@ -148,11 +148,11 @@ async def retention_job(tenant: Tenant, now: int) -> int:
     return await trim_events(tenant.store, tenant.name, now, tenant.settings.event_retention)
 
 
-async def heartbeat_job(redis: Redis, now: float) -> None:
+async def heartbeat_job(redis: RedisClient, now: float) -> None:
     await redis.set(SCHEDULER_HEARTBEAT_KEY, repr(now), ex=HEARTBEAT_TTL_S)
 
 
-async def heartbeat_age(redis: Redis, now: float | None = None) -> float | None:
+async def heartbeat_age(redis: RedisClient, now: float | None = None) -> float | None:
     """Seconds since the last heartbeat of any daemon; None when there is none."""
     raw = await redis.get(SCHEDULER_HEARTBEAT_KEY)
     if raw is None:
@@ -180,7 +180,7 @@ class Job:
 
 def job_table(
     tenants: Tenants,
-    redis: Redis,
+    redis: RedisClient,
     koban: Mapping[str, KobanClient],
     *,
     intervals: Intervals,
@@ -262,7 +262,7 @@ class Daemon:
     def __init__(
         self,
         tenants: Tenants,
-        redis: Redis,
+        redis: RedisClient,
         *,
         koban_factory: KobanFactory | None = None,
         metrics: Metrics | None = None,
@@ -428,7 +428,7 @@ class Daemon:
         await self.stop()
 
 
-async def run_daemon(tenants: Tenants, redis: Redis, **kwargs: Any) -> int:
+async def run_daemon(tenants: Tenants, redis: RedisClient, **kwargs: Any) -> int:
     """``koban-options scheduler``: the daemon until SIGTERM/SIGINT; 0 when stopped so.
 
     A signal during the start-up catch-up ends it between ticks (or hands the tick back

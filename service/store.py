@@ -24,11 +24,10 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeVar, cast
 
-from redis.asyncio import Redis
-
 from service.codec import decode_lot, encode_lot
 from service.events import cloud_event, expand_history_entry, history_entry
 from service.keys import API_USER_FIELD, TenantKeys, prospect_field
+from service.redis_client import RedisClient
 from service.redis_mux import MuxReader
 from statecharts import transitions as tr
 from statecharts.errors import ErrorCode, RuleViolation
@@ -112,7 +111,7 @@ class LotStore:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         tenant: str,
         rules: Rules,
         *,

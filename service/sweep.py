@@ -43,6 +43,7 @@ from redis.exceptions import NoScriptError, WatchError
 from service.codec import _opt, _unopt, decode_lot
 from service.events import cloud_event, event_id, history_entry, iso
 from service.keys import API_USER_FIELD, prospect_field
+from service.redis_client import own_connection
 from service.store import LotStore, view
 from statecharts import transitions as tr
 from statecharts.model import DomainEvent, Option, Rules
@@ -663,11 +664,10 @@ class _Sweeper:
     async def run(self) -> SweepReport:
         store = self.store
         self.sha = await store.redis.script_load(LUA_SWEEP)
-        pool = store.redis.connection_pool
-        conn = cast(AbstractConnection, await pool.get_connection())  # type: ignore[no-untyped-call]
-        self.conn = conn
-        clean = False
-        try:
+        # The tenant's server (on a cluster, the master of its slot); disconnected rather
+        # than reused if we leave with replies unread.
+        async with own_connection(store.redis, store.keys.expiries) as conn:
+            self.conn = conn
             await self.send_range()
             while True:
                 members = await self.next_reply("range")
@@ -683,11 +683,6 @@ class _Sweeper:
                 while self.expected:  # resubmitted chunks still in flight: then look again
                     await self.read_one()
                 await self.send_range()
-            clean = True
-        finally:
-            if not clean:  # replies left unread: this connection cannot be reused
-                await conn.disconnect()
-            await pool.release(conn)
         return self.report
 
     async def window_of(self, lots: list[list[str]]) -> None:

@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
 from service.clock import Clock, SystemClock, TestClock
 from service.config import Settings, TenantSettings
+from service.redis_client import RedisClient
 from service.store import LotStore
 from statecharts.model import Rules
 
@@ -51,7 +50,7 @@ class Tenants(Mapping[str, Tenant]):
         return len(self._tenants)
 
 
-def build_tenants(settings: Settings, redis: Redis, clock: Clock | None = None) -> Tenants:
+def build_tenants(settings: Settings, redis: RedisClient, clock: Clock | None = None) -> Tenants:
     """One context per configured tenant; sandbox tenants get their own test clock."""
     base = clock or SystemClock()
     out = {}

@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
-from redis.asyncio import Redis
 
 from service.api.auth import TokenIndex
 from service.api.context import (
@@ -46,13 +45,14 @@ from service.api.routes_sync import install_sync
 from service.clock import Clock
 from service.config import Settings
 from service.koban import KobanClient
+from service.redis_client import RedisClient
 from service.tenancy import Tenant, Tenants, build_tenants
 from service.ticking import ClockHook
 from service.webhooks import add_webhook_routes
 
 __all__ = ["REDIS_KEY", "build_api_app", "koban_from_settings"]
 
-REDIS_KEY = web.AppKey("api_redis", Redis)
+REDIS_KEY = web.AppKey[RedisClient]("api_redis")
 
 
 def koban_from_settings(tenant: Tenant, session: aiohttp.ClientSession) -> KobanClient | None:
@@ -75,7 +75,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 def build_api_app(
     source: Settings | Tenants,
-    redis: Redis,
+    redis: RedisClient,
     *,
     koban_factory: KobanFactory | None = None,
     clock: Clock | None = None,

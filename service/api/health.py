@@ -56,7 +56,6 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 from pydantic import AliasGenerator, BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from service.api.context import FLOWS_KEY
@@ -64,6 +63,7 @@ from service.api.errors import json_response
 from service.api.models import Instant, dump
 from service.keys import SCHEDULER_HEARTBEAT_KEY
 from service.koban import KobanClient
+from service.redis_client import RedisClient
 from service.tenancy import Tenants
 
 __all__ = [
@@ -311,7 +311,7 @@ def _event_type(raw: bytes | None) -> str | None:
 
 
 METRICS_KEY = web.AppKey("api_metrics", Metrics)
-HEALTH_REDIS_KEY = web.AppKey("api_health_redis", Redis)
+HEALTH_REDIS_KEY = web.AppKey[RedisClient]("api_health_redis")
 HEALTH_TENANTS_KEY = web.AppKey("api_health_tenants", Tenants)
 
 
@@ -323,7 +323,7 @@ def metrics_of(app: web.Application) -> Metrics:
 # --------------------------------------------------------------------------- handlers
 
 
-async def _ping(redis: Redis) -> RedisCheckOut:
+async def _ping(redis: RedisClient) -> RedisCheckOut:
     started = time.perf_counter()
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
@@ -336,7 +336,7 @@ async def _ping(redis: Redis) -> RedisCheckOut:
     return RedisCheckOut(ok=True, latency_ms=latency, error=None)
 
 
-async def _scheduler(redis: Redis, tenants: Tenants) -> SchedulerOut | None:
+async def _scheduler(redis: RedisClient, tenants: Tenants) -> SchedulerOut | None:
     names = sorted(tenants)
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
@@ -390,7 +390,7 @@ def _clients_of(app: web.Application) -> Callable[[], Mapping[str, KobanClient]]
     return clients
 
 
-def install_health(app: web.Application, redis: Redis, tenants: Tenants) -> Metrics:
+def install_health(app: web.Application, redis: RedisClient, tenants: Tenants) -> Metrics:
     """Register ``/readyz``, ``/metrics`` and the app's `Metrics` on `app` (``/healthz``
     is the app's own; `service.api.middleware.api_middleware` counts the requests)."""
     collected = Metrics(tenants, _clients_of(app))

@@ -30,7 +30,6 @@ from typing import Any, cast
 import orjson
 import structlog
 from aiohttp import web
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from service.api.auth import Caller
@@ -41,6 +40,7 @@ from service.api.errors import (
     error_response,
     validation_failed,
 )
+from service.redis_client import RedisClient
 
 __all__ = ["HEADER", "REPLAYED_HEADER", "Refresh", "idempotent"]
 
@@ -128,7 +128,7 @@ async def idempotent(
 
 async def _first(
     request: web.Request,
-    redis: Redis,
+    redis: RedisClient,
     rkey: str,
     in_flight: bytes,
     fingerprint: str,
@@ -151,7 +151,7 @@ async def _first(
     return response
 
 
-async def _release(redis: Redis, rkey: str, in_flight: bytes) -> None:
+async def _release(redis: RedisClient, rkey: str, in_flight: bytes) -> None:
     """Drop the in-flight marker if it is still ours (a 5xx is not remembered)."""
     try:
         await redis.eval(_RELEASE, 1, rkey, in_flight)

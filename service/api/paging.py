@@ -17,9 +17,9 @@ import binascii
 from typing import cast
 
 import orjson
-from redis.asyncio import Redis
 
 from service.api.errors import validation_failed
+from service.redis_client import RedisClient
 
 __all__ = ["Position", "decode_cursor", "encode_cursor", "page_after"]
 
@@ -53,7 +53,9 @@ return redis.call('ZRANGE', key, lo, lo + n - 1, 'WITHSCORES')
 """
 
 
-async def page_after(redis: Redis, key: str, after: Position, count: int) -> list[tuple[str, int]]:
+async def page_after(
+    redis: RedisClient, key: str, after: Position, count: int
+) -> list[tuple[str, int]]:
     """Up to `count` (member, score) strictly after `after`."""
     score, member = after
     script = redis.register_script(_PAGE_AFTER)

@@ -40,7 +40,6 @@ import structlog
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
-from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from service.api.auth import Caller
@@ -49,7 +48,7 @@ from service.api.errors import ApiError, json_response, validation_failed
 from service.api.logging import REQUEST_ID_HEADER, request_id_of
 from service.api.models import Limit, dump, parse_query
 from service.api.routes_lots import BASE, redact_event
-from service.redis_client import sibling
+from service.redis_client import RedisClient, blocking_client, sibling
 
 __all__ = [
     "BLOCK_MS",
@@ -162,7 +161,7 @@ def _decode(entries: list[Any]) -> list[Entry]:
 
 
 async def read_after(
-    redis: Redis, key: str, after: str | None, count: int
+    redis: RedisClient, key: str, after: str | None, count: int
 ) -> tuple[list[Entry], str]:
     """Up to `count` entries strictly after `after` (from the oldest retained without it)
     and the position to continue from; 410 when entries after `after` were trimmed."""
@@ -223,12 +222,12 @@ async def close_event_streams(app: web.Application) -> None:
 # Streams hold a connection each for as long as the client listens: they take them from a
 # pool of their own (per app and Redis server), never from the one the writes use.
 STREAM_CONNECTIONS = 1000
-_STREAM_CLIENTS: weakref.WeakKeyDictionary[web.Application, dict[int, Redis]] = (
+_STREAM_CLIENTS: weakref.WeakKeyDictionary[web.Application, dict[int, RedisClient]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _stream_client(app: web.Application, redis: Redis) -> Redis:
+def _stream_client(app: web.Application, redis: RedisClient) -> RedisClient:
     clients = _STREAM_CLIENTS.setdefault(app, {})
     client = clients.get(id(redis))
     if client is None:
@@ -272,7 +271,7 @@ async def _cancel(task: asyncio.Future[Any]) -> None:
 async def _pump(
     request: web.Request,
     sse: EventSourceResponse,
-    conn: Redis,
+    conn: RedisClient,
     key: str,
     position: str,
     caller: Caller,
@@ -324,8 +323,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         first, position = await read_after(store.redis, key, start, STREAM_BATCH)
     closing = _closing(request.app)
     # A connection of its own for the blocking reads, from the streams' pool.
-    conn = _stream_client(request.app, store.redis).client()
-    try:
+    async with blocking_client(_stream_client(request.app, store.redis)) as conn:
         # Prepared here, before the API's middleware sees it: the id header is set now.
         headers = {REQUEST_ID_HEADER: request_id_of(request)}
         async with sse_response(request, ping_interval=HEARTBEAT_S, headers=headers) as sse:
@@ -337,11 +335,9 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
             except RedisError as exc:  # the client reconnects with Last-Event-ID
                 log.warning("event_stream_store_error", error=str(exc))
         return sse
-    finally:
-        await conn.aclose()
 
 
-async def _stream_end(redis: Redis, key: str) -> str:
+async def _stream_end(redis: RedisClient, key: str) -> str:
     """The id after which new entries will come (``0-0`` when there is no stream yet)."""
     try:
         info = await redis.xinfo_stream(key)

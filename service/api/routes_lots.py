@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any, cast
 
 from aiohttp import web
-from redis.asyncio import Redis
 
 from service.api.auth import Caller
 from service.api.context import TENANTS_KEY, authenticate, koban_for
@@ -31,6 +30,7 @@ from service.api.paging import Position, decode_cursor, encode_cursor, page_afte
 from service.codec import decode_lot
 from service.keys import API_USER_FIELD, prospect_field
 from service.koban import LotStatus
+from service.redis_client import RedisClient
 from service.redis_mux import MuxReader
 from service.sync import in_drift_tolerance, koban_occupancy
 from statecharts import transitions as tr
@@ -341,7 +341,7 @@ async def get_availability(request: web.Request) -> web.Response:
     return json_response(answer)
 
 
-def install_fast_reads(app: web.Application, redis: Redis) -> None:
+def install_fast_reads(app: web.Application, redis: RedisClient) -> None:
     """Let the availability route, and the hot path of the stores of the app's tenants
     that use `redis` (`LotStore.fast`: reads, the read and commit of every transition),
     go through a `MuxReader` of `redis`'s server (one shared connection, closed with the
@@ -366,7 +366,7 @@ def install_fast_reads(app: web.Application, redis: Redis) -> None:
 # --------------------------------------------------------------------------- listing
 
 
-async def mget_lots(redis: Redis, keys: list[str]) -> list[bytes | None]:
+async def mget_lots(redis: RedisClient, keys: list[str]) -> list[bytes | None]:
     return cast(list[bytes | None], await redis.mget(keys)) if keys else []
 
 
