@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeVar, cast
 
+from redis.asyncio.cluster import RedisCluster
+
 from service.codec import decode_lot, encode_lot
 from service.events import cloud_event, expand_history_entry, history_entry
 from service.keys import API_USER_FIELD, TenantKeys, prospect_field
@@ -125,6 +127,8 @@ class LotStore:
         self.history_cap = history_cap
         self.max_attempts = max_attempts
         self._commit = redis.register_script(LUA_COMMIT)
+        # On a Redis Cluster the scripts get every key declared (commit.lua, sweep.lua).
+        self.cluster = isinstance(redis, RedisCluster)
         # The hot path's transport when set (see the module doc); else `redis`.
         self.fast: MuxReader | None = None
 
@@ -241,6 +245,8 @@ class LotStore:
     async def commit(self, transitions: Sequence[list[Any]], mode: str = "all") -> Any:
         k = self.keys
         keys = [k.counts, k.expiries, k.lots, k.tombstones, k.intents, k.events]
+        if self.cluster:  # each transition's lot and history keys, declared (commit.lua)
+            keys += [key for t in transitions for key in (k.lot(t[2]), k.history(t[2]))]
         args = flatten(mode, self.history_cap, k.prefix, transitions)
         fast = self.fast
         if fast is not None:

@@ -3,9 +3,13 @@
 -- with every command batched across the chunk: per lot, only its stream entries cost a
 -- call of their own (the per-call overhead of Lua, not the work, dominated the old path).
 --
--- KEYS: 1 counts hash, 2 expiry zset, 3 lots zset, 4 tombstones zset, 5 event stream.
---       Lot and history keys are built here from ARGV[1], the tenant's key prefix
---       "kol:{tenant}:", as commit.lua does (every key shares the tenant's hash tag).
+-- KEYS: 1 counts hash, 2 expiry zset, 3 lots zset, 4 tombstones zset, 5 event stream;
+--       on a Redis Cluster also the n lot keys, then the n history keys (6 .. 5 + 2n).
+--       On one server lot and history keys are built here from ARGV[1], the tenant's key
+--       prefix "kol:{tenant}:", as commit.lua does (fewer bytes to send). A cluster needs
+--       them declared: it checks before the call that every key is served here and not
+--       being migrated (TRYAGAIN / ASK otherwise, nothing written), whereas an undeclared
+--       key that moved away fails the script half-way, after some of its writes.
 -- ARGV: 1 key prefix, 2 the tick (score of the lots modified and of the tombstones),
 --   3 history cap, 4 n, then n extcodes, n expected prefixes "<rev>|" of the lots' current
 --   values, n new lot values, n new history entries (each lot's, joined by "\n"),
@@ -19,8 +23,13 @@
 -- moved, and nothing was written (the sweep drops those lots and resubmits the others).
 
 local prefix, tick, cap, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local declared = #KEYS > 5
 local lot_keys = {}
-for i = 1, n do lot_keys[i] = prefix .. 'l:' .. ARGV[4 + i] end
+if declared then
+  for i = 1, n do lot_keys[i] = KEYS[5 + i] end
+else
+  for i = 1, n do lot_keys[i] = prefix .. 'l:' .. ARGV[4 + i] end
+end
 
 local current = redis.call('MGET', unpack(lot_keys))
 local moved = {}
@@ -61,7 +70,11 @@ local function trim_history(h)  -- commit.lua's: keep the last `cap` entries
 end
 
 local history_keys = {}
-for i = 1, n do history_keys[i] = prefix .. 'h:' .. ARGV[4 + i] end
+if declared then
+  for i = 1, n do history_keys[i] = KEYS[5 + n + i] end
+else
+  for i = 1, n do history_keys[i] = prefix .. 'h:' .. ARGV[4 + i] end
+end
 local old = redis.call('MGET', unpack(history_keys))
 
 local values, scored = {}, {}

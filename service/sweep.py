@@ -519,6 +519,9 @@ def apply_command(store: LotStore, sha: str, tick: int, plans: list[Plan]) -> by
     events = [e for p in plans for e in p[8]]
     head = [sha, 5, k.counts, k.expiries, k.lots, k.tombstones, k.events, k.prefix, tick]
     head.append(store.history_cap)
+    if store.cluster:  # every key declared, after the five (sweep.lua)
+        head[1] = 5 + 2 * len(plans)
+        head[7:7] = [k.lot(p[0]) for p in plans] + [k.history(p[0]) for p in plans]
     sections = [
         [_arg(a) for a in head],
         [b"%d" % len(plans)],
