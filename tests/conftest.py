@@ -2,6 +2,10 @@
 
 Tests never flush a database: each test gets its own tenant name and deletes only the keys
 under that tenant's hash tag, so REDIS_URL may point at a shared server.
+
+Tests marked ``cluster`` run twice: on that server and on a local Redis Cluster of three
+masters (`redis_cluster`, tests/redis_cluster.py), through `redis_backend` (``redis``,
+``tenant`` and ``backend_url`` follow it).
 """
 
 from __future__ import annotations
@@ -18,13 +22,19 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import redis as redis_sync
-from redis.asyncio import Redis
 
 from service.keys import TenantKeys
-from service.redis_client import connect
+from service.redis_client import RedisClient, connect
 from service.store import LotStore
 from statecharts.model import Rules
 from statecharts.ticks import parse_duration
+from tests.redis_cluster import (
+    ClusterUnsupported,
+    LocalCluster,
+    cluster_support,
+    start_redis_cluster,
+    sync_nodes,
+)
 
 
 def _free_port() -> int:
@@ -85,27 +95,96 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc.wait(10)
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A local Redis Cluster of three masters (tests/redis_cluster.py), started on first use
+    and shared by the session; skipped, with the reason, where it cannot run."""
+    reason = cluster_support()
+    if reason is not None:
+        pytest.skip(reason)
+    try:
+        cluster = start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    except ClusterUnsupported as exc:
+        pytest.skip(str(exc))
+    yield cluster
+    cluster.stop()
+
+
+BACKENDS = ("single", "cluster")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``cluster`` (a module's ``pytestmark``, say) run once per backend: the
+    single redis-server and the local Redis Cluster (``redis``, ``tenant`` and
+    ``backend_url`` follow the ``redis_backend`` parameter)."""
+    if "redis_backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "cluster"
+    ):
+        metafunc.parametrize("redis_backend", BACKENDS, indirect=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``pytest.mark.cluster(single_only={"store": "mux"})``: the cluster run leaves out the
+    combinations with those parameters (a transport that serves one server only)."""
+    keep: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        marker = item.get_closest_marker("cluster")
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("redis_backend") == "cluster" and "redis_url" in getattr(
+            item, "fixturenames", ()
+        ):
+            # It would write to the single server while `tenant` cleans up the cluster.
+            raise pytest.UsageError(f"{item.nodeid}: a cluster test takes backend_url")
+        only = marker.kwargs.get("single_only", {}) if marker is not None else {}
+        if params.get("redis_backend") == "cluster" and any(
+            params.get(name) == value for name, value in only.items()
+        ):
+            dropped.append(item)
+        else:
+            keep.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = connect(redis_url)
+def redis_backend(request: pytest.FixtureRequest) -> str:
+    """``single`` (the default) or ``cluster`` (tests marked ``cluster``, second run)."""
+    return str(getattr(request, "param", "single"))
+
+
+@pytest.fixture
+def backend_url(request: pytest.FixtureRequest, redis_backend: str) -> str:
+    """The URL of this test's backend: `redis_url`, or the local cluster's
+    ``redis+cluster://`` URL."""
+    if redis_backend == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        return cluster.url
+    return str(request.getfixturevalue("redis_url"))
+
+
+@pytest.fixture
+async def redis(backend_url: str) -> AsyncIterator[RedisClient]:
+    client = connect(backend_url)
     yield client
     await client.aclose()
 
 
 def delete_tenant_keys(url: str, tenant: str) -> None:
-    client = redis_sync.Redis.from_url(url)
     pattern = TenantKeys(tenant).prefix + "*"
-    batch = list(client.scan_iter(match=pattern, count=1000))
-    for i in range(0, len(batch), 1000):
-        client.delete(*batch[i : i + 1000])
-    client.close()
+    for client in sync_nodes(url):  # every master of a cluster, or the one server
+        batch = list(client.scan_iter(match=pattern, count=1000))
+        for i in range(0, len(batch), 1000):
+            client.delete(*batch[i : i + 1000])
+        client.close()
 
 
 @pytest.fixture
-def tenant(redis_url: str) -> Iterator[str]:
+def tenant(backend_url: str) -> Iterator[str]:
     name = "t" + uuid.uuid4().hex[:12]
     yield name
-    delete_tenant_keys(redis_url, name)
+    delete_tenant_keys(backend_url, name)
 
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -123,5 +202,5 @@ def rules() -> Rules:
 
 
 @pytest.fixture
-def store(redis: Redis, tenant: str, rules: Rules) -> LotStore:
+def store(redis: RedisClient, tenant: str, rules: Rules) -> LotStore:
     return LotStore(redis, tenant, rules)

@@ -35,6 +35,9 @@ from tests.conftest import make_rules
 from tests.loading import EMPTY, load_options, lot_with_option
 from tests.test_api_harness import make_tenant
 
+# Every test here on a Redis backend also runs on the local Redis Cluster.
+pytestmark = pytest.mark.cluster
+
 
 def ts(text: str) -> int:
     return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
@@ -226,10 +229,10 @@ async def test_a_clock_jump_over_notice_and_expiry_gives_the_notice_then_the_exp
 
 
 async def test_two_concurrent_runs_send_each_notice_once(
-    redis_url: str, tenant: str, clock: FixedClock
+    backend_url: str, tenant: str, clock: FixedClock
 ) -> None:
     n = 1500
-    clients = [connect(redis_url), connect(redis_url)]
+    clients = [connect(backend_url), connect(backend_url)]
     try:
         a, b = (make_tenant(c, tenant, clock) for c in clients)
         await load_options(a.store, (f"C{i:04d}" for i in range(n)), E, E - 86400)

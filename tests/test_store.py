@@ -20,6 +20,10 @@ from statecharts.model import DomainEvent, Lot, Rules
 from statecharts.ticks import parse_duration
 from tests.conftest import make_rules
 
+# Every test here also runs on the local Redis Cluster, through redis-py: `MuxReader` serves
+# one server only (`for_client` gives None for a cluster client).
+pytestmark = pytest.mark.cluster(single_only={"store": "mux"})
+
 
 def ts(text: str) -> int:
     return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())

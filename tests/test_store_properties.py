@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
-from redis.asyncio import Redis
 
+from service.redis_client import connect
 from service.store import LotStore
 from service.sweep import expire_due
 from statecharts.errors import RuleViolation
@@ -40,7 +40,7 @@ class StoreMachine(RuleBasedStateMachine):
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.tenant = "h" + uuid.uuid4().hex[:12]
-        self.redis = Redis.from_url(self.redis_url)
+        self.redis = connect(self.redis_url)
         clock = "restart" if uuid.uuid4().int % 2 else "own"
         self.store = LotStore(
             self.redis,
@@ -133,8 +133,9 @@ class StoreMachine(RuleBasedStateMachine):
 
 
 @pytest.mark.slow
-def test_store_invariants_under_random_operations(redis_url: str) -> None:
-    StoreMachine.redis_url = redis_url
+@pytest.mark.cluster
+def test_store_invariants_under_random_operations(backend_url: str) -> None:
+    StoreMachine.redis_url = backend_url
     run_state_machine_as_test(
         StoreMachine,
         settings=settings(

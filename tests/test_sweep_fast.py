@@ -43,6 +43,10 @@ class _NoRedis:
         return None
 
 
+# Every test here on a Redis backend also runs on the local Redis Cluster.
+pytestmark = pytest.mark.cluster
+
+
 def _store(clock: str, tenant: str = "fast") -> LotStore:
     return LotStore(_NoRedis(), tenant, make_rules(rank2_clock=clock))  # type: ignore[arg-type]
 

@@ -26,6 +26,9 @@ from statecharts.ticks import to_iso
 from tests.loading import load_options
 from tests.test_api_harness import captured_logs, make_tenant
 
+# Every test here on a Redis backend also runs on the local Redis Cluster.
+pytestmark = pytest.mark.cluster
+
 
 def ts(text: str) -> int:
     return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
@@ -212,11 +215,11 @@ def _exactly_once(expired: list[dict[str, Any]], n: int) -> None:
 
 
 async def test_two_daemons_on_one_redis_expire_every_due_option_exactly_once(
-    redis_url: str, tenant: str, clock: FixedClock
+    backend_url: str, tenant: str, clock: FixedClock
 ) -> None:
     n = 3000
     tick = ts("2026-11-23T10:00:00Z")
-    clients = [connect(redis_url), connect(redis_url)]
+    clients = [connect(backend_url), connect(backend_url)]
     try:
         a, b = (make_tenant(c, tenant, clock) for c in clients)
         await load_options(a.store, (f"D{i:05d}" for i in range(n)), tick, tick - 2 * 86400)
@@ -234,10 +237,10 @@ async def test_two_daemons_on_one_redis_expire_every_due_option_exactly_once(
 
 
 async def test_two_daemons_catching_up_at_once_process_each_tick_once(
-    redis_url: str, tenant: str
+    backend_url: str, tenant: str
 ) -> None:
     clock = FixedClock(ts("2026-11-23T11:47:00Z"))
-    clients = [connect(redis_url), connect(redis_url)]
+    clients = [connect(backend_url), connect(backend_url)]
     try:
         a, b = (make_tenant(c, tenant, clock) for c in clients)
         await a.store.redis.set(a.store.keys.ticked, ts("2026-11-23T10:00:00Z"))
