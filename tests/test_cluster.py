@@ -33,6 +33,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
+from service.api.errors import as_api_error
 from service.config import Settings
 from service.intents import resolve_pending
 from service.keys import SCHEDULER_HEARTBEAT_KEY
@@ -369,8 +370,10 @@ async def _reshard_during_commits(
     move.begin()
     try:
         move.migrate(store.keys.history("A"))
-        with pytest.raises(RedisError):  # TRYAGAIN until redis-py gives up
+        with pytest.raises(RedisError) as refused:  # TRYAGAIN until redis-py gives up
             await store.cancel("A", 1, t0 + 60)
+        answer = as_api_error(refused.value)  # what the API answers then
+        assert (answer.status, answer.code) == (503, "STORE_UNAVAILABLE"), refused.value
         with redis_cluster.node(move.source) as node:
             assert node.get(store.keys.lot("A")) is not None
         assert await store.load("A") == before  # nothing of the transition written

@@ -10,7 +10,8 @@ Mapping (`error_response`): `ApiError` as given; `RuleViolation` → its HTTP st
 code; pydantic `ValidationError` → 422 ``VALIDATION_FAILED``; Koban unreachable → 503
 ``KOBAN_UNAVAILABLE`` (Retry-After); a Koban write whose outcome is unknown → 502
 ``KOBAN_OUTCOME_UNKNOWN``; another unexpected Koban answer → 502 ``KOBAN_ERROR``; Redis
-unreachable, or a lot too contended to write → 503 ``STORE_UNAVAILABLE`` (Retry-After);
+unreachable (a cluster down or moving the slot, past redis-py's retries), or a lot too
+contended to write → 503 ``STORE_UNAVAILABLE`` (Retry-After);
 no route → 404 ``NOT_FOUND``; wrong method → 405 ``METHOD_NOT_ALLOWED``; a body over the
 limit → 400 ``MALFORMED_REQUEST``; anything else → 500 ``INTERNAL_ERROR`` (logged with its
 traceback; never the answer to bad input).
@@ -25,6 +26,7 @@ import orjson
 import structlog
 from aiohttp import web
 from pydantic import ValidationError
+from redis.exceptions import ClusterError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -132,6 +134,11 @@ def field_errors(exc: ValidationError) -> list[dict[str, str]]:
     return out
 
 
+# A Redis Cluster answering "not now": down, a slot unserved, or redirections and TRYAGAIN
+# (a slot being moved) past redis-py's retries.
+_CLUSTER_UNAVAILABLE = ClusterError | TryAgainError | SlotNotCoveredError
+
+
 def as_api_error(exc: BaseException) -> ApiError:
     """The envelope for any exception a handler may raise."""
     if isinstance(exc, ApiError):
@@ -159,7 +166,7 @@ def as_api_error(exc: BaseException) -> ApiError:
         )
     if isinstance(exc, KobanError):
         return ApiError(502, KOBAN_ERROR, "Koban answered unexpectedly; nothing was changed.")
-    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | _CLUSTER_UNAVAILABLE):
         return ApiError(
             503,
             STORE_UNAVAILABLE,
