@@ -31,7 +31,7 @@ from tests.invariants import check_tenant
 from tests.loading import load_options
 from tests.test_api_harness import make_tenant
 
-N_KILL = int(os.environ.get("KOBAN_KILL_SWEEP_OPTIONS", "20000"))
+N_KILL = int(os.environ.get("KOBAN_KILL_SWEEP_OPTIONS", "50000"))  # the size
 ROOT = Path(__file__).resolve().parent.parent
 
 
