@@ -39,6 +39,7 @@ __all__ = [
     "REQUEST_ID_HEADER",
     "IsoUtcStamper",
     "RedactTokens",
+    "assign_request_id",
     "configure_logging",
     "log_access",
     "redact_stdlib_logs",
@@ -217,14 +218,19 @@ def log_access(method: str, path: str, status: int, seconds: float) -> None:
 
 
 def _request_id(request: web.Request) -> str:
-    given = request.headers.get(REQUEST_ID_HEADER, "")
-    return given if _ACCEPTED_ID.fullmatch(given) else os.urandom(16).hex()
+    given = request.headers.get(REQUEST_ID_HEADER)
+    return given if given and _ACCEPTED_ID.fullmatch(given) else os.urandom(16).hex()
+
+
+def assign_request_id(request: web.Request) -> str:
+    """Give the request its id (the API's middleware does, before anything else)."""
+    rid = request[REQUEST_ID] = _request_id(request)
+    return rid
 
 
 def request_id_of(request: web.Request) -> str:
     """The request's id (assigned on first use, so even early failures have one)."""
-    rid = request.get(REQUEST_ID)
-    if rid is None:
-        rid = _request_id(request)
-        request[REQUEST_ID] = rid
-    return rid
+    try:
+        return request[REQUEST_ID]
+    except KeyError:
+        return assign_request_id(request)

@@ -2,7 +2,7 @@
 
 Every request through the app passes here once (routes, webhooks, 404s and 405s alike):
 
-1. its id (`service.api.logging.request_id_of`) is bound into structlog's context
+1. its id (`service.api.logging.assign_request_id`) is bound into structlog's context
    variables for the request, so every line logged meanwhile carries ``request_id``;
 2. the handler runs; any exception it raises becomes the error envelope
    (`service.api.errors.error_response`: never a traceback, 500 only for a bug);
@@ -27,7 +27,7 @@ from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from service.api.errors import error_response
 from service.api.health import METHODS, METRICS_KEY, UNMATCHED
-from service.api.logging import REQUEST_ID_HEADER, log_access, request_id_of
+from service.api.logging import REQUEST_ID_HEADER, assign_request_id, log_access
 
 __all__ = ["api_middleware"]
 
@@ -39,7 +39,7 @@ def _route_of(request: web.Request) -> str:
 
 @web.middleware
 async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    rid = request_id_of(request)
+    rid = assign_request_id(request)
     started = time.perf_counter()
     status = 500
     bound = bind_contextvars(request_id=rid)  # what bound_contextvars does, minus contextlib
