@@ -1,0 +1,70 @@
+"""`service.api.logging.LineWriter`: the lines of one loop turn in one write, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import subprocess
+import sys
+import textwrap
+
+from service.api.logging import LineWriter
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, s: str) -> int:
+        self.writes += 1
+        return super().write(s)
+
+
+def test_outside_a_loop_every_line_is_written_at_once() -> None:
+    stream = CountingStream()
+    writer = LineWriter(stream)
+    writer.info("a")
+    assert stream.getvalue() == "a\n"
+    writer.info("b")
+    assert (stream.getvalue(), stream.writes) == ("a\nb\n", 2)
+
+
+async def test_in_a_loop_one_turn_is_one_write_and_warnings_flush_at_once() -> None:
+    stream = CountingStream()
+    writer = LineWriter(stream)
+    for i in range(5):
+        writer.info(f"line {i}")
+    assert stream.getvalue() == ""  # waiting for the next turn
+    await asyncio.sleep(0)
+    assert stream.getvalue() == "".join(f"line {i}\n" for i in range(5))
+    assert stream.writes == 1
+    writer.info("before")
+    writer.warning("the warning")  # written now, after what waited
+    assert stream.getvalue().endswith("before\nthe warning\n") and stream.writes == 2
+    await asyncio.sleep(0)
+    assert stream.writes == 2  # nothing left for the scheduled flush
+
+
+async def test_a_full_queue_is_written_without_waiting_for_the_turn() -> None:
+    stream = CountingStream()
+    writer = LineWriter(stream)
+    for i in range(LineWriter._MAX_PENDING):
+        writer.info(str(i))
+    assert stream.writes == 1 and stream.getvalue().count("\n") == LineWriter._MAX_PENDING
+
+
+def test_lines_waiting_when_the_loop_ends_are_written_at_exit() -> None:
+    code = textwrap.dedent(
+        """
+        import asyncio, structlog
+        from service.api.logging import configure_logging
+        configure_logging("json", "info")
+        async def main():
+            structlog.get_logger("t").info("last words")
+            raise SystemExit(3)  # out of the loop at once: its flush never runs
+        asyncio.new_event_loop().run_until_complete(main())
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 3 and '"event":"last words"' in done.stderr
