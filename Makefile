@@ -33,6 +33,7 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	.ci/ensure-redis
+	.ci/ensure-wrk
 	$(BIN)/python -m bench.sweep
 	$(BIN)/python -m bench.ticks
 	$(BIN)/python -m bench.http

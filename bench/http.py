@@ -18,20 +18,22 @@ the bare handler's rate on this 2-core machine: the run says which one it used).
 * ``availability_p99_during_sweep_ms``: the availability p99 while ``expire_due`` runs in
   another process over SWEEP options due at one tick, on the same tenant and Redis.
 
-hello, the two diagnostic floors (hello + one GET through redis-py / through MuxReader)
-and availability alternate for _ROUNDS rounds and each keeps its best (the machine is
-shared: others' load only lowers a throughput).
+hello, the two diagnostic floors (hello + one GET through redis-py / through MuxReader),
+availability and placements alternate for _ROUNDS rounds and each keeps its best round by
+throughput (the machine is shared: others' load only lowers a throughput, and at a fixed
+number of connections a lower throughput is a longer wait).
 
 Sizes and durations (environment): KOBAN_BENCH_HTTP_CONNECTIONS (32), _DURATION (8 s
-per figure, after a _WARMUP of 2 s), _ROUNDS (3), _WORKERS (1: with N > 1 the API runs
-as ``koban-options api --workers N`` and the hello server as N processes too, both on
-one port through SO_REUSEPORT, so the ratio still compares equal set-ups; CPU figures
-are then summed over each server's processes), _PHASES (hello,hello-redis,hello-mux,
-availability,place,sweep), _LOTS (20 000), _PLACE_LOTS (12 000: each placement
-takes one, warm-up included; a run that exhausts them reports failed placements),
-_SWEEP (100 000), _LOADGEN (auto | wrk | python), _PROFILE (a directory: after the
-figures, py-spy records the API during one more availability run and one more placement
-run and writes speedscope files there; needs py-spy in the venv and ptrace rights).
+per figure, after a _WARMUP of 2 s), _ROUNDS (3), _WORKERS (the number of cores: the API
+runs as ``koban-options api --workers N``, one process per core as deployed, and the
+hello server as N processes too, all on one port through SO_REUSEPORT, so the ratio
+compares equal set-ups; CPU figures are summed over each server's processes), _PHASES
+(hello,hello-redis,hello-mux,availability,place,sweep), _LOTS (20 000), _PLACE_LOTS
+(40 000: each placement takes one, warm-ups included; a run that exhausts them reports
+failed placements), _SWEEP (100 000), _LOADGEN (auto | wrk | python), _PROFILE (a
+directory: after the figures, py-spy records the API during one more availability run
+and one more placement run and writes speedscope files there; needs py-spy in the venv
+and ptrace rights).
 Each figure is also printed as ``BENCH <name> <value> <unit>``.
 """
 
@@ -77,7 +79,7 @@ CONNECTIONS = _env_int("CONNECTIONS", 32)
 DURATION = _env_float("DURATION", 8.0)
 WARMUP = _env_float("WARMUP", 2.0)
 N_LOTS = _env_int("LOTS", 20_000)
-N_PLACE = _env_int("PLACE_LOTS", 12_000)
+N_PLACE = _env_int("PLACE_LOTS", 40_000)
 N_SWEEP = _env_int("SWEEP", 100_000)
 LOADGEN = os.environ.get("KOBAN_BENCH_HTTP_LOADGEN", "auto")
 PROFILE_DIR = os.environ.get("KOBAN_BENCH_HTTP_PROFILE")
@@ -85,7 +87,8 @@ PHASES = os.environ.get(
     "KOBAN_BENCH_HTTP_PHASES", "hello,hello-redis,hello-mux,availability,place,sweep"
 ).split(",")
 ROUNDS = _env_int("ROUNDS", 3)
-WORKERS = _env_int("WORKERS", 1)
+# One API process per core, as deployed (`koban-options api --workers N`); hello too.
+WORKERS = _env_int("WORKERS", os.cpu_count() or 1)
 LOAD_BATCH = 500
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
@@ -855,8 +858,8 @@ def run(tmp: Path) -> None:
                 f"{calib.rps:.0f} req/s (p99 {calib.p99_ms:.2f} ms), its own CPU "
                 f"{calib.loadgen_cpu_s / calib.seconds * 100:.0f} % of a core"
             )
-        # The machine is shared: hello and availability alternate for ROUNDS rounds and each
-        # keeps its best round (others' load only ever lowers a throughput).
+        # The machine is shared: hello, availability and placements alternate for ROUNDS
+        # rounds and each keeps its best round (others' load only ever lowers a throughput).
         kinds = [
             (kind, label, url, watch)
             for kind, label, url, watch in (
@@ -864,6 +867,7 @@ def run(tmp: Path) -> None:
                 ("hello-redis", "hello + one GET (redis-py)", hello_url, {"hello": hello.pid}),
                 ("hello-mux", "hello + one GET (MuxReader)", hello_url, {"hello": hello.pid}),
                 ("availability", "availability", api_url, pids),
+                ("place", "place", api_url, pids),
             )
             if kind in PHASES
         ]
@@ -876,6 +880,7 @@ def run(tmp: Path) -> None:
                     best[kind] = r
         hello_r = best.get("hello")
         avail = best.get("availability")
+        place = best.get("place")
         if hello_r is not None:
             figures += [
                 ("hello_rps", hello_r.rps, "req/s"),
@@ -897,9 +902,7 @@ def run(tmp: Path) -> None:
             ]
             if hello_r is not None:
                 figures.append(("availability_ratio", avail.rps / hello_r.rps, "x"))
-        if "place" in PHASES:
-            place = measure(api_url, "place", "place", pids)
-            results.append(place)
+        if place is not None:
             figures += [
                 ("place_rps", place.rps, "req/s"),
                 ("place_p50_ms", place.p50_ms, "ms"),

@@ -68,3 +68,13 @@ def test_lines_waiting_when_the_loop_ends_are_written_at_exit() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 3 and '"event":"last words"' in done.stderr
+
+
+def test_the_access_line_path_is_the_decoded_one() -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    from service.api.middleware import _logged_path
+
+    for target in ["/a/b?x=1&token=s", "/a%20b?t%6Fken=a%2Fb", "/a?x=a+b", "/a?", "/a"]:
+        request = make_mocked_request("GET", target)
+        assert _logged_path(request) == request.path_qs, target

@@ -30,6 +30,7 @@ from enum import StrEnum
 from typing import Any, NoReturn, TypeVar
 
 import aiohttp
+import orjson
 from aiolimiter import AsyncLimiter
 from pydantic import ValidationError
 from tenacity import (
@@ -161,8 +162,23 @@ def _is_transient(exc: BaseException) -> bool:
     )
 
 
+def _encode(body: Mapping[str, Any]) -> bytes:
+    """A request body as JSON bytes (what ``json=`` sends, built by orjson: aiohttp's JSON
+    payload costs ≈ 1.5 % of the API's CPU under placement load); what orjson refuses
+    goes through the standard library."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return json.dumps(body).encode()
+
+
 def _decode(body: bytes) -> Any:
-    return json.loads(body.decode("utf-8-sig"))
+    """A JSON answer (a UTF-8 BOM tolerated) through orjson; what orjson refuses (NaN, an
+    integer beyond 64 bits, bad UTF-8) goes through the standard library, which decides."""
+    try:
+        return orjson.loads(body[3:] if body.startswith(b"\xef\xbb\xbf") else body)
+    except orjson.JSONDecodeError:
+        return json.loads(body.decode("utf-8-sig"))
 
 
 class KobanClient:
@@ -198,6 +214,7 @@ class KobanClient:
             wire.HEADER_USER_KEY: user_key,
             "Accept": "application/json",
         }
+        self._body_headers = {**self._headers, "Content-Type": "application/json"}
         # A connect timeout shorter than the total one: when it fires, nothing was sent
         # (aiohttp raises ConnectionTimeoutError), so even a write may be retried.
         self._timeout = aiohttp.ClientTimeout(
@@ -241,9 +258,9 @@ class KobanClient:
             async with self._session.request(
                 endpoint.verb,
                 self._url(endpoint),
-                headers=self._headers,
+                headers=self._headers if body is None else self._body_headers,
                 params=params,
-                json=body,
+                data=None if body is None else _encode(body),
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as response:

@@ -62,6 +62,7 @@ from dataclasses import replace
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
+import orjson
 import structlog
 from aiohttp import web
 
@@ -98,6 +99,12 @@ def _ts(state: SandboxState, value: int | None) -> int | None:
     return value * 1000 if state.quirks else value
 
 
+def _json(body: Any, status: int = 200) -> web.Response:
+    """``web.json_response`` through orjson (the standard library's encoder was ≈ 5 % of
+    the sandbox's CPU under placement load)."""
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
 def _answer(
     state: SandboxState,
     *,
@@ -121,7 +128,7 @@ def _answer(
         if message is not None:
             body["message"] = message
     body.update(extra)
-    return web.json_response(body, status=status)
+    return _json(body, status=status)
 
 
 def _refusal(state: SandboxState, exc: SandboxRefusal) -> web.Response:
@@ -135,7 +142,7 @@ def _refusal(state: SandboxState, exc: SandboxRefusal) -> web.Response:
 
 
 def _plain_error(status: int, message: str, **extra: object) -> web.Response:
-    return web.json_response({"success": False, "message": message, **extra}, status=status)
+    return _json({"success": False, "message": message, **extra}, status=status)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -306,7 +313,7 @@ async def get_lot_status(request: web.Request, state: SandboxState) -> web.Respo
     answer = state.lot_status(extcode)
     end = answer["EndDate"]
     answer["EndDate"] = _ts(state, end if isinstance(end, int) else None)
-    return web.json_response(answer)
+    return _json(answer)
 
 
 async def option_add(request: web.Request, state: SandboxState) -> web.Response:
@@ -375,7 +382,7 @@ async def _updated(
         for lot in page:
             value = lot["Updated"]
             lot["Updated"] = _ts(state, value if isinstance(value, int) else None)
-    return web.json_response({"Length": total, "List": page})
+    return _json({"Length": total, "List": page})
 
 
 async def deal_get_updated(request: web.Request, state: SandboxState) -> web.Response:
@@ -390,7 +397,7 @@ async def deal_get_updated_process(request: web.Request, state: SandboxState) ->
 
 
 async def deal_process_get_all(request: web.Request, state: SandboxState) -> web.Response:
-    return web.json_response(state.deal_processes())
+    return _json(state.deal_processes())
 
 
 async def third_post_one(request: web.Request, state: SandboxState) -> web.Response:
@@ -478,22 +485,22 @@ def _optional_str(body: Mapping[str, Any], name: str) -> str | None:
 
 
 async def faults_get(request: web.Request, state: SandboxState) -> web.Response:
-    return web.json_response({"faults": [f.as_json() for f in state.faults]})
+    return _json({"faults": [f.as_json() for f in state.faults]})
 
 
 async def faults_post(request: web.Request, state: SandboxState) -> web.Response:
     fault = Fault.from_json(await _json_object(request))
     state.add_fault(fault)
-    return web.json_response({"faults": [f.as_json() for f in state.faults]}, status=201)
+    return _json({"faults": [f.as_json() for f in state.faults]}, status=201)
 
 
 async def faults_delete(request: web.Request, state: SandboxState) -> web.Response:
     state.clear_faults()
-    return web.json_response({"faults": []})
+    return _json({"faults": []})
 
 
 async def calls_get(request: web.Request, state: SandboxState) -> web.Response:
-    return web.json_response({"calls": dict(sorted(state.calls.items()))})
+    return _json({"calls": dict(sorted(state.calls.items()))})
 
 
 def _clock_json(state: SandboxState) -> dict[str, object]:
@@ -506,7 +513,7 @@ def _clock_json(state: SandboxState) -> dict[str, object]:
 
 
 async def clock_get(request: web.Request, state: SandboxState) -> web.Response:
-    return web.json_response(_clock_json(state))
+    return _json(_clock_json(state))
 
 
 async def clock_post(request: web.Request, state: SandboxState) -> web.Response:
@@ -528,11 +535,11 @@ async def clock_post(request: web.Request, state: SandboxState) -> web.Response:
         target = state.now()
     ticks = state.advance_to(target)
     await _drain(state)
-    return web.json_response({**_clock_json(state), "ticksRun": ticks})
+    return _json({**_clock_json(state), "ticksRun": ticks})
 
 
 async def lot_get(request: web.Request, state: SandboxState) -> web.Response:
-    return web.json_response(state.lot_view(_extcode(request, state)))
+    return _json(state.lot_view(_extcode(request, state)))
 
 
 async def lot_options_post(request: web.Request, state: SandboxState) -> web.Response:
@@ -558,7 +565,7 @@ async def lot_options_post(request: web.Request, state: SandboxState) -> web.Res
         via_api=False,
     )
     await _drain(state)
-    return web.json_response(
+    return _json(
         {"success": True, "rank": option.rank, "expDate": option.expiry}, status=201
     )
 
@@ -568,7 +575,7 @@ async def lot_reservation_post(request: web.Request, state: SandboxState) -> web
     body = await _json_object(request, optional=True)
     fields = state.validate_reservation(extcode, _optional_str(body, "thirdGuid"))
     await _drain(state)
-    return web.json_response({"success": True, "webhook": fields})
+    return _json({"success": True, "webhook": fields})
 
 
 async def lot_withdrawal_post(request: web.Request, state: SandboxState) -> web.Response:
@@ -576,7 +583,7 @@ async def lot_withdrawal_post(request: web.Request, state: SandboxState) -> web.
     body = await _json_object(request, optional=True)
     state.withdraw_reservation(extcode, _optional_str(body, "thirdGuid"))
     await _drain(state)
-    return web.json_response({"success": True})
+    return _json({"success": True})
 
 
 async def lot_status_post(request: web.Request, state: SandboxState) -> web.Response:
@@ -587,16 +594,16 @@ async def lot_status_post(request: web.Request, state: SandboxState) -> web.Resp
         raise BadRequest("status is required")
     state.set_status(extcode, status, _optional_str(body, "label"))
     await _drain(state)
-    return web.json_response(state.lot_view(extcode))
+    return _json(state.lot_view(extcode))
 
 
 async def prospects_get(request: web.Request, state: SandboxState) -> web.Response:
-    return web.json_response([t.as_json() for t in state.prospects.values()])
+    return _json([t.as_json() for t in state.prospects.values()])
 
 
 async def webhooks_get(request: web.Request, state: SandboxState) -> web.Response:
     await _drain(state)
-    return web.json_response(
+    return _json(
         {
             **state.webhooks.describe(),
             "deliveries": [d.as_json() for d in state.webhooks.deliveries],
@@ -616,14 +623,14 @@ async def webhooks_put(request: web.Request, state: SandboxState) -> web.Respons
     if token_in is not None and not isinstance(token_in, list):
         raise BadRequest("tokenIn must be a list of 'header' / 'query'")
     state.webhooks.configure(targets=targets, token=token, token_in=token_in)
-    return web.json_response(state.webhooks.describe())
+    return _json(state.webhooks.describe())
 
 
 async def webhooks_drop(request: web.Request, state: SandboxState) -> web.Response:
     body = await _json_object(request)
     count = _int(body.get("count"), "count")
     state.webhooks.drop_next(count)
-    return web.json_response(state.webhooks.describe())
+    return _json(state.webhooks.describe())
 
 
 async def settings_post(request: web.Request, state: SandboxState) -> web.Response:
@@ -652,7 +659,7 @@ async def settings_post(request: web.Request, state: SandboxState) -> web.Respon
         if not isinstance(per_prospect, int) or isinstance(per_prospect, bool) or per_prospect < 1:
             raise BadRequest("maxOptionsPerProspect must be an integer >= 1")
         state.rules = replace(state.rules, max_options_per_prospect=per_prospect)
-    return web.json_response(
+    return _json(
         {
             "quirks": state.quirks,
             "twoOptionsResult": state.two_options_result,
