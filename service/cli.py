@@ -14,9 +14,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from redis.exceptions import RedisError
@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from service import diagram
 from service.config import ConfigError, Settings, load_settings
 from service.intents import list_pending, resolve_one
-from service.koban import KobanError, KobanUnavailable
+from service.koban import KobanClient, KobanError, KobanUnavailable
 from service.koban_session import KobanConfigError, koban_session, missing_keys
 from service.redis_client import connect
 from service.sync import SyncReport, reconcile_lot
@@ -45,12 +45,17 @@ def _settings() -> Settings:
         raise SystemExit(2) from e
 
 
+T = TypeVar("T")
+
+
 def _redis_url(settings: Settings) -> str:
     return os.environ.get("REDIS_URL") or settings.redis_url
 
 
-async def _resync_lot(tenant: Tenant, extcode: str) -> int:
-    """Reconcile one lot with Koban now (GetLotStatus); prints the outcome."""
+async def _with_koban(tenant: Tenant, action: Callable[[KobanClient], Awaitable[T]]) -> T | int:
+    """`action` with a Koban client for `tenant` → its result, or the exit code after saying
+    why not (2: the tenant's Koban keys are not configured; 3: Koban unavailable or in
+    error). Other exceptions are the caller's."""
     problems = missing_keys(tenant.name, tenant.settings)
     if problems:
         print("koban-options: bad configuration\n" + "\n".join(problems), file=sys.stderr)
@@ -58,15 +63,24 @@ async def _resync_lot(tenant: Tenant, extcode: str) -> int:
     url = tenant.settings.koban_base_url
     try:
         async with koban_session(tenant) as koban:
-            outcome = await reconcile_lot(tenant, koban, extcode, tenant.clock.now())
+            return await action(koban)
     except KobanUnavailable as exc:
         print(
             f"koban-options: Koban unavailable for {tenant.name} at {url}: {exc}", file=sys.stderr
         )
         return 3
-    except KobanError as exc:
+    except (KobanError, KobanConfigError) as exc:
         print(f"koban-options: Koban error for {tenant.name} at {url}: {exc}", file=sys.stderr)
         return 3
+
+
+async def _resync_lot(tenant: Tenant, extcode: str) -> int:
+    """Reconcile one lot with Koban now (GetLotStatus); prints the outcome."""
+    outcome = await _with_koban(
+        tenant, lambda koban: reconcile_lot(tenant, koban, extcode, tenant.clock.now())
+    )
+    if isinstance(outcome, int):
+        return outcome
     print(f"resync {extcode}: {RESYNC_OUTCOMES.get(outcome, outcome)}")
     return 0
 
@@ -360,25 +374,15 @@ async def _list_intents(tenant: Tenant) -> int:
 
 
 async def _resolve_intent(tenant: Tenant, intent_id: str) -> int:
-    problems = missing_keys(tenant.name, tenant.settings)
-    if problems:
-        print("koban-options: bad configuration\n" + "\n".join(problems), file=sys.stderr)
-        return 2
-    url = tenant.settings.koban_base_url
     try:
-        async with koban_session(tenant) as koban:
-            res = await resolve_one(tenant, koban, None, intent_id, tenant.clock.now())
+        res = await _with_koban(
+            tenant, lambda koban: resolve_one(tenant, koban, None, intent_id, tenant.clock.now())
+        )
     except RuleViolation:
         print(f"no pending intent {intent_id} in tenant {tenant.name}", file=sys.stderr)
         return 1
-    except KobanUnavailable as exc:
-        print(
-            f"koban-options: Koban unavailable for {tenant.name} at {url}: {exc}", file=sys.stderr
-        )
-        return 3
-    except (KobanError, KobanConfigError) as exc:
-        print(f"koban-options: Koban error for {tenant.name} at {url}: {exc}", file=sys.stderr)
-        return 3
+    if isinstance(res, int):
+        return res
     print(f"intent {res.intent_id} on {res.extcode} (rank {res.rank}, {res.third}): {res.outcome}")
     option = res.option
     if option is not None:
