@@ -565,9 +565,7 @@ async def lot_options_post(request: web.Request, state: SandboxState) -> web.Res
         via_api=False,
     )
     await _drain(state)
-    return _json(
-        {"success": True, "rank": option.rank, "expDate": option.expiry}, status=201
-    )
+    return _json({"success": True, "rank": option.rank, "expDate": option.expiry}, status=201)
 
 
 async def lot_reservation_post(request: web.Request, state: SandboxState) -> web.Response:
