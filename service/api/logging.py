@@ -157,20 +157,23 @@ class LineWriter:
 
     def msg(self, message: str) -> None:
         """Queue `message` (a line without its newline) for this turn's write."""
-        pending = self._pending
-        pending.append(message)
-        if len(pending) == 1:
+        with self._lock:  # another thread's flush may be taking the list
+            pending = self._pending
+            pending.append(message)
+            waiting = len(pending)
+        if waiting == 1:
             loop = asyncio._get_running_loop()  # None, where get_running_loop would raise
             if loop is not None:
                 loop.call_soon(self.flush)
             else:  # no loop running in this thread: write it now
                 self.flush()
-        elif len(pending) >= self._MAX_PENDING:
+        elif waiting >= self._MAX_PENDING:
             self.flush()
 
     def msg_now(self, message: str) -> None:
         """Write `message`, and everything queued before it, at once."""
-        self._pending.append(message)
+        with self._lock:
+            self._pending.append(message)
         self.flush()
 
     def flush(self) -> None:
