@@ -63,8 +63,9 @@ class _Protocol(asyncio.Protocol):
         self.lost: BaseException | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # Not an isinstance check: uvloop's transports do not derive from asyncio's classes.
+        self._transport = cast(asyncio.Transport, transport)
+        self._flush()  # what was asked before the transport was ours, if anything
 
     def request(self, commands: Sequence[Command]) -> asyncio.Future[list[Any]]:
         if self.lost is not None:
@@ -80,6 +81,8 @@ class _Protocol(asyncio.Protocol):
         return future
 
     def _flush(self) -> None:
+        if self._transport is None and self.lost is None:
+            return  # connection_made sends it
         if self._out and self._transport is not None and self.lost is None:
             self._transport.write(b"".join(self._out))
         self._out.clear()

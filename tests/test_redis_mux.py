@@ -177,3 +177,37 @@ async def test_follows_the_clients_database_and_password(tmp_path: Path) -> None
         await wrong.aclose()
         proc.terminate()
         proc.wait(10)
+
+
+def test_takes_a_transport_of_another_event_loop_even_when_handed_late() -> None:
+    """uvloop's transports do not derive from `asyncio.Transport`, and uvloop calls
+    `connection_made` after the connection is returned: the reader once refused such a
+    transport (an assertion inside the loop's callback) and dropped what was asked before
+    it came, so every read waited for its timeout (found by running the bench under uvloop)."""
+    from service.redis_mux import _Protocol
+
+    class OtherLoopsTransport:  # duck-typed, as uvloop's TCPTransport
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.sent.append(data)
+
+        def close(self) -> None:
+            pass
+
+    loop = asyncio.new_event_loop()
+    try:
+        protocol = _Protocol(loop, None)
+        early = protocol.request([("PING",)])  # asked before the transport is there
+        protocol._flush()  # the flush call_soon scheduled: nothing to write to yet
+        transport = OtherLoopsTransport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        assert transport.sent == [b"*1\r\n$4\r\nPING\r\n"]
+        later = protocol.request([("ECHO", "x")])
+        protocol._flush()
+        assert transport.sent[1:] == [b"*2\r\n$4\r\nECHO\r\n$1\r\nx\r\n"]
+        protocol.data_received(b"+PONG\r\n$1\r\nx\r\n")
+        assert early.result() == [b"PONG"] and later.result() == [b"x"]
+    finally:
+        loop.close()
