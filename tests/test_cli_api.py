@@ -32,7 +32,10 @@ def _get(url: str, token: str | None = None) -> tuple[int, dict[str, object]]:
         return err.code, json.loads(err.read())
 
 
-def test_api_serves_and_stops_on_sigterm(tmp_path: Path, redis_url: str, tenant: str) -> None:
+def _start_api(
+    tmp_path: Path, redis_url: str, tenant: str, *args: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    """`koban-options api` for `tenant` (one read token) on a free port, with `args`."""
     tenants = tmp_path / "tenants.toml"
     tenants.write_text(f'[tenants.{tenant}]\nzone = "Europe/Paris"\n')
     port = _free_port()
@@ -46,12 +49,17 @@ def test_api_serves_and_stops_on_sigterm(tmp_path: Path, redis_url: str, tenant:
     }
     env.pop("REDIS_URL", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "api", "--port", str(port)],
+        [sys.executable, "-m", "service.cli", "api", "--port", str(port), *args],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+    return proc, port
+
+
+def test_api_serves_and_stops_on_sigterm(tmp_path: Path, redis_url: str, tenant: str) -> None:
+    proc, port = _start_api(tmp_path, redis_url, tenant)
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -101,25 +109,7 @@ def test_api_workers_share_the_port_and_stop_together(
 ) -> None:
     """`--workers 2`: two API processes on one port (SO_REUSEPORT) answer; SIGTERM to the
     supervisor stops both, and it exits 0."""
-    tenants = tmp_path / "tenants.toml"
-    tenants.write_text(f'[tenants.{tenant}]\nzone = "Europe/Paris"\n')
-    port = _free_port()
-    env = {
-        **os.environ,
-        "KOBAN_OPTIONS_TENANTS_FILE": str(tenants),
-        "KOBAN_OPTIONS_REDIS_URL": redis_url,
-        f"KOBAN_OPTIONS_TENANTS__{tenant.upper()}__API_TOKENS": json.dumps(
-            [{"token": "cli-api-secret-token", "scopes": ["read"]}]
-        ),
-    }
-    env.pop("REDIS_URL", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "api", "--port", str(port), "--workers", "2"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc, port = _start_api(tmp_path, redis_url, tenant, "--workers", "2")
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
