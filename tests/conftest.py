@@ -32,6 +32,7 @@ from tests.redis_cluster import (
     ClusterUnsupported,
     LocalCluster,
     cluster_support,
+    server_command,
     start_redis_cluster,
     sync_nodes,
 )
@@ -51,22 +52,7 @@ def start_redis_server(directory: Path, *extra: str) -> tuple[subprocess.Popen[b
     for _ in range(5):
         port = _free_port()
         proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(directory),
-                "--protected-mode",
-                "no",
-                *extra,
-            ],
+            server_command(binary, port, directory, *extra),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -88,32 +88,43 @@ def _free_ports(n: int) -> list[int]:
     return found
 
 
+def server_command(binary: str, port: int, directory: Path, *extra: str) -> list[str]:
+    """A private redis-server's command line (loopback, nothing saved, data in
+    `directory`), for tests/conftest.py's single servers and this module's nodes."""
+    return [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(directory),
+        "--protected-mode",
+        "no",
+        *extra,
+    ]
+
+
 def _start_node(binary: str, directory: Path, port: int) -> subprocess.Popen[bytes]:
     directory.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [
+        server_command(
             binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
+            port,
+            directory,
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
             str(directory / "nodes.conf"),
             "--cluster-node-timeout",
             "5000",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(directory),
-            "--protected-mode",
-            "no",
             "--logfile",
             str(directory / "redis.log"),
-        ],
+        ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
