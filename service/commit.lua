@@ -52,33 +52,6 @@ while pos <= #ARGV do
   trs[#trs + 1] = tr
 end
 
-local function trim_history(h)
-  if #h <= cap * 48 then return h end  -- no entry is shorter than 48 bytes
-  local starts, pos = {1}, 1
-  while true do
-    local nl = string.find(h, '\n', pos, true)
-    if not nl then break end
-    starts[#starts + 1] = nl + 1
-    pos = nl + 1
-  end
-  if #starts <= cap then return h end
-  return string.sub(h, starts[#starts - cap + 1])
-end
-
--- Redis commands taking many arguments are called once per chunk, not once per lot:
--- per-call overhead, not the work, dominates a sweep otherwise.
-local function call_many(cmd, key, args)
-  local n = #args
-  for i = 1, n, 6000 do
-    local last = math.min(i + 5999, n)
-    if key then
-      redis.call(cmd, key, unpack(args, i, last))
-    else
-      redis.call(cmd, unpack(args, i, last))
-    end
-  end
-end
-
 local function append_all(dst, src)
   for i = 1, #src do dst[#dst + 1] = src[i] end
 end
@@ -140,7 +113,7 @@ local function apply(list)
       local h = old[i]
       if h then h = h .. '\n' .. hist_add[i] else h = hist_add[i] end
       pairs_[#pairs_ + 1] = hist_keys[i]
-      pairs_[#pairs_ + 1] = trim_history(h)
+      pairs_[#pairs_ + 1] = trim_history(h, cap)
     end
     call_many('MSET', nil, pairs_)
   end

@@ -21,7 +21,6 @@ import secrets
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, TypeVar, cast
 
 from redis.asyncio.cluster import RedisCluster
@@ -31,13 +30,14 @@ from service.events import cloud_event, expand_history_entry, history_entry
 from service.keys import API_USER_FIELD, TenantKeys, prospect_field
 from service.redis_client import RedisClient
 from service.redis_mux import MuxReader
+from service.scripts import lua_script
 from statecharts import transitions as tr
 from statecharts.errors import ErrorCode, RuleViolation
 from statecharts.model import DomainEvent, Intent, Lot, Option, Rules
 
 T = TypeVar("T")
 
-LUA_COMMIT = resources.files("service").joinpath("commit.lua").read_text()
+LUA_COMMIT = lua_script("commit.lua")
 
 
 _WIDTHS = (1, 2, 3, 2, 1, 2, 1, 1)

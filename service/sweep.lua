@@ -39,34 +39,11 @@ for i = 1, n do
 end
 if #moved > 0 then return moved end
 
--- A command over a list of arguments, at most 6000 per call (Lua's stack limit).
-local function call_list(cmd, key, args)
-  for i = 1, #args, 6000 do
-    if key then
-      redis.call(cmd, key, unpack(args, i, math.min(i + 5999, #args)))
-    else
-      redis.call(cmd, unpack(args, i, math.min(i + 5999, #args)))
-    end
-  end
-end
-
+-- call_many over ARGV[first .. last], without copying them into a table first.
 local function call_range(cmd, key, first, last)
   for i = first, last, 6000 do
     redis.call(cmd, key, unpack(ARGV, i, math.min(i + 5999, last)))
   end
-end
-
-local function trim_history(h)  -- commit.lua's: keep the last `cap` entries
-  if #h <= cap * 48 then return h end  -- no entry is shorter than 48 bytes
-  local starts, at = {1}, 1
-  while true do
-    local nl = string.find(h, '\n', at, true)
-    if not nl then break end
-    starts[#starts + 1] = nl + 1
-    at = nl + 1
-  end
-  if #starts <= cap then return h end
-  return string.sub(h, starts[#starts - cap + 1])
 end
 
 local history_keys = {}
@@ -84,12 +61,12 @@ for i = 1, n do
   values[4 * i - 3] = lot_keys[i]
   values[4 * i - 2] = ARGV[4 + 2 * n + i]
   values[4 * i - 1] = history_keys[i]
-  values[4 * i] = trim_history(h)
+  values[4 * i] = trim_history(h, cap)
   scored[2 * i - 1] = tick
   scored[2 * i] = ARGV[4 + i]
 end
-call_list('MSET', nil, values)
-call_list('ZADD', KEYS[3], scored)
+call_many('MSET', nil, values)
+call_many('ZADD', KEYS[3], scored)
 
 local pos = 5 + 4 * n
 local function section(width)
@@ -124,8 +101,8 @@ if last >= first then
       del[#del + 1] = fields[k]
     end
   end
-  if #set > 0 then call_list('HSET', KEYS[1], set) end
-  if #del > 0 then call_list('HDEL', KEYS[1], del) end
+  if #set > 0 then call_many('HSET', KEYS[1], set) end
+  if #del > 0 then call_many('HDEL', KEYS[1], del) end
 end
 
 first, last = section(1)
@@ -135,7 +112,7 @@ if last >= first then
     tombs[#tombs + 1] = tick
     tombs[#tombs + 1] = ARGV[i]
   end
-  call_list('ZADD', KEYS[4], tombs)
+  call_many('ZADD', KEYS[4], tombs)
 end
 
 first, last = section(1)

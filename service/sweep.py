@@ -33,7 +33,6 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any, cast
 
 import orjson
@@ -44,11 +43,12 @@ from service.codec import _opt, _unopt, decode_lot
 from service.events import cloud_event, event_id, history_entry, iso
 from service.keys import API_USER_FIELD, prospect_field
 from service.redis_client import own_connection
+from service.scripts import lua_script
 from service.store import LotStore, view
 from statecharts import transitions as tr
 from statecharts.model import DomainEvent, Option, Rules
 
-LUA_SWEEP = resources.files("service").joinpath("sweep.lua").read_text()
+LUA_SWEEP = lua_script("sweep.lua")
 MAX_BATCH = 2000  # the script unpacks per-lot keys onto Lua's stack (limit 8000)
 READ_AHEAD = 2  # chunks read ahead of the one being decided
 
