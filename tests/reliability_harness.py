@@ -177,12 +177,7 @@ class Stack:
             sent["Content-Type"] = "application/json"
         url = f"{self.api_url}/v1/tenants/{self.name}/{rest.lstrip('/')}"
         async with self.http.request(method, url, data=body, headers=sent) as response:
-            raw = await response.read()
-            try:
-                parsed: Any = orjson.loads(raw) if raw else None
-            except orjson.JSONDecodeError:
-                parsed = raw.decode("utf-8", "replace")
-            return Answer(response.status, parsed, dict(response.headers))
+            return await Answer.read(response)
 
     async def place(self, lot: str, third: str, **kw: Any) -> Answer:
         return await self.call("POST", f"lots/{lot}/options", json={"thirdGuid": third}, **kw)

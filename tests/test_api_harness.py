@@ -64,6 +64,16 @@ class Answer:
     def code(self) -> str | None:
         return self.body.get("errorCode") if isinstance(self.body, dict) else None
 
+    @classmethod
+    async def read(cls, response: aiohttp.ClientResponse) -> Answer:
+        """The response's status, body (JSON when it parses, else text) and headers."""
+        raw = await response.read()
+        try:
+            parsed: Any = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            parsed = raw.decode("utf-8", "replace")
+        return cls(response.status, parsed, dict(response.headers))
+
 
 @dataclass
 class Api:
@@ -104,12 +114,7 @@ class Api:
             sent.setdefault("Content-Type", "application/json")
         url = rest if raw_path else self.path(rest, tenant)
         async with self.client.request(method, url, data=body, headers=sent) as response:
-            raw = await response.read()
-            try:
-                parsed: Any = orjson.loads(raw) if raw else None
-            except orjson.JSONDecodeError:
-                parsed = raw.decode("utf-8", "replace")
-            return Answer(response.status, parsed, dict(response.headers))
+            return await Answer.read(response)
 
     async def get(self, rest: str, **kw: Any) -> Answer:
         return await self.call("GET", rest, **kw)

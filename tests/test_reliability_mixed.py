@@ -206,12 +206,7 @@ class Mixed:
         url = f"{self.api_url}/v1/tenants/{self.tenant.name}/{rest}"
         sent = time.monotonic()
         async with self.http.request(method, url, data=body, headers=headers) as response:
-            raw = await response.read()
-            try:
-                parsed: Any = orjson.loads(raw) if raw else None
-            except orjson.JSONDecodeError:
-                parsed = raw.decode("utf-8", "replace")
-            answer = Answer(response.status, parsed, dict(response.headers))
+            answer = await Answer.read(response)
         label = kind if kind != "read" else "read " + rest.split("/")[0].split("?")[0]
         self.latency.setdefault(label, []).append(time.monotonic() - sent)
         self.outcomes[f"{kind} {answer.status}{' ' + answer.code if answer.code else ''}"] += 1
