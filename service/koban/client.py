@@ -330,18 +330,13 @@ class KobanClient:
             raise
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
-    def _fail(self, endpoint: Endpoint, exc: Exception) -> NoReturn:
-        outcome = (
-            "outcome_unknown"
-            if isinstance(exc, KobanOutcomeUnknown)
-            else "unavailable"
-            if isinstance(exc, KobanUnavailable)
-            else "error"
-        )
-        self.calls[(endpoint.name, outcome)] += 1
+    def _fail(self, endpoint: Endpoint, exc: KobanError | KobanUnavailable) -> NoReturn:
+        self._count_failure(endpoint, exc)
         raise exc
 
-    def _client_error(self, endpoint: Endpoint, status: int, raw: bytes) -> Exception:
+    def _client_error(
+        self, endpoint: Endpoint, status: int, raw: bytes
+    ) -> KobanError | KobanUnavailable:
         detail = raw[:200].decode("utf-8", "replace")
         if status == 429:
             return self._unavailable(endpoint, "HTTP 429 (rate limited)", status=status)
