@@ -219,6 +219,13 @@ class Seen:
 
     tombstones: tuple[Tombstone, ...] = ()
     history_tail: bytes = b""
+    tombstones_read: bool = False  # False: `tombstones` was not read (see NeedTombstones)
+
+
+class NeedTombstones(Exception):
+    """Raised by a step that reads tombstones only in a rare case, when they were not read:
+    `apply` runs the step again with them (the tombstone read walks the tenant's whole
+    set, too costly for the usual case)."""
 
 
 @dataclass(slots=True)
@@ -445,6 +452,8 @@ def _option_expired(form: OptionExpiredForm, ctx: Ctx) -> Step:
             return Applied([], "replay: nothing active")
         if own.placed_at >= tick:
             return Applied([], "stale: placed after Koban's latest tick")
+        if not seen.tombstones_read:
+            raise NeedTombstones
         if any(t.ended <= own.placed_at for t in seen.tombstones):
             # An earlier option of that third on this lot ended before this one was
             # placed: the webhook is that one's, late (had Koban really expired this one
@@ -532,7 +541,7 @@ def _reservation_withdrawn(form: ReservationWithdrawnForm, ctx: Ctx) -> Step:
 class Endpoint(Generic[F]):
     form: type[F]
     step: Callable[[F, Ctx], Step]
-    tombstones: bool = False  # whether the step reads the third's tombstones
+    tombstones: bool = False  # whether the step always reads the third's tombstones
 
 
 def _third_of(form: WebhookForm) -> str | None:
@@ -544,7 +553,7 @@ POSTS: dict[str, Endpoint[Any]] = {
     "option-placed": Endpoint(OptionPlacedForm, _option_placed, tombstones=True),
     "option-cancelled": Endpoint(OptionCancelledForm, _option_cancelled),
     "option-prolonged": Endpoint(OptionProlongedForm, _option_prolonged),
-    "option-expired": Endpoint(OptionExpiredForm, _option_expired, tombstones=True),
+    "option-expired": Endpoint(OptionExpiredForm, _option_expired),  # on demand
     "reservation-validated": Endpoint(ReservationValidatedForm, _reservation_validated),
     "reservation-withdrawn": Endpoint(ReservationWithdrawnForm, _reservation_withdrawn),
 }
@@ -736,13 +745,15 @@ class _Webhooks:
             # that nobody will sync.
             await mark_needs_sync(tenant, extcode)
 
+        with_tombstones = endpoint.tombstones
+
         async def prefetch() -> Seen:
             tail = await store.redis.getrange(keys.history(extcode), -HISTORY_TAIL_BYTES, -1)
             tombs: list[Tombstone] = []
-            if endpoint.tombstones and third is not None:
+            if with_tombstones and third is not None:
                 tombs = await _tombstones(store, extcode, third, since)
             raw = tail if isinstance(tail, bytes) else str(tail or "").encode()
-            return Seen(tuple(tombs), raw)
+            return Seen(tuple(tombs), raw, with_tombstones)
 
         def create() -> Lot:
             return Lot(extcode, guid=guid)
@@ -784,7 +795,11 @@ class _Webhooks:
             outcome = Outcome(applied.outcome, created, applied.drift, len(events), applied.resync)
             return events, outcome
 
-        outcome = await store.mutate(extcode, change, now=now, create=create, prefetch=prefetch)
+        try:
+            outcome = await store.mutate(extcode, change, now=now, create=create, prefetch=prefetch)
+        except NeedTombstones:  # nothing was written: decide again, tombstones read
+            with_tombstones = True
+            outcome = await store.mutate(extcode, change, now=now, create=create, prefetch=prefetch)
         if outcome.drift or outcome.resync:
             await mark_needs_sync(tenant, extcode)
         return outcome
