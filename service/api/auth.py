@@ -57,19 +57,12 @@ class Caller:
 @dataclass(frozen=True, slots=True)
 class _Entry:
     digest: bytes
-    tenant: str
-    token: ApiToken
-    granted: frozenset[str]  # the token's scopes with the ones they imply
-    token_id: str  # digest.hex()
-    caller: Caller | None  # who it authenticates (None: its tenant is not configured)
+    caller: Caller  # who the token authenticates (made once per token)
 
 
-def _entry(digest: bytes, tenant: str, token: ApiToken, tenants: Tenants) -> _Entry:
+def _entry(digest: bytes, tenant: Tenant, token: ApiToken) -> _Entry:
     granted = frozenset().union(*(_IMPLIED[s] for s in token.scopes))
-    token_id = digest.hex()
-    known = tenants.get(tenant)
-    caller = Caller(known, token_id, granted, token.partner_guid) if known else None
-    return _Entry(digest, tenant, token, granted, token_id, caller)
+    return _Entry(digest, Caller(tenant, digest.hex(), granted, token.partner_guid))
 
 
 def _digest(token: str) -> bytes:
@@ -82,8 +75,8 @@ class TokenIndex:
     def __init__(self, tenants: Tenants) -> None:
         self.tenants = tenants
         self._entries = [
-            _entry(_digest(t.token.get_secret_value()), name, t, tenants)
-            for name, tenant in tenants.items()
+            _entry(_digest(t.token.get_secret_value()), tenant, t)
+            for tenant in tenants.values()
             for t in tenant.settings.api_tokens
         ]
 
@@ -106,9 +99,9 @@ class TokenIndex:
                 headers={"WWW-Authenticate": 'Bearer realm="koban-options"'},
             )
         caller = entry.caller
-        if caller is None or entry.tenant != tenant_name:
+        if caller.tenant.name != tenant_name:
             raise ApiError(404, TENANT_UNKNOWN, f"Unknown tenant {tenant_name!r}.")
-        if scope not in entry.granted:
+        if scope not in caller.scopes:
             raise ApiError(403, FORBIDDEN, f"This token lacks the {scope!r} scope.")
         return caller  # immutable: made once per token
 
