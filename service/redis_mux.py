@@ -81,10 +81,11 @@ class _Protocol(asyncio.Protocol):
         return future
 
     def _flush(self) -> None:
-        if self._transport is None and self.lost is None:
-            return  # connection_made sends it
-        if self._out and self._transport is not None and self.lost is None:
-            self._transport.write(b"".join(self._out))
+        if self.lost is None:
+            if self._transport is None:
+                return  # connection_made sends it
+            if self._out:
+                self._transport.write(b"".join(self._out))
         self._out.clear()
 
     def data_received(self, data: bytes) -> None:

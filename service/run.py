@@ -238,14 +238,12 @@ async def serving(app: web.Application, host: str, port: int) -> AsyncIterator[N
 
 async def run_all(settings: Settings, redis_url: str | None) -> int:
     """Bring everything up, print the banner, wait for Ctrl-C / SIGTERM, stop everything."""
-    from service.api.app import build_api_app
     from service.api.health import metrics_of
     from service.api.logging import configure_logging
-    from service.api.routes_lots import install_fast_reads
     from service.redis_client import connect
     from service.sandbox_clock import refresh_all
     from service.scheduler import Daemon
-    from service.serve import freeze_startup_objects, wait_for_stop
+    from service.serve import build_served_api, freeze_startup_objects, wait_for_stop
     from service.tenancy import build_tenants
 
     api_url = f"http://{settings.api_host}:{settings.api_port}"
@@ -271,8 +269,7 @@ async def run_all(settings: Settings, redis_url: str | None) -> int:
         def sandbox_follows(_tenant: Tenant, _now: int) -> None:
             state.catch_up()  # Koban's own ticks on the same clock (its expiry webhooks)
 
-        api = build_api_app(tenants, redis, on_clock_advanced=sandbox_follows)
-        install_fast_reads(api, redis)  # as `koban-options api` serves it
+        api = build_served_api(tenants, redis, on_clock_advanced=sandbox_follows)
         await stack.enter_async_context(serving(api, settings.api_host, settings.api_port))
         await _first_sync(tenant)
         daemon = Daemon(tenants, redis, metrics=metrics_of(api), batch=settings.sweep_batch)

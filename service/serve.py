@@ -21,6 +21,7 @@ import contextlib
 import gc
 import signal
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -29,9 +30,17 @@ from service.api.app import build_api_app
 from service.api.logging import configure_logging
 from service.api.routes_lots import install_fast_reads
 from service.config import Settings
-from service.redis_client import connect
+from service.redis_client import RedisClient, connect
+from service.tenancy import Tenants
 
-__all__ = ["freeze_startup_objects", "serve_api", "start_site", "supervise", "wait_for_stop"]
+__all__ = [
+    "build_served_api",
+    "freeze_startup_objects",
+    "serve_api",
+    "start_site",
+    "supervise",
+    "wait_for_stop",
+]
 
 log = structlog.get_logger("service.serve")
 
@@ -99,6 +108,14 @@ async def supervise(command: Sequence[str], workers: int) -> int:
     return code
 
 
+def build_served_api(source: Settings | Tenants, redis: RedisClient, **kw: Any) -> web.Application:
+    """The API app as the serving commands serve it (`build_api_app`, `kw` passed on, with
+    the shared-connection fast reads installed): `api` and `run` alike."""
+    app = build_api_app(source, redis, **kw)
+    install_fast_reads(app, redis)
+    return app
+
+
 def freeze_startup_objects() -> None:
     """Collect once, then move every object alive after start-up (modules, pydantic models,
     the OpenAPI document, the app: ~80 000 objects) out of the cyclic collector's way
@@ -116,8 +133,7 @@ async def serve_api(
     configure_logging(settings.log_format, settings.log_level)
     redis = connect(redis_url)
     try:
-        app = build_api_app(settings, redis)
-        install_fast_reads(app, redis)
+        app = build_served_api(settings, redis)
         runner = await start_site(app, host, port, reuse_port=reuse_port)
         freeze_startup_objects()
         log.info("api_started", url=f"http://{host}:{port}", tenants=sorted(settings.tenants))
