@@ -64,9 +64,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-from collections.abc import AsyncIterator, Awaitable, Callable
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -172,6 +173,24 @@ def _refusal_drift(code: str | None, lot: Lot) -> bool:
     if code == "04":
         return lot.config != "prereserved"
     return False  # 01 / 03: counts on other lots, not this lot's state
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _one_lot_write(
+    method: Callable[Concatenate[OptionFlows, str, _P], Coroutine[Any, Any, _R]],
+) -> Callable[Concatenate[OptionFlows, str, _P], Coroutine[Any, Any, _R]]:
+    """The write `method` (its first argument the lot's extcode) under the lot's write
+    lease (`OptionFlows._lot_write`): one such Koban write per lot at a time."""
+
+    @functools.wraps(method)
+    async def serialized(self: OptionFlows, extcode: str, /, *a: _P.args, **kw: _P.kwargs) -> _R:
+        async with self._lot_write(extcode):
+            return await method(self, extcode, *a, **kw)
+
+    return serialized
 
 
 class OptionFlows:
@@ -505,13 +524,10 @@ class OptionFlows:
 
         return await self.store.mutate(extcode, change, now=now)
 
+    @_one_lot_write
     async def prolong(
         self, extcode: str, rank: int, until: int, third: str | None = None
     ) -> Option:
-        async with self._lot_write(extcode):
-            return await self._prolong(extcode, rank, until, third)
-
-    async def _prolong(self, extcode: str, rank: int, until: int, third: str | None) -> Option:
         def validate(trial: Lot, lot: Lot, now: int) -> Option:
             tr.prolong_option(trial, rank, until, third, now, self.rules)
             option = lot.option_at(rank)
@@ -547,11 +563,8 @@ class OptionFlows:
             )
         return option
 
+    @_one_lot_write
     async def cancel(self, extcode: str, rank: int, third: str | None = None) -> Option:
-        async with self._lot_write(extcode):
-            return await self._cancel(extcode, rank, third)
-
-    async def _cancel(self, extcode: str, rank: int, third: str | None) -> Option:
         def validate(trial: Lot, lot: Lot, now: int) -> Option:
             tr.cancel_option(trial, rank, third, now, self.rules)
             option = lot.option_at(rank)
@@ -611,6 +624,7 @@ class OptionFlows:
 
     # ------------------------------------------------------------------ préréservation
 
+    @_one_lot_write  # it converts the prospect's option, which may move rank 2 up
     async def prereserve(
         self,
         extcode: str,
@@ -618,13 +632,6 @@ class OptionFlows:
         price_cents: int,
         deposit_cents: int,
         partner: str | None = None,
-    ) -> Lot:
-        # It converts the prospect's option, which may move rank 2 up: serialized too.
-        async with self._lot_write(extcode):
-            return await self._prereserve(extcode, third, price_cents, deposit_cents, partner)
-
-    async def _prereserve(
-        self, extcode: str, third: str, price_cents: int, deposit_cents: int, partner: str | None
     ) -> Lot:
         def validate(trial: Lot, lot: Lot, now: int) -> Lot:
             tr.prereserve(trial, third, partner, price_cents, deposit_cents, now, self.rules)
@@ -643,11 +650,8 @@ class OptionFlows:
             self.store.prereserve(extcode, third, partner, price_cents, deposit_cents, self._now()),
         )
 
+    @_one_lot_write
     async def withdraw(self, extcode: str, third: str) -> Lot:
-        async with self._lot_write(extcode):
-            return await self._withdraw(extcode, third)
-
-    async def _withdraw(self, extcode: str, third: str) -> Lot:
         def validate(trial: Lot, lot: Lot, now: int) -> Lot:
             tr.withdraw(trial, third, now, self.rules)
             return lot
