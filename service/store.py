@@ -29,7 +29,7 @@ from service.codec import decode_lot, encode_lot
 from service.events import cloud_event, expand_history_entry, history_entry
 from service.keys import API_USER_FIELD, TenantKeys, prospect_field
 from service.redis_client import RedisClient
-from service.redis_mux import MuxReader
+from service.redis_mux import Command, MuxReader
 from service.scripts import lua_script
 from statecharts import transitions as tr
 from statecharts.errors import ErrorCode, RuleViolation
@@ -134,14 +134,23 @@ class LotStore:
 
     # --- reads ------------------------------------------------------------------------
 
+    async def run_reads(self, via: MuxReader | None, *commands: Command) -> list[Any]:
+        """The replies to the read `commands`, sent together: through `via` (the store's
+        own hot path is `self.fast`) when there is one, else through redis-py (one
+        pipeline, no transaction, for several)."""
+        if via is not None:
+            return await via.execute(*commands)
+        if len(commands) == 1:
+            return [await self.redis.execute_command(*commands[0])]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            return await pipe.execute()
+
     async def load_raw(self, extcode: str) -> bytes | None:
         """The lot's stored value (``"<rev>|<json>"``), or None."""
-        key = self.keys.lot(extcode)
-        fast = self.fast
-        if fast is not None:
-            (raw,) = await fast.execute(("GET", key))
-            return cast(bytes | None, raw)
-        return cast(bytes | None, await self.redis.get(key))
+        (raw,) = await self.run_reads(self.fast, ("GET", self.keys.lot(extcode)))
+        return cast(bytes | None, raw)
 
     async def load(self, extcode: str) -> Lot | None:
         """The lot as stored (due options possibly not yet swept)."""
@@ -163,11 +172,7 @@ class LotStore:
 
     async def counts(self, holder: str | None = None) -> Counts:
         fields = [API_USER_FIELD] + ([prospect_field(holder)] if holder else [])
-        fast = self.fast
-        if fast is not None:
-            (values,) = await fast.execute(("HMGET", self.keys.counts, *fields))
-        else:
-            values = await self.redis.hmget(self.keys.counts, fields)
+        (values,) = await self.run_reads(self.fast, ("HMGET", self.keys.counts, *fields))
         user = int(values[0] or 0)
         prospect = int(values[1] or 0) if holder else 0
         return Counts(prospect, user)
@@ -294,15 +299,10 @@ class LotStore:
             optimistic = known is not None
             if known is not None:
                 raw, values, known = known, [None, None], None
-            elif (fast := self.fast) is not None:
-                raw, values = await fast.execute(
-                    ("GET", lot_key), ("HMGET", self.keys.counts, *fields)
-                )
             else:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    pipe.get(lot_key)
-                    pipe.hmget(self.keys.counts, fields)
-                    raw, values = await pipe.execute()
+                raw, values = await self.run_reads(
+                    self.fast, ("GET", lot_key), ("HMGET", self.keys.counts, *fields)
+                )
             if attempted is not None and raw == attempted[0]:
                 # That commit did land: its reply was lost and redis-py's retry sent the
                 # script again, which found the lot already at its own revision. Deciding

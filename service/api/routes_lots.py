@@ -307,19 +307,12 @@ async def get_availability(request: web.Request) -> web.Response:
     fast = request.app.get(FAST_READS)
     if not counted:
         # No count can change the answer (no prospect, no per-user limit): the lot alone.
-        if fast is not None:
-            (raw,) = await fast.execute(("GET", key))
-        else:
-            raw = cast(bytes | None, await store.redis.get(key))
+        (raw,) = await store.run_reads(fast, ("GET", key))
     else:
         fields = [API_USER_FIELD] + ([prospect_field(third)] if third else [])
-        if fast is not None:
-            raw, values = await fast.execute(("GET", key), ("HMGET", store.keys.counts, *fields))
-        else:
-            async with store.redis.pipeline(transaction=False) as pipe:
-                pipe.get(key)
-                pipe.hmget(store.keys.counts, fields)
-                raw, values = await pipe.execute()
+        raw, values = await store.run_reads(
+            fast, ("GET", key), ("HMGET", store.keys.counts, *fields)
+        )
         user = int(values[0] or 0)
         prospect = int(values[1] or 0) if third else 0
     lot = decode_lot(extcode, raw) if raw is not None else None
