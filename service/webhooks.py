@@ -348,7 +348,7 @@ def _option_placed(form: OptionPlacedForm, ctx: Ctx) -> Step:
             events, resolution = resolved
             outcome = resolution.outcome
             return Applied(events, f"intent {outcome}", drift=outcome == "dropped")
-        occupied = len(lot.options) + len(lot.intents)
+        occupied = lot.occupied
         hint = form.rank if form.rank is not None and form.rank <= occupied + 1 else None
         at_hint = lot.option_at(hint) if hint is not None else None
         if at_hint is not None and at_hint.opaque:

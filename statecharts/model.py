@@ -104,6 +104,11 @@ class Lot:
     link: str | None = None
     modified_at: int = 0
 
+    @property
+    def occupied(self) -> int:
+        """Ranks taken: its options and its pending placements (the next one gets this + 1)."""
+        return len(self.options) + len(self.intents)
+
     def option_at(self, rank: int) -> Option | None:
         for o in self.options:
             if o.rank == rank:

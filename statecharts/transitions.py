@@ -177,7 +177,7 @@ def place_facts(
     user_count: int,
     rules: Rules,
 ) -> dict[str, bool | str]:
-    occupied = len(lot.options) + len(lot.intents)
+    occupied = lot.occupied
     return {
         "full": occupied >= 2,
         "prospect_holds": holder in lot.holders(),
@@ -191,7 +191,7 @@ def place_facts(
 def _place_config(lot: Lot) -> str:
     """The configuration a placement is judged in: pending intents count as options."""
     if lot.config in OPTIONED or lot.config == "free":
-        return _optioned_config(min(2, len(lot.options) + len(lot.intents)))
+        return _optioned_config(min(2, lot.occupied))
     return lot.config
 
 
@@ -209,7 +209,7 @@ def reserve_placement(
     """Step 1 of §4: check the rules against state + pending intents and hold the next rank."""
     facts = place_facts(lot, holder, rank, prospect_count, user_count, rules)
     decide(_place_config(lot), "place", facts)
-    intent = Intent(intent_id, len(lot.options) + len(lot.intents) + 1, holder, partner, now)
+    intent = Intent(intent_id, lot.occupied + 1, holder, partner, now)
     lot.intents.append(intent)
     return intent
 
@@ -223,7 +223,7 @@ def placement_refusal(
     user_count: int,
 ) -> ErrorCode | None:
     """What `reserve_placement` would refuse with, without reserving nor raising (None: it
-    would hold rank ``len(lot.options) + len(lot.intents) + 1``)."""
+    would hold rank ``lot.occupied + 1``)."""
     facts = place_facts(lot, holder, rank, prospect_count, user_count, rules)
     kind, value = verdict(_place_config(lot), "place", facts)
     return None if kind == "ok" else ErrorCode(value)
@@ -292,7 +292,7 @@ def place_option(
     Koban is the authority here: prospect/user limits are not re-checked, but the chart
     still refuses a lot that cannot hold one more option.
     """
-    facts = {"full": len(lot.options) + len(lot.intents) >= 2}
+    facts = {"full": lot.occupied >= 2}
     target = decide(lot.config, "place", facts)
     taken = {o.rank for o in lot.options} | {i.rank for i in lot.intents}
     if rank is None or rank in {o.rank for o in lot.options}:

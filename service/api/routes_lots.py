@@ -92,7 +92,7 @@ def pending_out(i: Intent, caller: Caller) -> PendingPlacementOut:
 
 def allowed_actions(lot: Lot) -> list[Action]:
     """What the chart would let a caller try on this lot now (prospect rules aside)."""
-    occupied = len(lot.options) + len(lot.intents)
+    occupied = lot.occupied
     place_config = (
         ("free", "one_option", "two_options")[min(2, occupied)]
         if lot.config in ("free", *tr.OPTIONED)
@@ -261,7 +261,7 @@ def availability(
         if refusal is not None:
             reason = refusal.value
         else:
-            can_place, next_rank, reason = True, len(lot.options) + len(lot.intents) + 1, None
+            can_place, next_rank, reason = True, lot.occupied + 1, None
     return {
         "extcode": extcode,
         "result": result,
