@@ -49,6 +49,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from service.redis_client import CLUSTER_SCHEMES
 from statecharts.ticks import IsoDuration, check_zone, parse_duration
 
 __all__ = [
@@ -249,13 +250,13 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
-        scheme = urlsplit(value).scheme
-        if scheme not in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix", *CLUSTER_SCHEMES):
             raise ValueError(
                 "expected a redis://, rediss://, unix:// or (Redis Cluster) "
                 "redis+cluster:// / rediss+cluster:// URL"
             )
-        if scheme.endswith("+cluster") and urlsplit(value).path not in ("", "/", "/0"):
+        if parts.scheme in CLUSTER_SCHEMES and parts.path not in ("", "/", "/0"):
             raise ValueError("a Redis Cluster has only database 0")
         return value
 
