@@ -58,6 +58,18 @@ def _start_api(
     return proc, port
 
 
+def _stop(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
+    """SIGTERM, then its stderr once it has exited (the test fails if it does not)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:  # pragma: no cover - diagnostic
+        proc.kill()
+        _out, err = proc.communicate()
+        pytest.fail(f"api did not stop on SIGTERM: {err.decode()[-2000:]}")
+    return err
+
+
 def test_api_serves_and_stops_on_sigterm(tmp_path: Path, redis_url: str, tenant: str) -> None:
     proc, port = _start_api(tmp_path, redis_url, tenant)
     try:
@@ -77,13 +89,7 @@ def test_api_serves_and_stops_on_sigterm(tmp_path: Path, redis_url: str, tenant:
         status, body = _get(f"{base}/v1/tenants/{tenant}/lots")
         assert status == 401 and body["errorCode"] == "UNAUTHENTICATED"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _out, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:  # pragma: no cover - diagnostic
-            proc.kill()
-            _out, err = proc.communicate()
-            pytest.fail(f"api did not stop on SIGTERM: {err.decode()[-2000:]}")
+        err = _stop(proc, 30)
     assert proc.returncode == 0, err.decode()[-2000:]
     lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
     events = [line["event"] for line in lines]
@@ -126,13 +132,7 @@ def test_api_workers_share_the_port_and_stop_together(
             assert status == 200 and body["items"] == []
     finally:
         workers = _children(proc.pid)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _out, err = proc.communicate(timeout=40)
-        except subprocess.TimeoutExpired:  # pragma: no cover - diagnostic
-            proc.kill()
-            _out, err = proc.communicate()
-            pytest.fail(f"api workers did not stop on SIGTERM: {err.decode()[-2000:]}")
+        err = _stop(proc, 40)
     assert proc.returncode == 0, err.decode()[-2000:]
     assert all(not Path(f"/proc/{w}").exists() for w in workers)
     lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
