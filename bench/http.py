@@ -79,7 +79,6 @@ CONNECTIONS = _env_int("CONNECTIONS", 32)
 DURATION = _env_float("DURATION", 8.0)
 WARMUP = _env_float("WARMUP", 2.0)
 N_LOTS = _env_int("LOTS", 20_000)
-N_PLACE = _env_int("PLACE_LOTS", 100_000)
 N_SWEEP = _env_int("SWEEP", 100_000)
 LOADGEN = os.environ.get("KOBAN_BENCH_HTTP_LOADGEN", "auto")
 PROFILE_DIR = os.environ.get("KOBAN_BENCH_HTTP_PROFILE")
@@ -89,6 +88,12 @@ PHASES = os.environ.get(
 ROUNDS = _env_int("ROUNDS", 3)
 # One API process per core, as deployed (`koban-options api --workers N`); hello too.
 WORKERS = _env_int("WORKERS", os.cpu_count() or 1)
+# Each placement takes a fresh sandbox lot, warm-ups included, so the stock follows the
+# rounds: at most ≈ 2 000 placements/s per API worker (one costs ≈ 500 µs of API CPU here).
+PLACE_CEILING_PER_WORKER = 2_000
+N_PLACE = _env_int(
+    "PLACE_LOTS", int(ROUNDS * (WARMUP + DURATION) * PLACE_CEILING_PER_WORKER * WORKERS)
+)
 LOAD_BATCH = 500
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
