@@ -29,11 +29,13 @@ runs as ``koban-options api --workers N``, one process per core as deployed, and
 hello server as N processes too, all on one port through SO_REUSEPORT, so the ratio
 compares equal set-ups; CPU figures are summed over each server's processes), _PHASES
 (hello,hello-redis,hello-mux,availability,place,sweep), _LOTS (20 000), _PLACE_LOTS
-(60 000: each placement takes one, warm-ups included; a round that exhausts them reports
-failed placements and is not kept), _SWEEP (100 000), _LOADGEN (auto | wrk | python), _PROFILE (a
-directory: after the figures, py-spy records the API during one more availability run
-and one more placement run and writes speedscope files there; needs py-spy in the venv
-and ptrace rights).
+(rounds x (warm-up + duration) x 2 000/s per worker: each placement takes one, warm-ups
+included; a round that exhausts them reports failed placements and is not kept), _SWEEP
+(100 000), _LOADGEN (auto | wrk | python), _PROFILE (a directory: after the figures,
+py-spy records the API during one more availability run and one more placement run and
+writes folded stacks there (`<name>-<who>.folded.txt`, py-spy's raw format: one line per
+stack, which speedscope and flamegraph.pl read); needs py-spy in the venv and ptrace
+rights).
 Each figure is also printed as ``BENCH <name> <value> <unit>``.
 """
 
@@ -656,11 +658,11 @@ def profiling(pids: dict[str, int], name: str) -> Iterator[None]:
                 "--pid",
                 str(pid),
                 "--format",
-                "speedscope",
+                "raw",
                 "--rate",
                 "250",
                 "--output",
-                str(out / f"{name}-{who}.speedscope.json"),
+                str(out / f"{name}-{who}.folded.txt"),
                 "--nonblocking",
                 *(["--subprocesses"] if WORKERS > 1 else []),
             ],
@@ -676,7 +678,7 @@ def profiling(pids: dict[str, int], name: str) -> Iterator[None]:
         for who, proc in spies.items():
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=60)
-            path = out / f"{name}-{who}.speedscope.json"
+            path = out / f"{name}-{who}.folded.txt"
             if path.exists():
                 say(f"  profile: {path}")
             else:

@@ -269,6 +269,7 @@ class LotStore:
         create: Callable[[], Lot] | None = None,
         prefetch: Callable[[], Awaitable[Any]] | None = None,
         known: bytes | None = None,
+        written: list[bytes] | None = None,
     ) -> T:
         """Read, decide, commit; on a lost race re-read and re-decide (unless the lot now
         holds exactly what the refused commit wrote: a resent commit that had landed).
@@ -290,6 +291,9 @@ class LotStore:
         is due by `now` get it in the same step (`transitions.expiring_notices`). `create`
         builds the lot when it does not exist yet (imports, webhooks about unknown lots);
         otherwise an unknown lot is refused with LOT_UNKNOWN.
+
+        `written` (optional) receives the lot's new stored value when a commit lands (the
+        placement flow judges Koban's answer on it instead of reading the lot again).
         """
         lot_key = self.keys.lot(extcode)
         fields = [API_USER_FIELD] + ([prospect_field(holder)] if holder else [])
@@ -344,6 +348,8 @@ class LotStore:
             transition = self.transition(before, lot, events, now, limits)
             reply = await self.commit([transition])
             if reply[0] == b"ok":
+                if written is not None:
+                    written.append(transition[1])
                 return result
             # b"rev": another writer won; b"limit": a count moved; both: re-read, re-decide.
             attempted = (transition[1], result)
@@ -399,8 +405,10 @@ class LotStore:
         now: int,
         rank: int | None = None,
         intent_id: str | None = None,
+        written: list[bytes] | None = None,
     ) -> Intent:
-        """§4 step 1: the rules against state + intents; holds the rank and the allowance."""
+        """§4 step 1: the rules against state + intents; holds the rank and the allowance.
+        `written`: as `mutate`'s (the lot's value holding the intent)."""
         iid = intent_id or new_id()
 
         def change(lot: Lot, counts: Counts) -> tuple[list[DomainEvent], Intent]:
@@ -410,7 +418,12 @@ class LotStore:
             return [], intent
 
         return await self.mutate(
-            extcode, change, now=now, holder=holder, limits=self._place_limits(holder)
+            extcode,
+            change,
+            now=now,
+            holder=holder,
+            limits=self._place_limits(holder),
+            written=written,
         )
 
     async def confirm_placement(

@@ -16,11 +16,12 @@ answers (until the server closes), to provoke client timeouts. Unscripted routes
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import socket
 import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
@@ -52,7 +53,7 @@ class Seen:
     body: Any = None
 
 
-Responder = Reply | Callable[[Seen], Reply]
+Responder = Reply | Callable[[Seen], Reply] | Callable[[Seen], Awaitable[Reply]]
 
 
 @dataclass
@@ -106,6 +107,8 @@ class ScriptedKoban:
         if responder is None:
             return web.json_response({"success": False, "message": "not scripted"}, status=404)
         reply = responder(seen) if callable(responder) else responder
+        if inspect.isawaitable(reply):  # a responder may act on the world before answering
+            reply = await reply
         if reply.action == "drop":
             transport = request.transport
             assert transport is not None

@@ -310,6 +310,70 @@ async def test_unavailable_before_sending_releases_the_intent(env: Env) -> None:
     assert await env.count("p1") == 0
 
 
+async def test_koban_first_answer_is_judged_on_the_reserved_value_without_a_read(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await lot(env)
+    reads: list[str] = []
+    read_with_raw = env.store.read_with_raw
+
+    async def counted(extcode: str, now: int) -> Any:
+        reads.append(extcode)
+        return await read_with_raw(extcode, now)
+
+    monkeypatch.setattr(env.store, "read_with_raw", counted)
+    env.server.script("GET", LOT_STATUS, FREE)
+    env.server.script("POST", ADD, OK)
+    placed = await env.flows.place("A1", "p1")
+    assert isinstance(placed, Placed) and placed.option.rank == 1
+    assert reads == [] and env.paths() == [LOT_STATUS, ADD]
+
+
+async def test_a_lot_changed_while_koban_answers_is_decided_again_on_a_fresh_read(
+    env: Env,
+) -> None:
+    """Another prospect reserves rank 2 while GetLotStatus is in flight: our placement is
+    judged on the value our reservation wrote, its confirmation's revision check sees the
+    change and decides again on the lot as it is now."""
+    await lot(env)
+    others: list[Any] = []
+
+    async def status_after_another_reservation(_seen: Any) -> Reply:
+        others.append(await env.store.reserve_placement("A1", "p2", None, T0, intent_id="R2"))
+        return FREE
+
+    env.server.script("GET", LOT_STATUS, status_after_another_reservation)
+    env.server.script("POST", ADD, OK)
+    placed = await env.flows.place("A1", "p1")
+    assert isinstance(placed, Placed) and placed.option.rank == 1
+    stored = await env.store.load("A1")
+    assert stored is not None and [o.holder for o in stored.options] == ["p1"]
+    assert [(i.id, i.rank, i.holder) for i in stored.intents] == [("R2", 2, "p2")]
+    assert (await env.count("p1"), await env.count("p2")) == (1, 1)
+
+
+async def test_an_intent_released_while_koban_answers_is_placed_and_recorded(env: Env) -> None:
+    """An operator releases our intent while GetLotStatus is in flight: the Add still goes
+    out (judged on the reserved value) and Koban's placement is recorded (Koban is the
+    authority), as when the release lands while the Add is in flight."""
+    await lot(env)
+
+    async def status_after_release(_seen: Any) -> Reply:
+        stored = await env.store.load("A1")
+        assert stored is not None and len(stored.intents) == 1
+        await env.store.release_intent("A1", stored.intents[0].id, T0)
+        return FREE
+
+    env.server.script("GET", LOT_STATUS, status_after_release)
+    env.server.script("POST", ADD, OK)
+    placed = await env.flows.place("A1", "p1")
+    assert isinstance(placed, Placed) and placed.option.rank == 1
+    assert env.paths() == [LOT_STATUS, ADD]
+    stored = await env.store.load("A1")
+    assert stored is not None and [o.holder for o in stored.options] == ["p1"]
+    assert not stored.intents and await env.count("p1") == 1
+
+
 async def test_rank_two_waits_for_our_rank_one_in_flight(env: Env) -> None:
     """Koban still shows 0 options while our own rank-1 placement is on its way."""
     await lot(env)

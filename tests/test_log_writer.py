@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import subprocess
 import sys
 import textwrap
 
+from service.api import logging as api_logging
 from service.api.logging import LineWriter
 
 
@@ -78,3 +80,21 @@ def test_the_access_line_path_is_the_decoded_one() -> None:
     for target in ["/a/b?x=1&token=s", "/a%20b?t%6Fken=a%2Fb", "/a?x=a+b", "/a?", "/a"]:
         request = make_mocked_request("GET", target)
         assert _logged_path(request) == request.path_qs, target
+
+
+def test_generated_request_ids_are_unique_and_a_forked_child_draws_its_own_prefix() -> None:
+    make = api_logging._new_request_id
+    ids = [make() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert len({i[:16] for i in ids}) == 1  # one process, one prefix, a counter after it
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first id, through the pipe
+        os.write(write, make().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    assert len(child) == 32 and child[:16] != ids[0][:16]

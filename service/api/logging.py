@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -317,9 +318,34 @@ def log_access(method: str, path: str, status: int, seconds: float) -> None:
     logger.msg(event)
 
 
+class _RequestIds:
+    """Fresh request ids: 32 hex digits, a random 64-bit prefix drawn once per process (and
+    again in a forked child) followed by a 64-bit counter. Unique across the API's processes
+    and restarts as far as 64 random bits go, without a ``getrandom`` system call per
+    request (``os.urandom(16)`` was ≈ 2 % of an availability read's CPU)."""
+
+    __slots__ = ("_counter", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = ""
+        self._counter = itertools.count()
+        self.reseed()
+
+    def reseed(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+_new_request_id = _RequestIds()
+os.register_at_fork(after_in_child=_new_request_id.reseed)
+
+
 def _request_id(request: web.Request) -> str:
     given = request.headers.get(REQUEST_ID_HEADER)
-    return given if given and _ACCEPTED_ID.fullmatch(given) else os.urandom(16).hex()
+    return given if given and _ACCEPTED_ID.fullmatch(given) else _new_request_id()
 
 
 def assign_request_id(request: web.Request) -> str:
