@@ -11,8 +11,10 @@
 --       being migrated (TRYAGAIN / ASK otherwise, nothing written), whereas an undeclared
 --       key that moved away fails the script half-way, after some of its writes.
 -- ARGV: 1 key prefix, 2 the tick (score of the lots modified and of the tombstones),
---   3 history cap, 4 n, then n extcodes, n expected prefixes "<rev>|" of the lots' current
---   values, n new lot values, n new history entries (each lot's, joined by "\n"),
+--   3 n, then n extcodes, n expected prefixes "<rev>|" of the lots' current values, n new
+--   lot values, n new histories (each lot's whole history: the sweep read it with the lot
+--   and appended and trimmed as commit.lua does; only a write that bumps the lot's
+--   revision changes a history, so the revision check covers it too),
 --   then sections, each a count of items followed by the items:
 --     member...           expiry index removals
 --     (score, member)...  expiry index additions
@@ -22,19 +24,19 @@
 -- Returns {} when applied; otherwise the positions (1-based) of the lots whose revision
 -- moved, and nothing was written (the sweep drops those lots and resubmits the others).
 
-local prefix, tick, cap, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local prefix, tick, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local declared = #KEYS > 5
 local lot_keys = {}
 if declared then
   for i = 1, n do lot_keys[i] = KEYS[5 + i] end
 else
-  for i = 1, n do lot_keys[i] = prefix .. 'l:' .. ARGV[4 + i] end
+  for i = 1, n do lot_keys[i] = prefix .. 'l:' .. ARGV[3 + i] end
 end
 
 local current = redis.call('MGET', unpack(lot_keys))
 local moved = {}
 for i = 1, n do
-  local value, want = current[i], ARGV[4 + n + i]
+  local value, want = current[i], ARGV[3 + n + i]
   if not value or string.find(value, want, 1, true) ~= 1 then moved[#moved + 1] = i end
 end
 if #moved > 0 then return moved end
@@ -50,25 +52,21 @@ local history_keys = {}
 if declared then
   for i = 1, n do history_keys[i] = KEYS[5 + n + i] end
 else
-  for i = 1, n do history_keys[i] = prefix .. 'h:' .. ARGV[4 + i] end
+  for i = 1, n do history_keys[i] = prefix .. 'h:' .. ARGV[3 + i] end
 end
-local old = redis.call('MGET', unpack(history_keys))
-
 local values, scored = {}, {}
 for i = 1, n do
-  local h, add = old[i], ARGV[4 + 3 * n + i]
-  if h then h = h .. '\n' .. add else h = add end
   values[4 * i - 3] = lot_keys[i]
-  values[4 * i - 2] = ARGV[4 + 2 * n + i]
+  values[4 * i - 2] = ARGV[3 + 2 * n + i]
   values[4 * i - 1] = history_keys[i]
-  values[4 * i] = trim_history(h, cap)
+  values[4 * i] = ARGV[3 + 3 * n + i]
   scored[2 * i - 1] = tick
-  scored[2 * i] = ARGV[4 + i]
+  scored[2 * i] = ARGV[3 + i]
 end
 call_many('MSET', nil, values)
 call_many('ZADD', KEYS[3], scored)
 
-local pos = 5 + 4 * n
+local pos = 4 + 4 * n
 local function section(width)
   local first = pos + 1
   local last = pos + tonumber(ARGV[pos]) * width

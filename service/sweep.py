@@ -57,7 +57,8 @@ PROMOTED = "option.promoted"
 
 # A plan: what one lot's transition writes, in the layout sweep.lua takes. Its lot score
 # and tombstone scores are the sweep's tick (as `store.transition` sets them).
-#  0 extcode, 1 expected value prefix b"<rev>|", 2 new value, 3 history lines joined by \n,
+#  0 extcode, 1 expected value prefix b"<rev>|", 2 new value, 3 history lines joined by \n
+#  (once `with_history` has run: the lot's whole new history, as sweep.lua writes it),
 #  4 expiry removals (member, ...), 5 expiry additions (score, member, ...),
 #  6 count deltas (field, delta, ...), 7 tombstones (member, ...),
 #  8 stream entries (cloudevent, ...), 9 event types
@@ -472,6 +473,29 @@ def plan_expiry(store: LotStore, code: str, raw: bytes, tick: int) -> Plan | Non
 # --- applying chunks --------------------------------------------------------------------
 
 
+def trim_history(history: bytes, cap: int) -> bytes:
+    """`history` (entries joined by "\n") cut to its last `cap` entries: `lib.lua`'s
+    ``trim_history``, which commit.lua applies (the sweep's equality tests hold them to
+    the same result)."""
+    if len(history) <= cap * 48:  # no entry is shorter than 48 bytes
+        return history
+    entries = history.split(b"\n")
+    if len(entries) <= cap:
+        return history
+    return b"\n".join(entries[-cap:])
+
+
+def with_history(plan: Plan, old: bytes | None, cap: int) -> Plan:
+    """`plan` with its new history entries (``plan[3]``) appended to the lot's stored
+    history `old` and trimmed, as commit.lua does: what sweep.lua writes as it is.
+
+    Python does this, not the script, because Redis is the sweep's busier side: the
+    history is read with the lot (one MGET) and sent back whole (README "Benchmarks")."""
+    lines = plan[3]
+    history = trim_history(lines if old is None else old + b"\n" + lines, cap)
+    return (plan[0], plan[1], plan[2], history, *plan[4:])
+
+
 _HEADS = [b"$%d\r\n" % n for n in range(4096)]
 _CRLF = b"\r\n"
 
@@ -518,7 +542,6 @@ def apply_command(store: LotStore, sha: str, tick: int, plans: list[Plan]) -> by
     tombs = [m.encode() for p in plans for m in p[7]]
     events = [e for p in plans for e in p[8]]
     head = [sha, 5, k.counts, k.expiries, k.lots, k.tombstones, k.events, k.prefix, tick]
-    head.append(store.history_cap)
     if store.cluster:  # every key declared, after the five (sweep.lua)
         head[1] = 5 + 2 * len(plans)
         head[7:7] = [k.lot(p[0]) for p in plans] + [k.history(p[0]) for p in plans]
@@ -619,8 +642,11 @@ class _Sweeper:
         await self.send("range", None, args)
 
     async def send_read(self, codes: list[str]) -> None:
-        lot_key = self.store.keys.lot("")
-        await self.send("read", codes, ["MGET", *[lot_key + c for c in codes]])
+        """The chunk's lots and their histories, in one MGET (the lots first)."""
+        k = self.store.keys
+        lot_key, history_key = k.lot(""), k.history("")
+        keys = [lot_key + c for c in codes] + [history_key + c for c in codes]
+        await self.send("read", codes, ["MGET", *keys])
 
     async def send_apply(self, plans: list[Plan], command: bytes | None = None) -> None:
         """Queue the script call applying `plans` (`command`: it, packed already)."""
@@ -701,8 +727,9 @@ class _Sweeper:
             if i + ahead < len(lots):
                 await self.send_read(lots[i + ahead])
             values = await self.next_reply("read")
+            n = len(codes)
             with _collector_paused():  # no awaits inside: no other task runs meanwhile
-                plans, broken = self.decide(codes, values)
+                plans, broken = self.decide(codes, values[:n], values[n:])
                 command = apply_command(self.store, self.sha, self.tick, plans) if plans else b""
             if plans:
                 await self.send_apply(plans, command)
@@ -713,14 +740,18 @@ class _Sweeper:
                 if await _repair(self.store, code):
                     self.report.repaired += 1
 
-    def decide(self, codes: list[str], raws: list[bytes | None]) -> tuple[list[Plan], list[str]]:
-        """Plans for the chunk's lots, and the lots to repair."""
+    def decide(
+        self, codes: list[str], raws: list[bytes | None], histories: list[bytes | None]
+    ) -> tuple[list[Plan], list[str]]:
+        """Plans for the chunk's lots (each with its whole new history: `with_history`),
+        and the lots to repair."""
         store, tick, report = self.store, self.tick, self.report
         t = templates(store.tenant)
         own = store.rules.rank2_clock == "own"
+        cap = store.history_cap
         plans: list[Plan] = []
         broken: list[str] = []
-        for code, raw in zip(codes, raws, strict=True):
+        for code, raw, history in zip(codes, raws, histories, strict=True):
             if raw is None:
                 broken.append(code)
                 continue
@@ -733,7 +764,7 @@ class _Sweeper:
                     broken.append(code)
                     continue
                 plan = plan_of(result[0], result[1], raw[: raw.index(b"|") + 1], tick)
-            plans.append(plan)
+            plans.append(with_history(plan, history, cap))
         return plans, broken
 
 
