@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from redis.asyncio import Redis
 
 from service.api import build_api_app
@@ -89,3 +89,21 @@ async def test_an_unreachable_store_is_503(api: Api, redis: Redis) -> None:
             assert response.status == 503 and body["errorCode"] == "STORE_UNAVAILABLE"
             assert response.headers["Retry-After"] == "1"
     await dead.aclose()
+
+
+async def test_the_availability_route_is_matched_first_and_shadows_no_other_route(
+    api: Api, redis: Redis
+) -> None:
+    """aiohttp tries routes in the order they were added: the hottest read goes first
+    (`routes_lots.hot_routes`), and every other lot path still reaches its own handler."""
+    app = build_api_app(Tenants({api.name: api.tenant}), redis, webhooks=False)
+    first = next(iter(app.router.resources()))
+    assert first.canonical == "/v1/tenants/{tenant}/lots/{extcode}/availability"
+    for path, name in [
+        ("/v1/tenants/t/lots/A/availability", "get_availability"),
+        ("/v1/tenants/t/lots/availability", "get_lot"),  # a lot named "availability"
+        ("/v1/tenants/t/lots/A", "get_lot"),
+        ("/v1/tenants/t/lots/A/history", "get_history"),
+    ]:
+        match = await app.router.resolve(make_mocked_request("GET", path, app=app))
+        assert match.handler.__name__ == name, path

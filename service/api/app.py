@@ -39,6 +39,7 @@ from service.api.openapi import install_openapi
 from service.api.routes_clock import install_clock
 from service.api.routes_events import close_event_streams, close_stream_clients
 from service.api.routes_events import routes as event_routes
+from service.api.routes_lots import hot_routes
 from service.api.routes_lots import routes as lot_routes
 from service.api.routes_options import routes as option_routes
 from service.api.routes_sync import install_sync
@@ -115,6 +116,7 @@ def build_api_app(
                 pool.flows.clear()
 
     app.cleanup_ctx.append(koban_clients)
+    app.add_routes(hot_routes)  # first: see `routes_lots.hot_routes`
     app.router.add_get("/healthz", healthz)
     app.add_routes(lot_routes)
     app.add_routes(option_routes)

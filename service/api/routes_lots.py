@@ -40,9 +40,15 @@ from statecharts.lot_chart import STATE_PATH
 from statecharts.model import Intent, Lot, Option, Rules
 from statecharts.ticks import to_iso
 
-__all__ = ["FAST_READS", "install_fast_reads", "lot_out", "option_out", "routes"]
+__all__ = ["FAST_READS", "hot_routes", "install_fast_reads", "lot_out", "option_out", "routes"]
 
 routes = web.RouteTableDef()
+# Registered ahead of every other route (`build_api_app`): aiohttp tries the dynamic
+# routes one regular expression after another in the order they were added, and the
+# availability read is the API's hottest route (resolving it: 7.0 µs when third, 2.9 µs
+# first, of a ≈ 110 µs read). Its path overlaps no other route's: the order changes
+# nothing else.
+hot_routes = web.RouteTableDef()
 BASE = "/v1/tenants/{tenant}"
 LOT = BASE + "/lots/{extcode}"
 
@@ -290,7 +296,7 @@ def _drift(local: int, lot: Lot | None, status: LotStatus, caller: Caller, now: 
     return not lag
 
 
-@routes.get(LOT + "/availability")
+@hot_routes.get(LOT + "/availability")
 async def get_availability(request: web.Request) -> web.Response:
     caller = authenticate(request, "read")
     query = parse_query(request, AvailabilityQuery)
