@@ -31,7 +31,9 @@ from service.codec import _unopt, decode_lot, encode_lot
 from service.events import cloud_event, history_entry
 from service.redis_client import connect
 from service.store import LotStore, view
+from statecharts import lot_chart
 from statecharts import transitions as tr
+from statecharts.errors import RuleViolation
 from statecharts.model import DomainEvent, Intent, Lot, Option, Prereservation
 from tests.conftest import delete_tenant_keys, make_rules
 
@@ -507,3 +509,32 @@ async def test_an_index_entry_naming_no_lot_is_dropped(store: LotStore) -> None:
     report = await sweep.expire_due(store, TICK)
     assert report.expired == 2 and report.repaired == 1
     assert await store.redis.zcard(store.keys.expiries) == 0
+
+
+def test_remembered_decisions_are_the_charts_and_a_swapped_engine_is_asked_every_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for config in lot_chart.CONFIGS:
+        for d1, d2 in [(False, False), (False, True), (True, False), (True, True)]:
+            cases = [("expire", d1, d2)] + ([("promote", False, False)] if not d1 else [])
+            for event, a, b in cases:
+                facts = {"rank1_due": a, "rank2_due": b} if event == "expire" else None
+                for _ in range(2):  # the second answer comes from memory
+                    try:
+                        want: Any = lot_chart.run_chart(config, event, facts)
+                    except RuleViolation as e:
+                        want = e.code
+                    try:
+                        got: Any = sweep._decided(config, event, a, b)
+                    except RuleViolation as e:
+                        got = e.code
+                    assert got == want, (config, event, a, b)
+    asked: list[str] = []
+
+    def engine(config: str, event: str, facts: Any = None) -> str:
+        asked.append(config)
+        return "free"
+
+    monkeypatch.setattr(sweep.tr, "decide", engine)
+    assert [sweep._decided("one_option", "expire", True, False) for _ in range(3)] == ["free"] * 3
+    assert asked == ["one_option"] * 3
