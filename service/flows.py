@@ -72,7 +72,6 @@ from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.codec import decode_lot
 from service.echoes import await_echo
 from service.koban import (
     KobanAnswer,
@@ -319,8 +318,7 @@ class OptionFlows:
             lot: Lot | None
             raw: bytes | None
             if reserved is not None:
-                lot, raw, reserved = decode_lot(extcode, reserved), reserved, None
-                tr.expire_due(lot, now, self.rules)
+                lot, raw, reserved = self.store.as_of(extcode, reserved, now), reserved, None
             else:
                 lot, raw = await self.store.read_with_raw(extcode, now)
             intent = tr.find_intent(lot, iid) if lot is not None else None

@@ -16,7 +16,9 @@ local function call_many(cmd, key, args)
   end
 end
 
--- A lot's history (entries joined by "\n") cut to its last `cap` entries.
+-- A lot's history (entries joined by "\n") cut to its last `cap` entries. commit.lua trims
+-- with it; the sweep trims in Python (`sweep.trim_history`, the same rule: the sweep's
+-- equality tests compare the two scripts' results).
 local function trim_history(h, cap)
   if #h <= cap * 48 then return h end  -- no entry is shorter than 48 bytes
   local starts, pos = {1}, 1

@@ -166,9 +166,13 @@ class LotStore:
         raw = await self.load_raw(extcode)
         if raw is None:
             return None, None
+        return self.as_of(extcode, raw, now), raw
+
+    def as_of(self, extcode: str, raw: bytes, now: int) -> Lot:
+        """The lot stored as `raw`, as of `now` (options due by then lazily expired)."""
         lot = decode_lot(extcode, raw)
         tr.expire_due(lot, now, self.rules)
-        return lot, raw
+        return lot
 
     async def counts(self, holder: str | None = None) -> Counts:
         fields = [API_USER_FIELD] + ([prospect_field(holder)] if holder else [])

@@ -284,13 +284,14 @@ def _decided(config: str, event: str, rank1_due: bool, rank2_due: bool) -> str:
     for the table (`bench/sweep.py`'s chart-object-per-decision baseline) it is asked
     every time."""
     decide = tr.decide
+    if decide is _COMPILED_DECIDE:
+        target = _DECIDED.get((config, event, rank1_due, rank2_due))
+        if target is not None:
+            return target
     facts = _FACTS[rank1_due, rank2_due] if event == "expire" else None
-    if decide is not _COMPILED_DECIDE:
-        return decide(config, event, facts)
-    key = (config, event, rank1_due, rank2_due)
-    target = _DECIDED.get(key)
-    if target is None:
-        target = _DECIDED[key] = decide(config, event, facts)
+    target = decide(config, event, facts)
+    if decide is _COMPILED_DECIDE:
+        _DECIDED[config, event, rank1_due, rank2_due] = target
     return target
 
 

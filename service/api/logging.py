@@ -325,10 +325,10 @@ class _RequestIds:
     request (``os.urandom(16)`` was ≈ 2 % of an availability read's CPU)."""
 
     __slots__ = ("_counter", "_prefix")
+    _counter: itertools.count[int]
+    _prefix: str
 
     def __init__(self) -> None:
-        self._prefix = ""
-        self._counter = itertools.count()
         self.reseed()
 
     def reseed(self) -> None:
