@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
+from service.api.answers import AvailabilityAnswers
 from service.api.auth import TokenIndex
 from service.api.context import (
     FLOWS_KEY,
@@ -39,7 +40,7 @@ from service.api.openapi import install_openapi
 from service.api.routes_clock import install_clock
 from service.api.routes_events import close_event_streams, close_stream_clients
 from service.api.routes_events import routes as event_routes
-from service.api.routes_lots import hot_routes
+from service.api.routes_lots import ANSWERS, hot_routes
 from service.api.routes_lots import routes as lot_routes
 from service.api.routes_options import routes as option_routes
 from service.api.routes_sync import install_sync
@@ -101,6 +102,7 @@ def build_api_app(
     app[REDIS_KEY] = redis
     app[KOBAN_SETTINGS_KEY] = flow_settings or FlowSettings()
     app[FLOWS_KEY] = KobanPool()
+    app[ANSWERS] = AvailabilityAnswers()
 
     async def koban_clients(app: web.Application) -> AsyncIterator[None]:
         pool = app[FLOWS_KEY]

@@ -8,6 +8,7 @@ from typing import Any, cast
 
 from aiohttp import web
 
+from service.api.answers import AvailabilityAnswers
 from service.api.auth import Caller
 from service.api.context import TENANTS_KEY, authenticate, koban_for
 from service.api.errors import json_response
@@ -40,7 +41,16 @@ from statecharts.lot_chart import STATE_PATH
 from statecharts.model import Intent, Lot, Option, Rules
 from statecharts.ticks import to_iso
 
-__all__ = ["FAST_READS", "hot_routes", "install_fast_reads", "lot_out", "option_out", "routes"]
+__all__ = [
+    "ANSWERS",
+    "FAST_READS",
+    "hot_routes",
+    "install_fast_reads",
+    "local_availability",
+    "lot_out",
+    "option_out",
+    "routes",
+]
 
 routes = web.RouteTableDef()
 # Registered ahead of every other route (`build_api_app`): aiohttp tries the dynamic
@@ -60,6 +70,8 @@ START: Position = (-(2**53), None)
 # The availability route's Redis reads go through this reader when the app has one
 # (`install_fast_reads`; `koban-options api` does it), else through the tenant's client.
 FAST_READS = web.AppKey("api_fast_reads", MuxReader)
+# The availability answers remembered per lot (`build_api_app` gives every app one).
+ANSWERS = web.AppKey("api_availability_answers", AvailabilityAnswers)
 _PROBE_HOLDER = "\x00probe"  # matches no prospect: availability without prospect rules
 
 
@@ -321,23 +333,48 @@ async def get_availability(request: web.Request) -> web.Response:
         )
         user = int(values[0] or 0)
         prospect = int(values[1] or 0) if third else 0
-    lot = decode_lot(extcode, raw) if raw is not None else None
-    if lot is not None:
-        # Options lazily expired on this lot no longer count (as a write would judge it).
-        before = _held(lot, third) if counted else (0, 0)
-        tr.expire_due(lot, now, rules)
-        if counted:
-            after = _held(lot, third)
-            prospect -= before[0] - after[0]
-            user -= before[1] - after[1]
-    answer = availability(lot, extcode, rules, now, third, prospect, user)
+    # A local answer for no particular prospect is remembered per lot (`AvailabilityAnswers`).
+    answers = request.app.get(ANSWERS) if koban is None and third is None else None
+    if answers is not None and raw is not None:
+        body = answers.get(tenant.name, extcode, raw, user, rules, now)
+        if body is not None:
+            return web.Response(body=body, content_type="application/json")
+    lot, answer = local_availability(extcode, raw, rules, now, third, prospect, user)
     if koban is not None:
         status = await koban.get_lot_status(extcode)
         answer["koban"] = dump(
             KobanStatusOut(result=status.result, max_rank=status.max_rank, end_date=status.end_date)
         )
         answer["drift"] = _drift(answer["result"], lot, status, caller, now)
-    return json_response(answer)
+    response = json_response(answer)
+    if answers is not None and lot is not None and raw is not None:
+        body = cast(bytes, response.body)
+        answers.put(tenant.name, extcode, raw, user, rules, now, lot.next_expiry(), body)
+    return response
+
+
+def local_availability(
+    extcode: str,
+    raw: bytes | None,
+    rules: Rules,
+    now: int,
+    third: str | None,
+    prospect: int,
+    user: int,
+) -> tuple[Lot | None, dict[str, Any]]:
+    """The lot as of `now` (lazy expiry) and the availability answer judged on it, from its
+    stored value and the stored counts of `third` and of the API user."""
+    lot = decode_lot(extcode, raw) if raw is not None else None
+    if lot is not None:
+        # Options lazily expired on this lot no longer count (as a write would judge it).
+        counted = third is not None or rules.max_options_per_user is not None
+        before = _held(lot, third) if counted else (0, 0)
+        tr.expire_due(lot, now, rules)
+        if counted:
+            after = _held(lot, third)
+            prospect -= before[0] - after[0]
+            user -= before[1] - after[1]
+    return lot, availability(lot, extcode, rules, now, third, prospect, user)
 
 
 def install_fast_reads(app: web.Application, redis: RedisClient) -> None:
