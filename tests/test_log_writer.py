@@ -1,4 +1,4 @@
-"""`service.api.logging.LineWriter`: the lines of one loop turn in one write, in order."""
+"""`service.api.logging.LineWriter`: the lines of 20 ms in one write, in order."""
 
 from __future__ import annotations
 
@@ -20,7 +20,11 @@ class CountingStream(io.StringIO):
 
     def write(self, s: str) -> int:
         self.writes += 1
+        if self.written is not None:
+            self.written.set()
         return super().write(s)
+
+    written: asyncio.Event | None = None
 
 
 def test_outside_a_loop_every_line_is_written_at_once() -> None:
@@ -32,20 +36,28 @@ def test_outside_a_loop_every_line_is_written_at_once() -> None:
     assert (stream.getvalue(), stream.writes) == ("a\nb\n", 2)
 
 
-async def test_in_a_loop_one_turn_is_one_write_and_warnings_flush_at_once() -> None:
+async def test_in_a_loop_lines_wait_for_one_write_and_warnings_flush_at_once() -> None:
     stream = CountingStream()
     writer = LineWriter(stream)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     for i in range(5):
         writer.info(f"line {i}")
-    assert stream.getvalue() == ""  # waiting for the next turn
     await asyncio.sleep(0)
+    assert stream.getvalue() == ""  # waiting: more lines may join them
+    stream.written = asyncio.Event()
+    await asyncio.wait_for(stream.written.wait(), 5)
+    assert loop.time() - started >= LineWriter.FLUSH_AFTER_S * 0.9
     assert stream.getvalue() == "".join(f"line {i}\n" for i in range(5))
     assert stream.writes == 1
     writer.info("before")
     writer.warning("the warning")  # written now, after what waited
     assert stream.getvalue().endswith("before\nthe warning\n") and stream.writes == 2
-    await asyncio.sleep(0)
+    await asyncio.sleep(LineWriter.FLUSH_AFTER_S * 2)
     assert stream.writes == 2  # nothing left for the scheduled flush
+    writer.info("after")  # a new line after a flush schedules its own write
+    await asyncio.sleep(LineWriter.FLUSH_AFTER_S * 2)
+    assert stream.getvalue().endswith("the warning\nafter\n") and stream.writes == 3
 
 
 async def test_a_full_queue_is_written_without_waiting_for_the_turn() -> None:
