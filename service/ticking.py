@@ -218,12 +218,22 @@ async def advance_clock(
 ) -> ClockAdvance:
     """Move a sandbox tenant's test clock to `target` and process every tick passed, in
     order, before returning; then call `on_advanced(tenant, now)` (the Koban sandbox
-    following the same clock under ``run``). `ClockBackwards` when `target` is past."""
+    following the same clock under ``run``). `ClockBackwards` when `target` is past.
+
+    The clock steps through the ticks it passes: each tick is processed while the clock
+    reads it, and only then does the clock move on. Whatever else runs on this clock
+    meanwhile (the sandbox's own ticks and their webhooks, API writes, the daemon) never
+    sees an instant past a tick whose notices and expiries are not done yet, so a write
+    cannot expire an option lazily before its `expiring` notice was given."""
     before = await refresh(tenant)
     if target < before:
         raise ClockBackwards(before, target)
+    reports = await catch_up(tenant, before, since=before, batch=batch)  # any missed so far
+    for tick in ticks_between(before, target):
+        await advance_offset(tenant, tick)
+        reports.append(await process_tick(tenant, tick, batch=batch))  # listed even if done
     now = await advance_offset(tenant, target)
-    reports = await catch_up(tenant, now, since=before, batch=batch)
+    reports += await catch_up(tenant, now, since=before, batch=batch)  # a concurrent move on
     if on_advanced is not None:
         result = on_advanced(tenant, now)
         if inspect.isawaitable(result):

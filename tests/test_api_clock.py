@@ -6,6 +6,7 @@ sandbox's own clock on the same base."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, cast
@@ -23,6 +24,7 @@ from service.config import ApiToken
 from service.sandbox import SandboxState
 from service.sandbox_clock import refresh
 from service.tenancy import Tenant, Tenants
+from service.ticking import last_processed
 from tests.conftest import delete_tenant_keys
 from tests.loading import load_options
 from tests.test_api_harness import TOKENS, make_tenant, ts
@@ -127,6 +129,45 @@ async def test_advance_to_expires_what_is_due_with_the_notice_first(api: Clocked
         ("koban.option.expired", "2026-11-23T13:00:00Z"),
     ]
     assert await store.redis.zcard(store.keys.expiries) == 0
+
+
+async def test_the_clock_steps_through_the_ticks_so_a_racing_write_leaves_the_notice(
+    api: Clocked,
+) -> None:
+    """A write on the same clock while it advances (under ``run``: the sandbox's expiry
+    webhooks) sees no instant past a tick that is not processed yet: the option it touches
+    is not expired lazily before its notice, which the tick two hours earlier gives."""
+    store = api.tenant.store
+    due = ts("2026-11-23T13:00:00Z")
+    await load_options(store, ["L1"], due, T0 - 86400)
+    seen: list[tuple[int, int]] = []  # (the clock, the last tick processed)
+    moving = asyncio.Event()
+
+    async def racing_writer() -> None:
+        while not moving.is_set():
+            now = api.tenant.clock.now()
+            last = await last_processed(api.tenant) or T0 - T0 % 1800
+            seen.append((now, last))
+
+            def touch(lot: Any, _: Any) -> tuple[list[Any], None]:
+                return [], None  # nothing of its own: what a write expires lazily lands
+
+            await store.mutate("L1", touch, now=now)
+            await asyncio.sleep(0)
+
+    writer = asyncio.create_task(racing_writer())
+    await asyncio.sleep(0)
+    status, _ = await api.call("POST", json={"advanceTo": "2026-11-23T14:00:00Z"})
+    moving.set()
+    await writer
+    assert status == 200
+    assert len(seen) > 8  # the writer ran all along
+    assert all(now - last <= 1800 for now, last in seen[1:]), seen
+    l1 = [(e["type"], e["time"]) for e in await api.events() if e["subject"] == "L1"][2:]
+    assert l1 == [
+        ("koban.option.expiring", "2026-11-23T11:00:00Z"),
+        ("koban.option.expired", "2026-11-23T13:00:00Z"),
+    ]
 
 
 async def test_moving_backwards_is_422_clock_backwards(api: Clocked) -> None:
