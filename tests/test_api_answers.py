@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from service.api import routes_lots
 from service.api.answers import AvailabilityAnswers
-from service.api.routes_lots import ANSWERS, local_availability
+from service.api.routes_lots import ANSWERS, local_availability, remembered_body
 from statecharts.model import Rules
 from statecharts.ticks import ceil_tick
 from tests.conftest import make_rules
@@ -41,15 +41,8 @@ def fresh(raw: bytes, rules: Rules, now: int, user: int) -> bytes:
 
 
 def served(memo: AvailabilityAnswers, raw: bytes, rules: Rules, now: int, user: int) -> bytes:
-    """What the route answers: the memo's body, or a fresh judgement it then remembers."""
-    body = memo.get("t", "A-1", raw, user, rules, now)
-    if body is not None:
-        return body
-    lot, answer = local_availability("A-1", raw, rules, now, None, 0, user)
-    body = orjson.dumps(answer)
-    assert lot is not None
-    memo.put("t", "A-1", raw, user, rules, now, lot.next_expiry(), body)
-    return body
+    """What the route answers (`remembered_body`)."""
+    return remembered_body(memo, "t", "A-1", raw, rules, now, user)
 
 
 @settings(max_examples=400, deadline=None)

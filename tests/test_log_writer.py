@@ -14,6 +14,8 @@ from service.api.logging import LineWriter
 
 
 class CountingStream(io.StringIO):
+    written: asyncio.Event | None = None  # set at each write, once a test gives one
+
     def __init__(self) -> None:
         super().__init__()
         self.writes = 0
@@ -23,8 +25,6 @@ class CountingStream(io.StringIO):
         if self.written is not None:
             self.written.set()
         return super().write(s)
-
-    written: asyncio.Event | None = None
 
 
 def test_outside_a_loop_every_line_is_written_at_once() -> None:

@@ -37,15 +37,14 @@ _Entry = tuple[bytes, int, Rules, int, float, bytes]
 class AvailabilityAnswers:
     """The last rendered availability answer of each lot (see the module docstring)."""
 
-    __slots__ = ("_by_tenant", "_size", "limit")
+    __slots__ = ("_by_tenant", "limit")
 
     def __init__(self, limit: int = LIMIT) -> None:
         self.limit = limit
         self._by_tenant: dict[str, dict[str, _Entry]] = {}
-        self._size = 0
 
     def __len__(self) -> int:
-        return self._size
+        return sum(map(len, self._by_tenant.values()))
 
     def get(
         self, tenant: str, extcode: str, raw: bytes, user: int, rules: Rules, now: int
@@ -72,14 +71,9 @@ class AvailabilityAnswers:
         body: bytes,
     ) -> None:
         """Remember `body`, judged at `now` on `raw` and `user`, until `next_expiry`."""
-        lots = self._by_tenant.get(tenant)
-        if lots is None:
-            lots = self._by_tenant[tenant] = {}
-        if extcode not in lots:
-            if self._size >= self.limit:
-                for other in self._by_tenant.values():
-                    other.clear()
-                self._size = 0
-            self._size += 1
+        lots = self._by_tenant.setdefault(tenant, {})
+        if extcode not in lots and len(self) >= self.limit:
+            for other in self._by_tenant.values():
+                other.clear()
         until = _FOREVER if next_expiry is None else next_expiry
         lots[extcode] = (raw, user, rules, now, until, body)

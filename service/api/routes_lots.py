@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+import orjson
 from aiohttp import web
 
 from service.api.answers import AvailabilityAnswers
@@ -49,6 +50,7 @@ __all__ = [
     "local_availability",
     "lot_out",
     "option_out",
+    "remembered_body",
     "routes",
 ]
 
@@ -235,6 +237,11 @@ def _held(lot: Lot, third: str | None) -> tuple[int, int]:
     return prospect, user
 
 
+def _counted(rules: Rules, third: str | None) -> bool:
+    """Can a stored count change the answer (a prospect asked for, or a per-user limit)?"""
+    return third is not None or rules.max_options_per_user is not None
+
+
 def local_result(lot: Lot | None) -> tuple[int, int, int | None]:
     """GetLotStatus as the service sees the lot: (result, maxRank, endDate)."""
     if lot is None:
@@ -319,7 +326,7 @@ async def get_availability(request: web.Request) -> web.Response:
     now = tenant.clock.now()
     rules = tenant.rules
     third = query.third_guid
-    counted = third is not None or rules.max_options_per_user is not None
+    counted = _counted(rules, third)
     prospect = user = 0
     key = store.keys.lot(extcode)
     fast = request.app.get(FAST_READS)
@@ -333,12 +340,10 @@ async def get_availability(request: web.Request) -> web.Response:
         )
         user = int(values[0] or 0)
         prospect = int(values[1] or 0) if third else 0
-    # A local answer for no particular prospect is remembered per lot (`AvailabilityAnswers`).
-    answers = request.app.get(ANSWERS) if koban is None and third is None else None
-    if answers is not None and raw is not None:
-        body = answers.get(tenant.name, extcode, raw, user, rules, now)
-        if body is not None:
-            return web.Response(body=body, content_type="application/json")
+    answers = request.app.get(ANSWERS)
+    if answers is not None and koban is None and third is None and raw is not None:
+        body = remembered_body(answers, tenant.name, extcode, raw, rules, now, user)
+        return web.Response(body=body, content_type="application/json")
     lot, answer = local_availability(extcode, raw, rules, now, third, prospect, user)
     if koban is not None:
         status = await koban.get_lot_status(extcode)
@@ -346,11 +351,27 @@ async def get_availability(request: web.Request) -> web.Response:
             KobanStatusOut(result=status.result, max_rank=status.max_rank, end_date=status.end_date)
         )
         answer["drift"] = _drift(answer["result"], lot, status, caller, now)
-    response = json_response(answer)
-    if answers is not None and lot is not None and raw is not None:
-        body = cast(bytes, response.body)
-        answers.put(tenant.name, extcode, raw, user, rules, now, lot.next_expiry(), body)
-    return response
+    return json_response(answer)
+
+
+def remembered_body(
+    answers: AvailabilityAnswers,
+    tenant: str,
+    extcode: str,
+    raw: bytes,
+    rules: Rules,
+    now: int,
+    user: int,
+) -> bytes:
+    """The local answer for no particular prospect, as JSON: the one remembered for this
+    stored value, count and instant (`AvailabilityAnswers`), else judged and remembered."""
+    body = answers.get(tenant, extcode, raw, user, rules, now)
+    if body is None:
+        lot, answer = local_availability(extcode, raw, rules, now, None, 0, user)
+        body = orjson.dumps(answer)
+        assert lot is not None  # decoded from `raw`
+        answers.put(tenant, extcode, raw, user, rules, now, lot.next_expiry(), body)
+    return body
 
 
 def local_availability(
@@ -367,7 +388,7 @@ def local_availability(
     lot = decode_lot(extcode, raw) if raw is not None else None
     if lot is not None:
         # Options lazily expired on this lot no longer count (as a write would judge it).
-        counted = third is not None or rules.max_options_per_user is not None
+        counted = _counted(rules, third)
         before = _held(lot, third) if counted else (0, 0)
         tr.expire_due(lot, now, rules)
         if counted:
