@@ -39,7 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.http
 
 diagrams: $(STAMP)
-	$(BIN)/python -m service.diagram docs
+	$(BIN)/python -m service.entrypoints.diagram docs
 
 compile-charts: $(STAMP)
 	$(BIN)/python -m statecharts.compile > statecharts/compiled.py.new && mv statecharts/compiled.py.new statecharts/compiled.py

@@ -3,7 +3,7 @@
 Every server runs in its own process: a private redis-server, the Koban sandbox (zero
 latency: no fault configured, no webhook target), `koban-options api` (a temporary
 tenants TOML, tokens and Koban keys from the environment, logs to a file) and a bare
-aiohttp "hello" handler served the same way as the API (`service.serve.start_site`, the
+aiohttp "hello" handler served the same way as the API (`service.entrypoints.serve.start_site`, the
 default event loop). A separate load-generator process keeps CONNECTIONS keep-alive
 connections busy: `wrk` when it is installed (C, one thread), otherwise a Python aiohttp
 client process (`python -m bench.http loadgen`, which saturates its own core well below
@@ -161,9 +161,9 @@ async def _serve_hello(port: int, redis_url: str, reuse_port: bool = False) -> N
     floors of a route reading Redis one way or the other."""
     from aiohttp import web
 
-    from service.redis_client import connect
-    from service.redis_mux import MuxReader
-    from service.serve import start_site, wait_for_stop
+    from service.entrypoints.serve import start_site, wait_for_stop
+    from service.storage.redis_client import connect
+    from service.storage.redis_mux import MuxReader
 
     redis = connect(redis_url)
     key = f"kol:{{{TENANT}}}:l:A000001"
@@ -199,8 +199,8 @@ async def _serve_sandbox(port: int, lots: int) -> None:
     """The Koban simulator with `lots` free lots P000000… and as many prospects
     bp-000000…, plus the demo stock; Koban's default rules, no fault, no webhook target."""
 
+    from service.entrypoints.serve import start_site, wait_for_stop
     from service.sandbox import SandboxState, build_sandbox_app, populate
-    from service.serve import start_site, wait_for_stop
 
     state = SandboxState(api_key=SANDBOX_API_KEY, user_key=SANDBOX_USER_KEY)
     populate(state)
@@ -218,10 +218,10 @@ async def _serve_sandbox(port: int, lots: int) -> None:
 
 async def _sweep_worker(tick: int) -> None:
     """Wait for a line on stdin, run expire_due(tick) on the bench tenant, print JSON."""
+    from service.bootstrap import build_tenants
     from service.config import load_settings
-    from service.redis_client import connect
-    from service.sweep import expire_due
-    from service.tenancy import build_tenants
+    from service.storage.redis_client import connect
+    from service.usecases.sweep import expire_due
 
     settings = load_settings()
     redis = connect(os.environ["KOBAN_OPTIONS_REDIS_URL"])
@@ -568,10 +568,10 @@ def tenants_toml(sandbox_port: int) -> str:
 async def load_store(env: dict[str, str], now: int) -> tuple[int, float]:
     """LOTS availability lots (A…) and SWEEP lots with one option due at the latest tick
     (S…), through the store's commit path; returns (the sweep's tick, seconds)."""
+    from service.bootstrap import build_tenants
     from service.config import load_settings
-    from service.redis_client import connect
-    from service.store import View, view
-    from service.tenancy import build_tenants
+    from service.storage.redis_client import connect
+    from service.storage.store import View, view
     from statecharts import transitions as tr
     from statecharts.model import DomainEvent, Lot
     from statecharts.ticks import latest_tick
@@ -793,7 +793,7 @@ def run(tmp: Path) -> None:
             [
                 py,
                 "-m",
-                "service.cli",
+                "service.entrypoints.cli",
                 "api",
                 "--host",
                 "127.0.0.1",
@@ -829,7 +829,7 @@ def run(tmp: Path) -> None:
         wait_http(hello_url + "/hello", hello, "hello", tmp / "hello.log")
 
         sync = subprocess.run(
-            [py, "-m", "service.cli", "sync", "--tenant", TENANT, "--full"],
+            [py, "-m", "service.entrypoints.cli", "sync", "--tenant", TENANT, "--full"],
             cwd=tmp,
             env=env,
             capture_output=True,
@@ -964,7 +964,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "hello":
         if args.workers > 1:  # the same supervisor as `koban-options api --workers N`
-            from service.serve import supervise
+            from service.entrypoints.serve import supervise
 
             command = [sys.executable, "-m", "bench.http", "hello", "--port", str(args.port)]
             command += ["--redis", args.redis, "--reuse-port"]

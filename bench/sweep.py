@@ -26,9 +26,9 @@ from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
 
-from service.redis_client import connect
-from service.store import LotStore, View, view
-from service.sweep import expire_due
+from service.storage.redis_client import connect
+from service.storage.store import LotStore, View, view
+from service.usecases.sweep import expire_due
 from statecharts import lot_chart
 from statecharts import transitions as tr
 from statecharts.model import DomainEvent, Lot, Rules

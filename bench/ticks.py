@@ -2,7 +2,7 @@
 
 N_TICKS consecutive ticks each have N_DUE options due (one option per lot, every lot loaded
 through the store's own commit path). A sandbox tenant's test clock is then advanced one
-tick at a time with `service.ticking.advance_clock` — the code path of ``POST …/clock``
+tick at a time with `service.usecases.ticking.advance_clock` — the code path of ``POST …/clock``
 and of the daemon: `process_tick` with its lease, the expiring notices (PT2H: each tick
 also gives the notices of the options due four ticks later) and the sweep.
 
@@ -26,12 +26,13 @@ from pathlib import Path
 
 import structlog
 
+from service.bootstrap import rules_from
 from service.clock import TestClock
 from service.config import TenantSettings
-from service.redis_client import connect
-from service.store import LotStore
-from service.tenancy import Tenant, rules_from
-from service.ticking import advance_clock
+from service.storage.redis_client import connect
+from service.storage.store import LotStore
+from service.tenancy import Tenant
+from service.usecases.ticking import advance_clock
 from statecharts.ticks import TICK_SECONDS, next_tick
 from tests.conftest import start_redis_server
 from tests.loading import load_options

@@ -3,7 +3,7 @@
 Inside the service instants are int UNIX seconds (UTC). Tests pin them with `FixedClock`
 (or freezegun, which `SystemClock` follows); sandbox tenants use a `TestClock`: real time
 plus an offset that only grows (SPEC §8), shared by processes through Redis
-(service.sandbox_clock).
+(service.usecases.sandbox_clock).
 """
 
 from __future__ import annotations
@@ -55,5 +55,5 @@ class TestClock:
         self.offset = instant - self.base.now()
 
     def adopt(self, offset: int) -> None:
-        """Take an offset another process recorded (service.sandbox_clock), never going back."""
+        """Take an offset another process recorded (`sandbox_clock`), never going back."""
         self.offset = max(self.offset, offset)

@@ -49,7 +49,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from service.redis_client import CLUSTER_SCHEMES
+from service.storage.redis_client import CLUSTER_SCHEMES
 from statecharts.ticks import IsoDuration, check_zone, parse_duration
 
 __all__ = [

@@ -67,8 +67,8 @@ EchoKind = Literal["option_cancelled", "option_prolonged", "reservation_withdraw
 @dataclass(slots=True)
 class Echo:
     """A webhook Koban still owes for a change the service made through Koban's API and
-    has already applied from Koban's answer (service.flows): when it comes, it is that
-    change's echo and a replay, however the lot has moved on since (service.webhooks)."""
+    has already applied from Koban's answer (service.usecases.flows): when it comes, it is that
+    change's echo and a replay, however the lot has moved on since (the webhooks use case)."""
 
     kind: EchoKind
     third: str | None  # the prospect the webhook names (None: reservation_withdrawn)

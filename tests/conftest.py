@@ -23,9 +23,9 @@ from zoneinfo import ZoneInfo
 import pytest
 import redis as redis_sync
 
-from service.keys import TenantKeys
-from service.redis_client import RedisClient, connect
-from service.store import LotStore
+from service.storage.keys import TenantKeys
+from service.storage.redis_client import RedisClient, connect
+from service.storage.store import LotStore
 from statecharts.model import Rules
 from statecharts.ticks import parse_duration
 from tests.redis_cluster import (

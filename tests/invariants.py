@@ -22,8 +22,8 @@ from typing import Any, cast
 
 import orjson
 
-from service.keys import API_USER_FIELD, prospect_field
-from service.store import LotStore
+from service.storage.keys import API_USER_FIELD, prospect_field
+from service.storage.store import LotStore
 from statecharts.model import Lot
 from statecharts.transitions import occupancy_invariant
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from service.store import LotStore, View, view
+from service.storage.store import LotStore, View, view
 from statecharts import transitions as tr
 from statecharts.model import DomainEvent, Lot, Option
 

@@ -35,7 +35,7 @@ class LocalCluster:
 
     @property
     def url(self) -> str:
-        """The service's cluster URL (``service.redis_client.connect``): any node seeds it."""
+        """The service's cluster URL (``redis_client.connect``): any node seeds it."""
         return f"redis+cluster://127.0.0.1:{self.ports[0]}/0"
 
     def node(self, port: int) -> redis_sync.Redis:

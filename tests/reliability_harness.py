@@ -1,7 +1,7 @@
 """The stack the reliability tests drive (no tests here): the API app and the Koban sandbox,
 each on its own loopback port, talking real HTTP both ways.
 
-* The API (`service.api.build_api_app`) serves one tenant whose Koban is the sandbox; its
+* The API (`build_api_app`) serves one tenant whose Koban is the sandbox; its
   `KobanClient` keeps the production defaults (timeouts, retries, backoff, rate limit)
   except what a test overrides (`koban=`).
 * The sandbox (`SandboxServer`) can be stopped and started again on the same port with
@@ -35,13 +35,13 @@ import redis as redis_sync
 from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
-from service.api import build_api_app
-from service.api.context import FlowSettings
-from service.api.routes_lots import install_fast_reads
 from service.clock import FixedClock
+from service.entrypoints.api import build_api_app
+from service.entrypoints.api.context import FlowSettings
+from service.entrypoints.api.routes_lots import install_fast_reads
 from service.koban import KobanClient
 from service.sandbox import WEBHOOK_KINDS, Fault, SandboxState, build_sandbox_app
-from service.store import LotStore
+from service.storage.store import LotStore
 from service.tenancy import Tenant, Tenants
 from tests.conftest import start_redis_server
 from tests.test_api_harness import (

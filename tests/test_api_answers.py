@@ -1,4 +1,4 @@
-"""Remembered availability answers (`service.api.answers`): a remembered body is exactly
+"""Remembered availability answers (`service.entrypoints.api.answers`): a remembered body is exactly
 what judging the stored lot afresh gives, at every instant it is served — ticks, rank 2
 promotions, a clock moved back — and any change to the stored value, the count or the
 rules is judged afresh. Over HTTP: the route serves from the memo, and an option expires
@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from service.api import routes_lots
-from service.api.answers import AvailabilityAnswers
-from service.api.routes_lots import ANSWERS, local_availability, remembered_body
+from service.entrypoints.api import routes_lots
+from service.entrypoints.api.answers import AvailabilityAnswers
+from service.entrypoints.api.routes_lots import ANSWERS, local_availability, remembered_body
 from statecharts.model import Rules
 from statecharts.ticks import ceil_tick
 from tests.conftest import make_rules

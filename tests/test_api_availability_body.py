@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from service.api.models import AvailabilityOut, dump
-from service.api.routes_lots import availability
+from service.entrypoints.api.models import AvailabilityOut, dump
+from service.entrypoints.api.routes_lots import availability
 from statecharts import transitions as tr
 from statecharts.errors import RuleViolation
 from statecharts.model import Lot

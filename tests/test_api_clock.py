@@ -18,13 +18,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from service.api import build_api_app
 from service.clock import FixedClock, TestClock
 from service.config import ApiToken
+from service.entrypoints.api import build_api_app
 from service.sandbox import SandboxState
-from service.sandbox_clock import refresh
 from service.tenancy import Tenant, Tenants
-from service.ticking import last_processed
+from service.usecases.sandbox_clock import refresh
+from service.usecases.ticking import last_processed
 from tests.conftest import delete_tenant_keys
 from tests.loading import load_options
 from tests.test_api_harness import TOKENS, make_tenant, ts
@@ -240,7 +240,7 @@ async def test_an_idempotent_advance_by_moves_once(api: Clocked) -> None:
 
 
 async def test_readyz_reports_each_tenants_last_tick(api: Clocked, redis: Redis) -> None:
-    from service.keys import SCHEDULER_HEARTBEAT_KEY
+    from service.storage.keys import SCHEDULER_HEARTBEAT_KEY
 
     assert (await api.call("POST", json={"advanceBy": "PT30M"}))[0] == 200
     await redis.set(SCHEDULER_HEARTBEAT_KEY, repr(T0 + 0.5), ex=30)

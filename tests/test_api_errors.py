@@ -12,9 +12,9 @@ import structlog
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
-from service.api import build_api_app
-from service.api.logging import configure_logging, log_access
-from service.redis_client import connect
+from service.entrypoints.api import build_api_app
+from service.entrypoints.api.logging import configure_logging, log_access
+from service.storage.redis_client import connect
 from service.tenancy import Tenants
 from tests.test_api_harness import (
     OTHER_TENANT_TOKEN,
@@ -409,7 +409,7 @@ def test_the_access_line_is_the_one_structlog_writes(capsys: pytest.CaptureFixtu
         path = "/v1/tenants/t/lots/L1/availability?token=s3cret&x=1"
         with structlog.contextvars.bound_contextvars(request_id="r-9"):
             log_access("GET", path, 200, 0.001234)
-            structlog.get_logger("service.api").info(
+            structlog.get_logger("service.entrypoints.api").info(
                 "http_request",
                 method="GET",
                 path="/v1/tenants/t/lots/L1/availability?token=***&x=1",

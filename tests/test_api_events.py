@@ -18,13 +18,13 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.v1.http import from_dict
 from redis.asyncio import Redis
 
-from service import sweep
-from service.api import build_api_app, routes_events
-from service.intents import resolve_one
-from service.retention import trim_events
-from service.store import Counts
-from service.sync import drift_event, record_drift
+from service.entrypoints.api import build_api_app, routes_events
+from service.storage.retention import trim_events
+from service.storage.store import Counts
 from service.tenancy import Tenants
+from service.usecases import sweep
+from service.usecases.intents import resolve_one
+from service.usecases.sync import drift_event, record_drift
 from statecharts import transitions as tr
 from statecharts.model import DomainEvent, Lot
 from statecharts.ticks import ceil_tick

@@ -15,9 +15,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from redis.asyncio import Redis
 
-from service.api import build_api_app
-from service.api.routes_lots import FAST_READS, install_fast_reads
-from service.redis_mux import MuxReader
+from service.entrypoints.api import build_api_app
+from service.entrypoints.api.routes_lots import FAST_READS, install_fast_reads
+from service.storage.redis_mux import MuxReader
 from service.tenancy import Tenants
 from tests.conftest import _free_port
 from tests.test_api_harness import DAY, TOKENS, Api, running_api

@@ -24,14 +24,15 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from service.api import build_api_app
-from service.api.context import FlowSettings
+from service.bootstrap import rules_from
 from service.clock import FixedClock
 from service.config import ApiToken, TenantSettings
+from service.entrypoints.api import build_api_app
+from service.entrypoints.api.context import FlowSettings
 from service.koban import KobanClient
 from service.sandbox import SandboxState, build_sandbox_app
-from service.store import LotStore
-from service.tenancy import Tenant, Tenants, rules_from
+from service.storage.store import LotStore
+from service.tenancy import Tenant, Tenants
 
 API_KEY, USER_KEY = "k-api", "k-user"
 TOKENS = {

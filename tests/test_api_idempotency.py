@@ -10,7 +10,7 @@ from typing import cast
 import pytest
 from redis.asyncio import Redis
 
-from service.intents import resolve_one
+from service.usecases.intents import resolve_one
 from tests.test_api_harness import DAY, T0, Api, running_api
 
 KEY = {"Idempotency-Key": "order-42"}

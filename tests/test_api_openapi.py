@@ -16,10 +16,10 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from service.api import build_api_app, health
-from service.api.health import SCHEDULER_HEARTBEAT_KEY, Metrics, metrics_of
-from service.api.openapi import OPERATIONS, Operation, Reply, build_openapi, describe
-from service.redis_client import connect
+from service.entrypoints.api import build_api_app, health
+from service.entrypoints.api.health import SCHEDULER_HEARTBEAT_KEY, Metrics, metrics_of
+from service.entrypoints.api.openapi import OPERATIONS, Operation, Reply, build_openapi, describe
+from service.storage.redis_client import connect
 from service.tenancy import Tenants
 from tests.test_api_harness import T0, Api, FixedClock, make_tenant, running_api
 

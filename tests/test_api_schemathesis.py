@@ -40,12 +40,12 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from service.api import build_api_app
-from service.api.context import FlowSettings
 from service.clock import FixedClock
+from service.entrypoints.api import build_api_app
+from service.entrypoints.api.context import FlowSettings
 from service.koban import KobanClient
-from service.redis_client import connect
 from service.sandbox import build_sandbox_app
+from service.storage.redis_client import connect
 from service.tenancy import Tenant, Tenants
 from tests.conftest import delete_tenant_keys
 from tests.test_api_harness import (

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from service.sync_runs import claim_sync
+from service.usecases.sync_runs import claim_sync
 from tests.test_api_harness import Api, running_api
 
 

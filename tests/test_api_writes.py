@@ -10,8 +10,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from service.api import build_api_app
 from service.config import ApiToken, Settings, TenantSettings
+from service.entrypoints.api import build_api_app
 from statecharts.ticks import ceil_tick, to_iso
 from tests.test_api_harness import API_KEY, DAY, T0, USER_KEY, Api, running_api
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from service import cli
-from service.redis_client import connect
-from service.store import LotStore
+from service.entrypoints import cli
+from service.storage.redis_client import connect
+from service.storage.store import LotStore
 from tests.conftest import make_rules
 
 T0 = 1_795_000_000 - 1_795_000_000 % 1800

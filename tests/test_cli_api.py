@@ -49,7 +49,7 @@ def _start_api(
     }
     env.pop("REDIS_URL", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "api", "--port", str(port), *args],
+        [sys.executable, "-m", "service.entrypoints.cli", "api", "--port", str(port), *args],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,

@@ -18,12 +18,12 @@ import pytest
 import redis as redis_sync
 from aiohttp import web
 
-from service import cli
-from service.keys import TenantKeys
-from service.koban_session import env_name
-from service.redis_client import connect
+from service.bootstrap import env_name
+from service.entrypoints import cli
 from service.sandbox import SandboxState, build_sandbox_app, populate
-from service.store import LotStore
+from service.storage.keys import TenantKeys
+from service.storage.redis_client import connect
+from service.storage.store import LotStore
 from statecharts.model import Intent, Lot
 from tests.conftest import make_rules
 

@@ -33,19 +33,19 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from service.api.errors import as_api_error
 from service.config import Settings
-from service.intents import resolve_pending
-from service.keys import SCHEDULER_HEARTBEAT_KEY
-from service.notices import send_notices
-from service.redis_client import RedisClient, connect
-from service.retention import trim_events
-from service.scheduler import heartbeat_job
-from service.store import LotStore
-from service.sweep import expire_due
-from service.sync import mark_needs_sync, reconcile
-from service.sync_runs import claim_sync
-from service.ticking import process_tick
+from service.entrypoints.api.errors import as_api_error
+from service.entrypoints.scheduler import heartbeat_job
+from service.storage.keys import SCHEDULER_HEARTBEAT_KEY
+from service.storage.redis_client import RedisClient, connect
+from service.storage.retention import trim_events
+from service.storage.store import LotStore
+from service.usecases.intents import resolve_pending
+from service.usecases.notices import send_notices
+from service.usecases.sweep import expire_due
+from service.usecases.sync import mark_needs_sync, reconcile
+from service.usecases.sync_runs import claim_sync
+from service.usecases.ticking import process_tick
 from statecharts.ticks import ceil_tick, to_iso
 from tests.conftest import delete_tenant_keys, make_rules
 from tests.invariants import check_tenant

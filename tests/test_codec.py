@@ -1,10 +1,10 @@
-"""`service.codec`: a lot survives its stored form, every field of every part."""
+"""`service.storage.codec`: a lot survives its stored form, every field of every part."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from service.codec import decode_lot, encode_lot
+from service.storage.codec import decode_lot, encode_lot
 from statecharts.model import Echo, Intent, Lot, Option, Prereservation
 
 

@@ -14,13 +14,14 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from service.bootstrap import rules_from
 from service.clock import FixedClock
 from service.config import TenantSettings
-from service.flows import KobanRefusal, OptionFlows, Pending, Placed
 from service.koban import KobanClient, KobanError, KobanUnavailable
-from service.redis_mux import MuxReader
-from service.store import LotStore
-from service.tenancy import Tenant, rules_from
+from service.storage.redis_mux import MuxReader
+from service.storage.store import LotStore
+from service.tenancy import Tenant
+from service.usecases.flows import KobanRefusal, OptionFlows, Pending, Placed
 from statecharts.errors import ErrorCode, RuleViolation
 from tests.koban_scripted import HANG, Reply, ScriptedKoban
 

@@ -1,4 +1,4 @@
-"""Koban writes on a lot's existing options are serialized per lot (service/flows.py
+"""Koban writes on a lot's existing options are serialized per lot (service/usecases/flows.py
 `_lot_write`): Koban addresses options by rank, and ranks move when an option ends."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from service.flows import LOT_WRITE_LEASE_MS
-from service.lease import Lease
-from service.sync import reconcile_lot
+from service.storage.lease import Lease
+from service.usecases.flows import LOT_WRITE_LEASE_MS
+from service.usecases.sync import reconcile_lot
 from tests.test_api_harness import Api, running_api
 
 

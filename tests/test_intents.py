@@ -12,8 +12,8 @@ import pytest
 from redis.asyncio import Redis
 
 from service.clock import FixedClock
-from service.flows import OptionFlows, Pending, Placed
-from service.intents import (
+from service.usecases.flows import OptionFlows, Pending, Placed
+from service.usecases.intents import (
     confirm_from_webhook,
     list_pending,
     resolve_one,

@@ -1,4 +1,4 @@
-"""`service.api.logging.LineWriter`: the lines of 20 ms in one write, in order."""
+"""`service.entrypoints.api.logging.LineWriter`: the lines of 20 ms in one write, in order."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import subprocess
 import sys
 import textwrap
 
-from service.api import logging as api_logging
-from service.api.logging import LineWriter
+from service.entrypoints.api import logging as api_logging
+from service.entrypoints.api.logging import LineWriter
 
 
 class CountingStream(io.StringIO):
@@ -72,7 +72,7 @@ def test_lines_waiting_when_the_loop_ends_are_written_at_exit() -> None:
     code = textwrap.dedent(
         """
         import asyncio, structlog
-        from service.api.logging import configure_logging
+        from service.entrypoints.api.logging import configure_logging
         configure_logging("json", "info")
         async def main():
             structlog.get_logger("t").info("last words")
@@ -87,7 +87,7 @@ def test_lines_waiting_when_the_loop_ends_are_written_at_exit() -> None:
 def test_the_access_line_path_is_the_decoded_one() -> None:
     from aiohttp.test_utils import make_mocked_request
 
-    from service.api.middleware import _logged_path
+    from service.entrypoints.api.middleware import _logged_path
 
     for target in ["/a/b?x=1&token=s", "/a%20b?t%6Fken=a%2Fb", "/a?x=a+b", "/a?", "/a"]:
         request = make_mocked_request("GET", target)

@@ -1,4 +1,4 @@
-"""Expiring notices (SPEC §3, service.notices): `koban.option.expiring`, `expiring_notice`
+"""Expiring notices (SPEC §3, service.usecases.notices): `koban.option.expiring`, `expiring_notice`
 before the expiry tick, once per option — from the scheduler's cursor runs, from the
 transitions that put an option inside the window, and ahead of the expiry when a clock
 jumps over both."""
@@ -17,18 +17,18 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from service.clock import FixedClock, TestClock
-from service.codec import decode_lot, encode_lot
-from service.notices import (
+from service.entrypoints.scheduler import notices_job
+from service.storage.codec import decode_lot, encode_lot
+from service.storage.redis_client import connect
+from service.storage.store import LotStore
+from service.tenancy import Tenant
+from service.usecases.notices import (
     NOTICE_LAG_S,
     generic_notice_transition,
     notice_transition,
     send_notices,
 )
-from service.redis_client import connect
-from service.scheduler import notices_job
-from service.store import LotStore
-from service.tenancy import Tenant
-from service.ticking import advance_clock, process_tick
+from service.usecases.ticking import advance_clock, process_tick
 from statecharts import transitions as tr
 from statecharts.model import Intent, Lot, Option
 from tests.conftest import make_rules

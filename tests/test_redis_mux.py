@@ -17,9 +17,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.keys import TenantKeys
-from service.redis_client import connect
-from service.redis_mux import MuxReader
+from service.storage.keys import TenantKeys
+from service.storage.redis_client import connect
+from service.storage.redis_mux import MuxReader
 from tests.conftest import _free_port, start_redis_server
 
 
@@ -184,7 +184,7 @@ def test_takes_a_transport_of_another_event_loop_even_when_handed_late() -> None
     `connection_made` after the connection is returned: the reader once refused such a
     transport (an assertion inside the loop's callback) and dropped what was asked before
     it came, so every read waited for its timeout (found by running the bench under uvloop)."""
-    from service.redis_mux import _Protocol
+    from service.storage.redis_mux import _Protocol
 
     class OtherLoopsTransport:  # duck-typed, as uvloop's TCPTransport
         def __init__(self) -> None:

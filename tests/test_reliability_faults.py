@@ -19,7 +19,7 @@ What each kind of failure must give (README, "Error codes"; SPEC §4):
 * an ``Add`` whose outcome is unknown (timeout, 5xx, reset after sending): ``202 pending``;
   the intent holds its rank and the prospect's allowance, and nothing else is written until
   it is resolved — by the option-placed webhook when Koban placed it, else by
-  ``service.intents.resolve_pending`` (GetLotStatus) after ``intent_grace`` — with the
+  ``service.usecases.intents.resolve_pending`` (GetLotStatus) after ``intent_grace`` — with the
   outcome Koban's state shows (placed / not placed); a retry with the same
   ``Idempotency-Key`` then answers that outcome (201 / 409 ``PLACEMENT_NOT_MADE``);
 * a ``Prolong`` / ``Undo`` whose outcome is unknown: ``502 KOBAN_OUTCOME_UNKNOWN``, the lot
@@ -67,11 +67,11 @@ from redis.asyncio import Redis
 from redis.exceptions import BusyLoadingError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from service.intents import resolve_pending
-from service.redis_client import connect
-from service.redis_mux import MuxReader
-from service.store import LotStore
-from service.sync import reconcile
+from service.storage.redis_client import connect
+from service.storage.redis_mux import MuxReader
+from service.storage.store import LotStore
+from service.usecases.intents import resolve_pending
+from service.usecases.sync import reconcile
 from statecharts.model import Lot
 from statecharts.ticks import to_iso
 from tests.invariants import check_tenant

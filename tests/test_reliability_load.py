@@ -9,7 +9,7 @@ of SPEC §4 must let exactly two through (ranks 1 and 2) and refuse every other 
 
 `test_redis_pool_waits_for_a_free_connection` pins the bug that test found: redis-py's
 default pool refused a command beyond 100 connections in use (``MaxConnectionsError``, so
-503 STORE_UNAVAILABLE with Redis idle); `service.redis_client.connect` now waits.
+503 STORE_UNAVAILABLE with Redis idle); `service.storage.redis_client.connect` now waits.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from collections import Counter
 import pytest
 from redis.asyncio import Redis
 
-from service.api.context import FlowSettings
+from service.entrypoints.api.context import FlowSettings
 from service.koban import KobanClient
-from service.redis_client import connect
+from service.storage.redis_client import connect
 from tests.invariants import check_tenant
 from tests.reliability_harness import running_stack
 from tests.test_api_harness import API_KEY, USER_KEY

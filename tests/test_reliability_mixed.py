@@ -1,6 +1,6 @@
 """Mixed load with ticks (issue #6 item 2, second half), over real HTTP.
 
-The stack, wired as ``koban-options run`` wires it (`service/run.py`): the API
+The stack, wired as ``koban-options run`` wires it (`service/entrypoints/run.py`): the API
 (`build_api_app`) and the Koban sandbox each on a loopback port, the private Redis of
 tests/conftest.py; the tenant is a sandbox tenant whose Koban client comes from its
 settings (`koban_from_settings`, the production factory: timeouts, retries; the rate limit
@@ -35,7 +35,7 @@ may give, the error envelope, never a 5xx except 502 ``KOBAN_ERROR`` /
 ``KOBAN_OUTCOME_UNKNOWN`` and 503 ``KOBAN_UNAVAILABLE`` / ``STORE_UNAVAILABLE``.
 
 At the end (load stopped, every webhook delivered, the clock moved past ``intent_grace``
-and pending intents resolved with `service.intents.resolve_pending`, webhooks delivered,
+and pending intents resolved with `service.usecases.intents.resolve_pending`, webhooks delivered,
 the clock moved to the next tick, webhooks delivered): the core invariants
 (`tests.invariants.check_tenant`) and the twin comparison (`tests.twin_compare`): every
 lot's state, options (holders, ranks, effective expiry ticks, prolongations) and every
@@ -74,17 +74,17 @@ from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from service.api import build_api_app
-from service.api.app import koban_from_settings
+from service.bootstrap import koban_from_settings, rules_from
 from service.clock import FixedClock, TestClock
 from service.config import ApiToken, TenantSettings
-from service.intents import resolve_pending
+from service.entrypoints.api import build_api_app
 from service.koban import KobanClient
 from service.sandbox import WEBHOOK_KINDS, SandboxState, WebhookSender, build_sandbox_app
 from service.sandbox.webhooks import OPTION_CHECK, Delivery, Webhook
-from service.store import LotStore
-from service.sync import needs_sync, sync_stock
-from service.tenancy import Tenant, Tenants, rules_from
+from service.storage.store import LotStore
+from service.tenancy import Tenant, Tenants
+from service.usecases.intents import resolve_pending
+from service.usecases.sync import needs_sync, sync_stock
 from statecharts.model import Lot, Option
 from statecharts.ticks import next_tick, parse_instant, to_iso
 from tests.invariants import check_tenant

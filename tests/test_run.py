@@ -102,7 +102,7 @@ def running(tmp_path: Path) -> Iterator[Running]:
     env["KOBAN_OPTIONS_SANDBOX_PORT"] = str(_free_port())
     with (tmp_path / "run.log").open("w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "run"],
+            [sys.executable, "-m", "service.entrypoints.cli", "run"],
             cwd=tmp_path,
             env=env,
             stdout=subprocess.PIPE,

@@ -25,7 +25,7 @@ import pytest
 from redis.asyncio import Redis
 
 from service.clock import SystemClock
-from service.keys import SCHEDULER_HEARTBEAT_KEY
+from service.storage.keys import SCHEDULER_HEARTBEAT_KEY
 from statecharts.ticks import latest_tick
 from tests.invariants import check_tenant
 from tests.loading import load_options
@@ -60,7 +60,7 @@ async def no_heartbeat_left(redis: Redis) -> Any:
 def scheduler(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:  # the child keeps its own descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "scheduler"],
+            [sys.executable, "-m", "service.entrypoints.cli", "scheduler"],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -70,7 +70,7 @@ def scheduler(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 def check(env: dict[str, str]) -> tuple[int, str]:
     done = subprocess.run(
-        [sys.executable, "-m", "service.cli", "scheduler", "--check"],
+        [sys.executable, "-m", "service.entrypoints.cli", "scheduler", "--check"],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -10,10 +10,10 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from service import sweep as sweep_module
-from service.redis_mux import MuxReader
-from service.store import ChangeFn, Counts, LotStore
-from service.sweep import expire_due
+from service.storage.redis_mux import MuxReader
+from service.storage.store import ChangeFn, Counts, LotStore
+from service.usecases import sweep as sweep_module
+from service.usecases.sweep import expire_due
 from statecharts import transitions as tr
 from statecharts.errors import ErrorCode, RuleViolation
 from statecharts.model import DomainEvent, Lot, Rules

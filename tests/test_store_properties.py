@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from service.redis_client import connect
-from service.store import LotStore
-from service.sweep import expire_due
+from service.storage.redis_client import connect
+from service.storage.store import LotStore
+from service.usecases.sweep import expire_due
 from statecharts.errors import RuleViolation
 from statecharts.ticks import latest_tick
 from tests.conftest import delete_tenant_keys, make_rules

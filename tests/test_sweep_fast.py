@@ -4,7 +4,7 @@
    byte templates) gives exactly the plan the generic path gives (decode,
    `transitions.expire_due`, `store.transition`), on random lots — or declines and leaves
    the lot to the generic path.
-2. The templates are `service.events`' own output: checked on random option values, and
+2. The templates are `service.storage.events`' own output: checked on random option values, and
    when the builders change shape the fast path steps aside instead of diverging.
 3. `sweep.lua`, fed by the sweep, leaves Redis exactly as `commit.lua` leaves it for the
    generic path's transitions: lot values, indexes, counts, tombstones, stream entries and
@@ -26,11 +26,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from service import sweep
-from service.codec import _unopt, decode_lot, encode_lot
-from service.events import cloud_event, history_entry
-from service.redis_client import connect
-from service.store import LotStore, view
+from service.storage.codec import _unopt, decode_lot, encode_lot
+from service.storage.events import cloud_event, history_entry
+from service.storage.redis_client import connect
+from service.storage.store import LotStore, view
+from service.usecases import sweep
 from statecharts import lot_chart
 from statecharts import transitions as tr
 from statecharts.errors import RuleViolation

@@ -12,11 +12,11 @@ from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
 from service.clock import FixedClock
-from service.flows import KobanRefusal, OptionFlows, Placed
-from service.intents import resolve_pending
 from service.koban import KobanClient
 from service.sandbox import SandboxState, build_sandbox_app, populate
-from service.sync import last_sync_key, reconcile, reconcile_lot, sync_stock
+from service.usecases.flows import KobanRefusal, OptionFlows, Placed
+from service.usecases.intents import resolve_pending
+from service.usecases.sync import last_sync_key, reconcile, reconcile_lot, sync_stock
 from statecharts.errors import ErrorCode
 from statecharts.ticks import ceil_tick
 from tests.koban_scripted import Reply, ScriptedKoban, Seen

@@ -1,4 +1,4 @@
-"""One tick once (service.ticking): the trigger, expiry at the right tick, catch-up in
+"""One tick once (service.usecases.ticking): the trigger, expiry at the right tick, catch-up in
 order, two daemons against one Redis, a lease whose holder died, the daemon's start-up
 catch-up and graceful stop — all on pinned clocks."""
 
@@ -17,11 +17,11 @@ import pytest
 from redis.asyncio import Redis
 
 from service.clock import FixedClock
-from service.keys import SCHEDULER_HEARTBEAT_KEY
-from service.redis_client import connect
-from service.scheduler import Daemon, Intervals, tick_job, tick_trigger
+from service.entrypoints.scheduler import Daemon, Intervals, tick_job, tick_trigger
+from service.storage.keys import SCHEDULER_HEARTBEAT_KEY
+from service.storage.redis_client import connect
 from service.tenancy import Tenant
-from service.ticking import catch_up, last_processed, process_tick
+from service.usecases.ticking import catch_up, last_processed, process_tick
 from statecharts.ticks import to_iso
 from tests.loading import load_options
 from tests.test_api_harness import captured_logs, make_tenant
@@ -293,7 +293,7 @@ async def test_a_waiting_daemon_returns_when_the_holder_marks_the_tick_done(t: T
 
 
 async def test_a_slow_sweep_keeps_its_lease(t: Tenant, monkeypatch: pytest.MonkeyPatch) -> None:
-    import service.ticking as ticking
+    import service.usecases.ticking as ticking
 
     tick = ts("2026-11-23T10:00:00Z")
     real = ticking.expire_due
@@ -313,7 +313,7 @@ async def test_a_slow_sweep_keeps_its_lease(t: Tenant, monkeypatch: pytest.Monke
 async def test_a_cancelled_tick_hands_its_lease_back_and_records_nothing(
     t: Tenant, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import service.ticking as ticking
+    import service.usecases.ticking as ticking
 
     tick = ts("2026-11-23T10:00:00Z")
     started = asyncio.Event()
@@ -394,7 +394,7 @@ async def test_a_job_runs_with_its_clock_value_and_failures_are_counted(
 
     from apscheduler.triggers.interval import IntervalTrigger
 
-    from service.scheduler import Job
+    from service.entrypoints.scheduler import Job
 
     every = IntervalTrigger(seconds=60)
     with captured_logs() as logs:
@@ -408,7 +408,7 @@ async def test_a_job_runs_with_its_clock_value_and_failures_are_counted(
 async def test_stop_waits_for_the_running_tick_then_logs_one_summary_line(
     t: Tenant, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import service.ticking as ticking
+    import service.usecases.ticking as ticking
 
     real = ticking.expire_due
     entered = asyncio.Event()
@@ -437,7 +437,7 @@ async def test_stop_waits_for_the_running_tick_then_logs_one_summary_line(
 async def test_stop_hands_a_tick_back_after_the_grace_period(
     t: Tenant, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import service.ticking as ticking
+    import service.usecases.ticking as ticking
 
     entered = asyncio.Event()
 
@@ -459,7 +459,7 @@ async def test_stop_hands_a_tick_back_after_the_grace_period(
 
 
 async def _jobs(daemon: Daemon) -> list[Any]:
-    from service.scheduler import job_table
+    from service.entrypoints.scheduler import job_table
 
     return job_table(
         daemon.tenants, daemon.redis, {}, intervals=daemon.intervals, stop=daemon.stopping
@@ -470,7 +470,7 @@ async def test_the_sandbox_clock_job_follows_a_clock_moved_by_another_process(
     redis: Redis, tenant: str
 ) -> None:
     from service.clock import TestClock
-    from service.sandbox_clock import advance_offset
+    from service.usecases.sandbox_clock import advance_offset
 
     base = FixedClock(ts("2026-11-23T10:10:00Z"))
     mine = make_tenant(redis, tenant, TestClock(base), sandbox=True)  # type: ignore[arg-type]

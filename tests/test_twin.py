@@ -73,9 +73,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
+from service.bootstrap import rules_from
 from service.clock import FixedClock
 from service.config import TenantSettings
-from service.flows import KobanRefusal, OptionFlows, Placed
 from service.koban import KobanClient, KobanError
 from service.sandbox import (
     WEBHOOK_KINDS,
@@ -84,11 +84,12 @@ from service.sandbox import (
     WebhookSender,
     build_sandbox_app,
 )
-from service.store import LotStore
-from service.sweep import expire_due
-from service.sync import reconcile, sync_stock
-from service.tenancy import Tenant, Tenants, rules_from
-from service.webhooks import add_webhook_routes
+from service.storage.store import LotStore
+from service.tenancy import Tenant, Tenants
+from service.usecases.flows import KobanRefusal, OptionFlows, Placed
+from service.usecases.koban_webhooks import add_webhook_routes
+from service.usecases.sweep import expire_due
+from service.usecases.sync import reconcile, sync_stock
 from statecharts import transitions as tr
 from statecharts.errors import ErrorCode, RuleViolation
 from statecharts.model import Lot
@@ -426,7 +427,7 @@ class Twin:
         would get — its deadline on that tick, or it ended in the half hour whose
         placements expire at that tick: the placed webhook, identified by (lot, third,
         ExpDate), would then read as a late copy of the ended option's and be ignored
-        (SPEC §6; `service.webhooks._ended_already`)."""
+        (SPEC §6; `service.usecases.koban_webhooks._ended_already`)."""
         rules = self.rules
         tick = ceil_tick(deadline_from_lifetime(self.now(), rules.option_lifetime, rules.zone))
         pattern = f"{code}|{third}|*"

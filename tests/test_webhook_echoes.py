@@ -28,10 +28,10 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from service.echoes import ECHO_TTL_S
 from service.sandbox.webhooks import TOKEN_HEADER
-from service.sweep import expire_due
-from service.sync import needs_sync
+from service.usecases.echoes import ECHO_TTL_S
+from service.usecases.sweep import expire_due
+from service.usecases.sync import needs_sync
 from statecharts.ticks import latest_tick, to_iso
 from tests.invariants import check_tenant
 from tests.reliability_harness import SECRET, Stack, running_stack
@@ -160,7 +160,7 @@ async def test_an_echo_is_awaited_for_a_bounded_real_time(
 ) -> None:
     """An echo whose webhook never came (lost) stops being awaited after `ECHO_TTL_S` of real
     time: a withdrawal webhook coming later is then taken at face value."""
-    import service.echoes as echoes
+    import service.usecases.echoes as echoes
 
     wall = [1_000_000.0]
     monkeypatch.setattr(echoes, "wall_clock", lambda: wall[0])

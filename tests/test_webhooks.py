@@ -14,12 +14,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
+from service.bootstrap import rules_from
 from service.clock import FixedClock
 from service.config import TenantSettings
-from service.store import LotStore
-from service.sweep import expire_due
-from service.tenancy import Tenant, Tenants, rules_from
-from service.webhooks import TOKEN_HEADER, add_webhook_routes, redact_token
+from service.storage.store import LotStore
+from service.tenancy import Tenant, Tenants
+from service.usecases.koban_webhooks import TOKEN_HEADER, add_webhook_routes, redact_token
+from service.usecases.sweep import expire_due
 from statecharts.model import Lot
 
 SECRET = "s3cret-webhook-token"

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 
 from service.sandbox import SandboxState
-from service.store import LotStore
+from service.storage.store import LotStore
 from statecharts.model import Lot
 
 

@@ -1,0 +1,5 @@
+"""The internal HTTP API (SPEC §5): ``build_api_app`` composes it (see ``app``)."""
+
+from service.entrypoints.api.app import build_api_app
+
+__all__ = ["build_api_app"]

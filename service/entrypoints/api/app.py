@@ -1,0 +1,119 @@
+"""Composition of the API app: tenants, tokens, Koban clients, middlewares and routes.
+
+``build_api_app(settings_or_tenants, redis, ...)`` returns an aiohttp application serving
+
+* the internal API under ``/v1/tenants/{t}/…`` (routes_lots, routes_options, routes_events,
+  routes_sync, routes_clock);
+* Koban's webhooks under ``/koban/{t}/…`` (`koban_webhooks`), unless ``webhooks=False``;
+* ``GET /healthz`` (no token).
+
+One middleware (service.entrypoints.api.middleware): request id, error envelope, metrics and the
+access log line. The Koban HTTP session is created in the app's ``cleanup_ctx`` (so it
+lives on the serving event loop and is closed on shutdown), with one `KobanClient` and one
+`OptionFlows` per tenant that has Koban credentials (``koban_factory`` makes them; the
+default builds them from the tenant's settings).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from service.bootstrap import KobanFactory, build_tenants, koban_from_settings
+from service.clock import Clock
+from service.config import Settings
+from service.entrypoints.api.answers import AvailabilityAnswers
+from service.entrypoints.api.auth import TokenIndex
+from service.entrypoints.api.context import (
+    FLOWS_KEY,
+    KOBAN_SETTINGS_KEY,
+    TENANTS_KEY,
+    TOKENS_KEY,
+    FlowSettings,
+    KobanPool,
+)
+from service.entrypoints.api.errors import json_response
+from service.entrypoints.api.health import install_health
+from service.entrypoints.api.middleware import api_middleware
+from service.entrypoints.api.models import MAX_BODY
+from service.entrypoints.api.openapi import install_openapi
+from service.entrypoints.api.routes_clock import install_clock
+from service.entrypoints.api.routes_events import close_event_streams, close_stream_clients
+from service.entrypoints.api.routes_events import routes as event_routes
+from service.entrypoints.api.routes_lots import ANSWERS, hot_routes
+from service.entrypoints.api.routes_lots import routes as lot_routes
+from service.entrypoints.api.routes_options import routes as option_routes
+from service.entrypoints.api.routes_sync import install_sync
+from service.storage.redis_client import RedisClient
+from service.tenancy import Tenants
+from service.usecases.koban_webhooks import add_webhook_routes
+from service.usecases.ticking import ClockHook
+
+__all__ = ["REDIS_KEY", "build_api_app"]
+
+REDIS_KEY = web.AppKey[RedisClient]("api_redis")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+def build_api_app(
+    source: Settings | Tenants,
+    redis: RedisClient,
+    *,
+    koban_factory: KobanFactory | None = None,
+    clock: Clock | None = None,
+    flow_settings: FlowSettings | None = None,
+    webhooks: bool = True,
+    on_clock_advanced: ClockHook | None = None,
+) -> web.Application:
+    """The API app for `source` (a configuration, or tenants already built on `redis`).
+
+    `clock` is the base clock when tenants are built here (sandbox tenants get a test
+    clock on top of it). `on_clock_advanced(tenant, now)` is called after a sandbox
+    tenant's test clock moved through ``POST …/clock`` (and its ticks ran): ``run`` makes
+    the tenant's Koban sandbox follow the same clock with it."""
+    tenants = source if isinstance(source, Tenants) else build_tenants(source, redis, clock)
+    factory = koban_factory or koban_from_settings
+    app = web.Application(
+        middlewares=[api_middleware],
+        client_max_size=MAX_BODY,
+    )
+    app[TENANTS_KEY] = tenants
+    app[TOKENS_KEY] = TokenIndex(tenants)
+    app[REDIS_KEY] = redis
+    app[KOBAN_SETTINGS_KEY] = flow_settings or FlowSettings()
+    app[FLOWS_KEY] = KobanPool()
+    app[ANSWERS] = AvailabilityAnswers()
+
+    async def koban_clients(app: web.Application) -> AsyncIterator[None]:
+        pool = app[FLOWS_KEY]
+        async with aiohttp.ClientSession() as session:
+            for tenant in tenants.values():
+                client = factory(tenant, session)
+                if client is not None:
+                    pool.add(tenant, client, app[KOBAN_SETTINGS_KEY])
+            try:
+                yield
+            finally:
+                pool.clients.clear()
+                pool.flows.clear()
+
+    app.cleanup_ctx.append(koban_clients)
+    app.add_routes(hot_routes)  # first: see `routes_lots.hot_routes`
+    app.router.add_get("/healthz", healthz)
+    app.add_routes(lot_routes)
+    app.add_routes(option_routes)
+    app.add_routes(event_routes)
+    install_sync(app)
+    install_clock(app, on_clock_advanced)
+    app.on_shutdown.append(close_event_streams)
+    app.on_cleanup.append(close_stream_clients)
+    if webhooks:
+        add_webhook_routes(app, tenants)
+    install_health(app, redis, tenants)
+    install_openapi(app)
+    return app

@@ -1,0 +1,224 @@
+"""Sandbox test clocks (SPEC §8), like Stripe's: ``GET|POST /v1/tenants/{t}/clock``.
+
+* ``GET`` (read scope) → ``{"now", "nextTick", "offsetSeconds"}``: the tenant's test clock
+  (real time plus an offset that only grows), refreshed from Redis first.
+* ``POST`` (admin scope: moving time expires options for every client of the tenant) with
+  exactly one of ``{"advanceTo": "<ISO-8601 instant with offset>"}`` or ``{"advanceBy":
+  "<ISO-8601 duration>"}`` (calendar parts on the wall clock of the tenant's zone, as
+  lifetimes) → before answering 200, every tick passed is processed in order through the
+  daemon's own code path (`service.usecases.ticking.advance_clock` → `process_tick`), then
+  ``{"now", "ticksRun": [ISO…]}``. Backwards → ``422 CLOCK_BACKWARDS``; more than
+  `MAX_ADVANCE_S` at once → ``422 VALIDATION_FAILED`` (move it in several steps); a tenant
+  without a test clock → ``403 CLOCK_NOT_SANDBOX`` (both methods). Accepts
+  ``Idempotency-Key`` like every write.
+
+`install_clock(app, on_clock_advanced)` registers the routes, loads the sandbox tenants'
+clocks at start-up and refreshes them every `REFRESH_S` in the background (an advance made
+through another process reaches this one's reads); `on_clock_advanced(tenant, now)`, when
+given, is called after each move (``run`` makes the tenant's Koban sandbox follow).
+Real-time TTLs (idempotency, leases, heartbeat) never follow a test clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeAlias
+
+import structlog
+from aiohttp import web
+from pydantic import Field, PlainValidator, WithJsonSchema, model_validator
+from redis.exceptions import RedisError
+
+from service.clock import TestClock
+from service.entrypoints.api.auth import Caller
+from service.entrypoints.api.context import TENANTS_KEY, authenticate
+from service.entrypoints.api.errors import (
+    CLOCK_BACKWARDS,
+    CLOCK_NOT_SANDBOX,
+    ApiError,
+    json_response,
+    validation_failed,
+)
+from service.entrypoints.api.idempotency import idempotent
+from service.entrypoints.api.models import (
+    Instant,
+    InstantIn,
+    NoQuery,
+    _In,
+    _Out,
+    canonical_body,
+    dump,
+    parse_body,
+    parse_query,
+)
+from service.entrypoints.api.routes_lots import BASE
+from service.tenancy import Tenant
+from service.usecases.sandbox_clock import ClockBackwards, is_sandbox, refresh, refresh_all
+from service.usecases.ticking import ClockHook, advance_clock
+from statecharts.ticks import IsoDuration, add_duration, next_tick, parse_duration, to_iso
+
+__all__ = [
+    "CLOCK",
+    "MAX_ADVANCE_S",
+    "AdvanceClockIn",
+    "ClockAdvancedOut",
+    "ClockOut",
+    "install_clock",
+]
+
+log = structlog.get_logger("service.entrypoints.api")
+
+CLOCK = BASE + "/clock"
+MAX_ADVANCE_S = 31 * 86400  # 1 488 ticks: one request stays within seconds
+REFRESH_S = 1.0
+
+routes = web.RouteTableDef()
+
+
+def _duration_in(value: object) -> IsoDuration:
+    if not isinstance(value, str):
+        raise ValueError("expected an ISO-8601 duration such as 'PT2H' or 'P1DT30M'")
+    try:
+        return parse_duration(value.strip())
+    except ValueError as exc:
+        raise ValueError(f"not an ISO-8601 duration: {exc}") from None
+
+
+DurationIn: TypeAlias = Annotated[
+    IsoDuration,
+    PlainValidator(_duration_in),
+    WithJsonSchema({"type": "string", "format": "duration"}),
+]
+
+
+class AdvanceClockIn(_In):
+    """Exactly one of `advanceTo` (an instant) and `advanceBy` (a duration)."""
+
+    advance_to: InstantIn | None = Field(default=None, alias="advanceTo")
+    advance_by: DurationIn | None = Field(default=None, alias="advanceBy")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> AdvanceClockIn:
+        if (self.advance_to is None) == (self.advance_by is None):
+            raise ValueError("give exactly one of advanceTo and advanceBy")
+        return self
+
+
+class ClockOut(_Out):
+    now: Instant
+    next_tick: Instant
+    offset_seconds: int
+
+
+class ClockAdvancedOut(_Out):
+    now: Instant
+    ticks_run: list[Instant]
+
+
+@dataclass(frozen=True, slots=True)
+class _Hook:
+    on_clock_advanced: ClockHook | None
+
+
+_HOOK_KEY = web.AppKey("api_clock_hook", _Hook)
+
+
+def _test_clock_of(caller: Caller) -> tuple[Tenant, TestClock]:
+    tenant = caller.tenant
+    if not is_sandbox(tenant) or not isinstance(tenant.clock, TestClock):
+        raise ApiError(
+            403,
+            CLOCK_NOT_SANDBOX,
+            f"Tenant {tenant.name!r} is not a sandbox tenant: no test clock.",
+        )
+    return tenant, tenant.clock
+
+
+def _target(body: AdvanceClockIn, now: int, tenant: Tenant) -> int:
+    if body.advance_to is not None:
+        field, target = "advanceTo", body.advance_to
+    else:
+        assert body.advance_by is not None
+        field = "advanceBy"
+        try:
+            target = int(add_duration(now, body.advance_by, tenant.rules.zone))
+        except (OverflowError, ValueError):
+            target = now + MAX_ADVANCE_S + 1
+    if target - now > MAX_ADVANCE_S:
+        raise validation_failed(
+            [{"field": field, "message": "moves the clock more than 31 days at once"}]
+        )
+    return target
+
+
+@routes.get(CLOCK)
+async def get_clock(request: web.Request) -> web.Response:
+    """The tenant's test clock."""
+    caller = authenticate(request, "read")
+    parse_query(request, NoQuery)
+    tenant, clock = _test_clock_of(caller)
+    now = await refresh(tenant)
+    out = ClockOut(now=now, next_tick=next_tick(now), offset_seconds=clock.offset)
+    return json_response(dump(out))
+
+
+@routes.post(CLOCK)
+async def move_clock(request: web.Request) -> web.Response:
+    """Advance the tenant's test clock; every tick passed is processed before the answer."""
+    caller = authenticate(request, "admin")
+    parse_query(request, NoQuery)
+    tenant, _ = _test_clock_of(caller)
+    body, raw = await parse_body(request, AdvanceClockIn)
+    hook = request.app[_HOOK_KEY].on_clock_advanced
+
+    async def action() -> web.Response:
+        before = await refresh(tenant)
+        target = _target(body, before, tenant)
+        try:
+            moved = await advance_clock(tenant, target, on_advanced=hook)
+        except ClockBackwards as exc:
+            raise ApiError(
+                422,
+                CLOCK_BACKWARDS,
+                "A test clock never moves backwards; it reads "
+                f"{to_iso(exc.now)}, {to_iso(exc.wanted)} is in the past.",
+            ) from None
+        out = ClockAdvancedOut(now=moved.now, ticks_run=[r.tick for r in moved.ticks])
+        return json_response(dump(out))
+
+    return await idempotent(request, caller, canonical_body(raw), action)
+
+
+def install_clock(app: web.Application, on_clock_advanced: ClockHook | None = None) -> None:
+    """The clock routes; the sandbox clocks loaded at start-up and refreshed meanwhile."""
+    app[_HOOK_KEY] = _Hook(on_clock_advanced)
+
+    async def refresher(app: web.Application) -> AsyncIterator[None]:
+        tenants = [t for t in app[TENANTS_KEY].values() if is_sandbox(t)]
+        if not tenants:
+            yield
+            return
+        with contextlib.suppress(RedisError, OSError):
+            await refresh_all(tenants)
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(REFRESH_S)
+                try:
+                    await refresh_all(tenants)
+                except (RedisError, OSError) as exc:  # the routes refresh again anyway
+                    log.warning("clock_refresh_failed", error=str(exc))
+
+        task: asyncio.Task[Any] = asyncio.create_task(loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app.cleanup_ctx.append(refresher)
+    app.add_routes(routes)

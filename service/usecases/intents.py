@@ -1,0 +1,323 @@
+"""Resolution of pending placement intents (SPEC §4 "unknown outcome").
+
+An intent stays pending when ``ncOption/Add`` was sent but no answer came back. It holds
+its rank and counts toward the prospect's limit until resolved by one of:
+
+* Koban's option-placed webhook for that lot + third → :func:`confirm_from_webhook` (or,
+  inside the webhook's own transition, the pure :func:`webhook_resolution`): the intent
+  becomes the option with Koban's ``ExpDate`` as deadline (``deadlineSource: koban``);
+* :func:`resolve_pending` (scheduler), for intents older than ``intent_grace``: one
+  ``GetLotStatus`` per lot; the intent's rank occupied (``Result 1`` with ``MaxRank >=
+  rank``, or ``-3``) → placed (``placedAt`` = the intent's creation, ``deadlineSource:
+  estimated``); rank free → not placed (released). Koban unreachable and the intent older
+  than ``intent_ttl`` → dropped with a ``sync.drift_detected`` event and the lot queued for
+  reconciliation;
+* an operator: :func:`resolve_one` (``koban-options intents TENANT --resolve ID``), the
+  same judgement without the grace period.
+
+Every resolution is one transition: the placement's own events (``option.placed`` or a
+promotion after a release) together with ``koban.intent.resolved`` (data ``intentId``,
+``outcome`` placed|not_placed|dropped, ``rank``, ``thirdGuid``, ``partnerGuid``,
+``optionId`` when placed, ``actor``: ``reconcile``, or ``koban`` for the webhook).
+
+GetLotStatus counts options, not holders: an occupied rank is taken to be ours. A foreign
+option placed in Koban's UI at that rank meanwhile would be mistaken for ours; its own
+webhook then finds the lot full and reconciliation settles the count.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Literal, cast
+
+from service.koban import KobanClient, KobanError, KobanUnavailable, LotStatus
+from service.storage.codec import decode_lot
+from service.storage.store import Counts, new_id
+from service.tenancy import Tenant
+from service.usecases.sync import drift_event, koban_occupancy, mark_needs_sync
+from statecharts import transitions as tr
+from statecharts.errors import ErrorCode, RuleViolation
+from statecharts.model import Actor, DomainEvent, Intent, Lot, Option, Rules
+
+Outcome = Literal["placed", "not_placed", "dropped"]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingIntent:
+    extcode: str
+    intent_id: str
+    rank: int
+    third: str
+    partner: str | None
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    extcode: str
+    intent_id: str
+    outcome: Outcome
+    rank: int
+    third: str
+    option: Option | None = None
+
+
+def _member(extcode: str, intent_id: str) -> str:
+    return f"{extcode}/{intent_id}"
+
+
+def _split(member: bytes | str) -> tuple[str, str]:
+    text = member.decode() if isinstance(member, bytes) else member
+    extcode, _, intent_id = text.rpartition("/")
+    return extcode, intent_id
+
+
+def _resolved_event(
+    intent: Intent, outcome: Outcome, now: int, actor: Actor, option: Option | None = None
+) -> DomainEvent:
+    data: dict[str, object] = {
+        "intentId": intent.id,
+        "outcome": outcome,
+        "rank": intent.rank,
+        "thirdGuid": intent.holder,
+        "partnerGuid": intent.partner,
+    }
+    if option is not None:
+        data["optionId"] = option.id
+    data["actor"] = actor
+    return DomainEvent("intent.resolved", now, data)
+
+
+# --------------------------------------------------------------------------- listing
+
+
+async def list_pending(tenant: Tenant, older_than: int | None = None) -> list[PendingIntent]:
+    """Pending intents, oldest first (only those created at or before `older_than`)."""
+    store = tenant.store
+    top: float | str = "+inf" if older_than is None else older_than
+    members = await store.redis.zrangebyscore(store.keys.intents, "-inf", top)
+    if not members:
+        return []
+    pairs = [_split(cast(bytes, m)) for m in members]
+    codes = sorted({code for code, _ in pairs})
+    raws = await store.redis.mget([store.keys.lot(code) for code in codes])
+    lots = {
+        code: decode_lot(code, cast(bytes, raw))
+        for code, raw in zip(codes, raws, strict=True)
+        if raw
+    }
+    out: list[PendingIntent] = []
+    for code, iid in pairs:
+        lot = lots.get(code)
+        intent = tr.find_intent(lot, iid) if lot is not None else None
+        if intent is not None:
+            out.append(
+                PendingIntent(
+                    code, iid, intent.rank, intent.holder, intent.partner, intent.created_at
+                )
+            )
+    return out
+
+
+async def find_intent_lot(tenant: Tenant, intent_id: str) -> str | None:
+    """The extcode of a pending intent, from its id alone (the operator's ``--resolve ID``)."""
+    store = tenant.store
+    async for member, _score in store.redis.zscan_iter(store.keys.intents, match=f"*/{intent_id}"):
+        code, iid = _split(member)
+        if iid == intent_id:
+            return code
+    return None
+
+
+# --------------------------------------------------------------------------- judging
+
+
+def _judge(status: LotStatus, rank: int) -> Outcome:
+    """Is the intent's `rank` occupied in Koban?"""
+    occupied = koban_occupancy(status)
+    if occupied is None and status.result == -2:
+        occupied = status.max_rank  # pre-reserved: trust MaxRank when Koban gives it
+    return "placed" if occupied is not None and occupied >= rank else "not_placed"
+
+
+def _settle(
+    lot: Lot,
+    intent_id: str,
+    outcome: Outcome,
+    now: int,
+    rules: Rules,
+    *,
+    actor: Actor,
+    placed_at: int | None = None,
+    koban_deadline: int | None = None,
+    status: LotStatus | None = None,
+) -> tuple[list[DomainEvent], Resolution | None]:
+    """The transition resolving one intent of `lot` (mutated in place)."""
+    intent = tr.find_intent(lot, intent_id)
+    if intent is None:
+        return [], None
+    seen = copy.copy(intent)
+    events: list[DomainEvent] = []
+    option: Option | None = None
+    if outcome == "placed":
+        trial = copy.deepcopy(lot)
+        oid = new_id()
+        when = intent.created_at if placed_at is None else placed_at
+        try:
+            tr.confirm_placement(trial, intent_id, oid, when, rules, koban_deadline, actor)
+        except RuleViolation:
+            outcome = "dropped"  # the lot cannot hold it any more (e.g. synced to RESV)
+        else:
+            events = tr.confirm_placement(lot, intent_id, oid, when, rules, koban_deadline, actor)
+            option = next(o for o in lot.options if o.id == oid)
+    if outcome != "placed":
+        events = tr.release_intent(lot, intent_id, now, rules)
+    if outcome == "dropped":
+        data: dict[str, object] = {"intentId": intent_id, "rank": seen.rank}
+        data["thirdGuid"] = seen.holder
+        if status is not None:
+            data["kobanResult"] = status.result
+            data["kobanMaxRank"] = status.max_rank
+        events.append(drift_event(now, actor, "intent_unresolved", **data))
+    events.append(_resolved_event(seen, outcome, now, actor, option))
+    return events, Resolution(lot.extcode, intent_id, outcome, seen.rank, seen.holder, option)
+
+
+async def _apply(
+    tenant: Tenant,
+    extcode: str,
+    intent_id: str,
+    outcome: Outcome,
+    now: int,
+    *,
+    actor: Actor = "reconcile",
+    status: LotStatus | None = None,
+    koban_deadline: int | None = None,
+) -> Resolution | None:
+    def change(lot: Lot, _counts: Counts) -> tuple[list[DomainEvent], Resolution | None]:
+        # A placed intent's rank is re-judged on the lot as it is now (ranks compact).
+        judged = outcome
+        if status is not None and outcome != "dropped":
+            intent = tr.find_intent(lot, intent_id)
+            if intent is not None:
+                judged = _judge(status, intent.rank)
+        return _settle(
+            lot,
+            intent_id,
+            judged,
+            now,
+            tenant.rules,
+            actor=actor,
+            koban_deadline=koban_deadline,
+            status=status,
+        )
+
+    try:
+        resolution = await tenant.store.mutate(extcode, change, now=now)
+    except RuleViolation as exc:
+        if exc.code is ErrorCode.LOT_UNKNOWN:
+            await tenant.store.redis.zrem(tenant.store.keys.intents, _member(extcode, intent_id))
+            return None
+        raise
+    if resolution is not None and resolution.outcome == "dropped":
+        await mark_needs_sync(tenant, extcode)
+    if status is not None and status.result == -1:
+        await mark_needs_sync(tenant, extcode)
+    return resolution
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+async def resolve_pending(tenant: Tenant, koban: KobanClient, now: int) -> list[Resolution]:
+    """Resolve every intent older than `intent_grace` (see the module doc); one
+    GetLotStatus per lot. Intents Koban could not be asked about and younger than
+    `intent_ttl` stay pending (not in the result)."""
+    grace = int(tenant.settings.intent_grace.fixed_seconds())
+    ttl = int(tenant.settings.intent_ttl.fixed_seconds())
+    pending = await list_pending(tenant, older_than=now - grace)
+    by_lot: dict[str, list[PendingIntent]] = {}
+    for p in pending:
+        by_lot.setdefault(p.extcode, []).append(p)
+    out: list[Resolution] = []
+    for extcode, intents in by_lot.items():
+        try:
+            status: LotStatus | None = await koban.get_lot_status(extcode)
+        except (KobanUnavailable, KobanError):
+            status = None
+        for p in sorted(intents, key=lambda i: i.rank):
+            if status is None:
+                if now - p.created_at < ttl:
+                    continue
+                resolution = await _apply(tenant, extcode, p.intent_id, "dropped", now)
+            else:
+                resolution = await _apply(
+                    tenant, extcode, p.intent_id, "not_placed", now, status=status
+                )
+            if resolution is not None:
+                out.append(resolution)
+    return out
+
+
+async def resolve_one(
+    tenant: Tenant,
+    koban: KobanClient,
+    extcode: str | None,
+    intent_id: str,
+    now: int,
+) -> Resolution:
+    """Resolve one intent now by asking Koban (the operator's command; no grace period).
+
+    `extcode` may be None: the intent is looked up by id. Raises ``OPTION_NOT_FOUND`` when
+    no such intent is pending; Koban's errors propagate (nothing is dropped by hand).
+    """
+    code = extcode if extcode is not None else await find_intent_lot(tenant, intent_id)
+    if code is None:
+        raise RuleViolation(ErrorCode.OPTION_NOT_FOUND, f"no pending intent {intent_id}")
+    status = await koban.get_lot_status(code)
+    resolution = await _apply(tenant, code, intent_id, "not_placed", now, status=status)
+    if resolution is None:
+        raise RuleViolation(ErrorCode.OPTION_NOT_FOUND, f"no pending intent {intent_id}")
+    return resolution
+
+
+def webhook_resolution(
+    lot: Lot,
+    third: str,
+    exp_date: int | None,
+    now: int,
+    rules: Rules,
+) -> tuple[list[DomainEvent], Resolution] | None:
+    """For the option-placed webhook's own change fn: when `third` has a pending intent on
+    `lot`, confirm it (deadline = Koban's ExpDate, ``deadlineSource: koban``; placedAt =
+    the intent's creation ≈ the DateOption we sent) and return its events, which include
+    ``koban.intent.resolved``; None when there is no such intent (handle the webhook as
+    a placement made in Koban)."""
+    intent = next((i for i in lot.intents if i.holder == third), None)
+    if intent is None:
+        return None
+    events, resolution = _settle(
+        lot, intent.id, "placed", now, rules, actor="koban", koban_deadline=exp_date
+    )
+    assert resolution is not None
+    return events, resolution
+
+
+async def confirm_from_webhook(
+    tenant: Tenant, extcode: str, third: str, exp_date: int | None, now: int
+) -> Resolution | None:
+    """Koban's option-placed webhook for (lot, third) with a pending intent: the intent
+    becomes the option in one transition. None when no intent of that third is pending
+    (nothing written)."""
+
+    def change(lot: Lot, _counts: Counts) -> tuple[list[DomainEvent], Resolution | None]:
+        found = webhook_resolution(lot, third, exp_date, now, tenant.rules)
+        return found if found is not None else ([], None)
+
+    try:
+        return await tenant.store.mutate(extcode, change, now=now)
+    except RuleViolation as exc:
+        if exc.code is ErrorCode.LOT_UNKNOWN:
+            return None
+        raise
