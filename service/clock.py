@@ -2,7 +2,7 @@
 
 Inside the service instants are int UNIX seconds (UTC). Tests pin them with `FixedClock`
 (or freezegun, which `SystemClock` follows); sandbox tenants use a `TestClock`: real time
-plus an offset that only grows (SPEC §8), shared by processes through Redis
+plus an offset that only grows, shared by processes through Redis
 (service.usecases.sandbox_clock).
 """
 

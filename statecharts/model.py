@@ -34,7 +34,7 @@ class Option:
 
     id: str
     rank: int
-    holder: str | None  # thirdGuid; None for an opaque placeholder (§2.2)
+    holder: str | None  # thirdGuid; None for an opaque placeholder
     partner: str | None
     placed_at: int
     deadline: int | None  # None only for an opaque option whose date Koban did not give
@@ -43,7 +43,7 @@ class Option:
     source: DeadlineSource = "estimated"
     original_deadline: int | None = None  # before prolongation, for max_prolongation
     via_api: bool = False  # placed through the tenant's Koban API user (counts toward its limit)
-    noticed: bool = False  # its `option.expiring` notice was sent (once per option, §3)
+    noticed: bool = False  # its `option.expiring` notice was sent (once per option)
 
     @property
     def opaque(self) -> bool:
@@ -52,7 +52,7 @@ class Option:
 
 @dataclass(slots=True)
 class Intent:
-    """A placement reserved before calling Koban (§4): holds a rank and counts toward limits."""
+    """A placement reserved before calling Koban: holds a rank and counts toward limits."""
 
     id: str
     rank: int

@@ -1,36 +1,13 @@
-"""The scheduler daemon (SPEC §8): ``koban-options scheduler``, or in-process under ``run``.
+"""The scheduler daemon: ``koban-options scheduler``, or in-process under ``run``.
 
-An APScheduler 3.11 `AsyncIOScheduler` in UTC runs a table of jobs (`job_table`): each a
-plain coroutine called with a clock value, its trigger and its id. Every job runs with
-``misfire_grace_time=None, coalesce=True, max_instances=1`` (the 3.x defaults skip a tick
-after a stall of a second; see STACK.md).
-
-* ``tick:<t>`` — ``CronTrigger(minute="0,30", timezone=UTC)``, tenants without a test
-  clock: `service.usecases.ticking.catch_up` (the tick just reached, and any missed since);
-* ``clock:<t>`` — every `Intervals.sandbox_clock_s`, sandbox tenants (their clocks jump):
-  the same `catch_up` on the tenant's test clock;
-* ``notices:<t>`` — every `Intervals.notices_s`: `service.usecases.notices.send_notices` up to now
-  (for notice offsets that are not multiples of 30 min);
-* ``sync:<t>`` — every `Intervals.sync_s`: an incremental stock sync through
-  `service.usecases.sync_runs` (one run at a time per tenant, whoever starts it);
-* ``reconcile:<t>`` — every `Intervals.reconcile_s`: `service.usecases.sync.reconcile`;
-* ``intents:<t>`` — every `Intervals.intents_s`: `service.usecases.intents.resolve_pending`;
-* ``retention:<t>`` — every `Intervals.retention_s`: `service.storage.retention.trim_events`, on
-  real time (never a test clock);
-* ``heartbeat`` — every `Intervals.heartbeat_s`: `SCHEDULER_HEARTBEAT_KEY` = UNIX seconds,
-  with the TTL `HEARTBEAT_TTL_S`.
-
-The three Koban jobs exist only for tenants with Koban credentials. Several daemons may
-run against one Redis: every one fires every job; `process_tick`'s lease makes each
-(tenant, tick) processed once, the sync lease makes syncs single, and the other jobs are
-idempotent.
-
-`Daemon` is the composition: ``await daemon.start()`` loads the sandbox clocks, writes a
-first heartbeat, catches every tenant up (before any cron job starts) and starts the
-scheduler; ``await daemon.stop()`` stops taking work, lets the running jobs finish for
-`shutdown_grace_s` (a tick still running then is cancelled: its lease is handed back, so
-another daemon finishes it at once) and logs one summary line (``scheduler_stopped``).
-Nothing is created at import time; `run_daemon` is the command's main.
+An APScheduler 3 `AsyncIOScheduler` in UTC runs a table of jobs (`job_table`), each a
+plain coroutine called with a clock value: ticks (a cron at :00 and :30, or every few
+seconds on a sandbox tenant's test clock), notices, stock sync, reconciliation, intents,
+stream retention and a heartbeat. Every job runs with ``misfire_grace_time=None,
+coalesce=True, max_instances=1``: the default grace of one second skips a tick after a
+stall. Several daemons may share one Redis; leases and idempotent jobs make that safe.
+`Daemon` starts (catch-up first) and stops (grace, one summary line) it. Nothing is
+created at import time. The job table and its reasons: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -2,16 +2,11 @@
 
 Everything here is started from a function on the running event loop, so the same code
 serves one process per role (``api``, ``scheduler``) or everything in one (``run``).
-Stopping is by SIGTERM or SIGINT: the listener closes, in-flight requests finish (aiohttp's
-graceful shutdown), SSE streams are told to end, then Redis is closed.
-
-``koban-options api --workers N`` (`supervise`) runs N API processes on one port: each binds
-it with ``SO_REUSEPORT`` (the kernel spreads connections over them) and has its own event
-loop, Redis pool, shared-connection reader and Koban clients; all state is in Redis, so
-each worker is simply one more replica (`/metrics` answers with the figures of the worker
-that took the scrape's connection, and a Koban change a worker could not record is kept by
-that worker, as with replicas). The supervisor forwards SIGTERM/SIGINT; when a worker ends
-on its own, it stops the others and exits with that worker's code.
+SIGTERM or SIGINT closes the listener, lets in-flight requests finish, ends SSE streams,
+then closes Redis. ``api --workers N`` (`supervise`) runs N processes on one port
+(``SO_REUSEPORT``), each a replica with its own loop, pools and Koban clients; when one
+ends on its own, the others are stopped. What that means for `/metrics` and the rest:
+docs/semantics.md, "Serving processes".
 """
 
 from __future__ import annotations
@@ -118,10 +113,9 @@ def build_served_api(source: Settings | Tenants, redis: RedisClient, **kw: Any) 
 
 def freeze_startup_objects() -> None:
     """Collect once, then move every object alive after start-up (modules, pydantic models,
-    the OpenAPI document, the app: ~80 000 objects) out of the cyclic collector's way
-    (`gc.freeze`). Unfrozen, every full collection walked them all and stopped the loop for
-    50–130 ms on this 2-core machine under placement load; frozen, one takes 3–4 ms
-    (measured with bench/http.py and a `gc.callbacks` timer)."""
+    the OpenAPI document, the app) out of the cyclic collector's way (`gc.freeze`).
+    Unfrozen, every full collection walked them all and stopped the event loop under
+    placement load; the figures are in docs/benchmarks.md."""
     gc.collect()
     gc.freeze()
 

@@ -1,23 +1,12 @@
-"""Async client for Koban's API (SPEC §4, §6).
+"""Async client for Koban's API: one per tenant, with retries and a rate limit.
 
-Failure semantics — what a caller may conclude:
-
-* a ``KobanAnswer`` with ``success=False``: Koban refused (business rule); nothing changed.
-  Map its code with :func:`koban_refusal`.
-* ``KobanOutcomeUnknown`` (a write only): the request may have reached Koban — timeout or
-  connection lost after sending, a 5xx, or a 2xx whose body cannot be read. It is never
-  resent; the caller keeps its intent pending and resolves it later (webhook, GetLotStatus).
-* ``KobanUnavailable``: Koban could not be reached, and for a write nothing was sent
-  (connection refused, DNS, connect timeout — retried first), or a read kept failing
-  (network error / 5xx) after the retries, or Koban answered 429.
-* ``KobanError``: Koban answered something unexpected that retrying will not fix — 401/403,
-  another 4xx without a business error code, an unreadable body to a read. Not retried.
-
-Retries: exponential backoff with full jitter (tenacity ``wait_random_exponential``) on
-network errors and 5xx for reads; for writes only when the connection could not be
-established (nothing sent). Never on 4xx. ``retries`` counts the extra attempts (so at most
-``1 + retries`` requests). Every attempt first takes a slot from a per-client leaky-bucket
-limiter (aiolimiter) of ``rate_per_s`` requests per second — one client per tenant.
+What a caller may conclude: a ``KobanAnswer`` with ``success=False`` is a refusal (nothing
+changed; map it with `koban_refusal`); ``KobanOutcomeUnknown`` (writes only) may have
+reached Koban and is never resent, so the caller keeps its intent pending;
+``KobanUnavailable`` means nothing was sent, or a read kept failing after its retries, or
+Koban answered 429; ``KobanError`` is an answer retrying will not fix. Reads retry with
+full-jitter backoff; writes only when nothing was sent. Every attempt takes a slot from the
+tenant's leaky-bucket limiter. The contract in full: docs/koban-wire.md.
 """
 
 from __future__ import annotations
@@ -164,8 +153,8 @@ def _is_transient(exc: BaseException) -> bool:
 
 def _encode(body: Mapping[str, Any]) -> bytes:
     """A request body as JSON bytes (what ``json=`` sends, built by orjson: aiohttp's JSON
-    payload costs ≈ 1.5 % of the API's CPU under placement load); what orjson refuses
-    goes through the standard library."""
+    payload showed in the API's profile under placement load, docs/benchmarks.md); what
+    orjson refuses goes through the standard library."""
     try:
         return orjson.dumps(body)
     except TypeError:
@@ -295,8 +284,8 @@ class KobanClient:
     ) -> tuple[int, bytes]:
         """The exchange with retries; a 5xx is returned as such only on a write.
 
-        The first attempt runs on its own: building tenacity's retry loop costs ≈ 45 µs of
-        CPU per call here, as much as the HTTP exchange itself, and most calls succeed at
+        The first attempt runs on its own: building tenacity's retry loop costs about as
+        much CPU as the HTTP exchange itself (docs/benchmarks.md), and most calls succeed at
         once. Only a retryable failure builds the loop, which replays that failure as its
         own first attempt: attempts, backoff and counts are those of one loop over all."""
         try:

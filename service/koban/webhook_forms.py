@@ -1,16 +1,10 @@
 """The form bodies Koban posts to the webhooks, as pydantic models.
 
-Field aliases are Koban's own parameter names (docs/koban-wire.md); every other field of a
-form is ignored. Koban's forms may carry empty fields rather than omit them, so an empty
-value counts as absent: an optional field becomes None, a required one is missing.
-
-- Identifiers (`Deal_Extcode`, `Third_Guid`, ...) are stripped; at most 200 characters,
-  no control characters.
-- `Rank` is a hint (1 or 2) and optional; anything else is malformed.
-- Instants (`ExpDate`, `PrgDate`) are UNIX timestamps, in seconds or milliseconds (above
-  1e11, see `statecharts.ticks.parse_instant`), as digits with an optional fraction. A
-  fraction of a second is rounded up, as `ceil_tick` does. ISO strings, negative or
-  out-of-range values are malformed.
+Field aliases are Koban's own parameter names; every other field of a form is ignored. An
+empty value counts as absent (Koban's forms may carry empty fields rather than omit them).
+Identifiers are bounded and refuse control characters, `/` and `|`; `Rank` is an optional
+hint; instants are UNIX seconds or milliseconds as digits, a fraction rounded up. The rules
+and their reasons: docs/koban-wire.md, "How the service reads the webhook forms".
 """
 
 from __future__ import annotations

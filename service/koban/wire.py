@@ -1,14 +1,11 @@
-"""Koban's wire shapes, in one place (see docs/koban-wire.md).
+"""Koban's wire shapes, in one place (docs/koban-wire.md).
 
 Everything that depends on how Koban spells things lives here: verbs and paths, query
 parameter names, the nesting of request bodies (``Deal.Extcode``, ``Third.Guid``…), field
 names of answers, and the conversions (euros with two decimals, UNIX seconds vs
-milliseconds). The rest of the service only sees the parsed results below.
-
-Answers are parsed case-insensitively (``success``/``Success``, ``errorcode``/``ErrorCode``,
-``message``/``Message``/``Errors``); error codes are normalised to two-digit strings
-(``5`` → ``"05"``); timestamps above 10^11 are milliseconds and become seconds.
-Pure: no I/O.
+milliseconds). Answers are parsed case-insensitively and error codes normalised to two
+digits (``5`` → ``"05"``). The rest of the service only sees the parsed results. Pure: no
+I/O.
 """
 
 from __future__ import annotations

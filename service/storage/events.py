@@ -1,4 +1,4 @@
-"""The one CloudEvents 1.0 builder (§3), and the compact form kept in a lot's history.
+"""The one CloudEvents 1.0 builder, and the compact form kept in a lot's history.
 
 Domain events carry times as UNIX seconds; they become ISO-8601 UTC strings here, at the
 edge. The stream holds full CloudEvents JSON (what consumers read); a lot's history keeps a

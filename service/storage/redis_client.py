@@ -1,25 +1,12 @@
-"""The one way the service connects to Redis.
+"""The one way the service connects to Redis: a single server or a Redis Cluster.
 
-redis-py's asyncio connection packs commands in pure Python (~7 µs for a five-argument
-XADD); hiredis packs the same in ~0.7 µs. The sweep sends tens of thousands of arguments
-per tick, so every client made here packs with hiredis (exactly as redis-py's own sync
-`HiredisRespSerializer` does).
-
-Every client has a *blocking* pool of `MAX_CONNECTIONS`: a command that finds them all in
-use waits (up to `POOL_TIMEOUT_S`, then ``ConnectionError`` → 503 ``STORE_UNAVAILABLE``) for
-one to come back. redis-py's default pool raises ``MaxConnectionsError`` at once instead:
-200 concurrent placements on one API process got 503s while Redis sat idle.
-
-A Redis Cluster URL — ``redis+cluster://host:port`` (``rediss+cluster://`` for TLS; more
-seed nodes as ``host:port,host:port``; no database number but 0) — gives a
-`redis.asyncio.cluster.RedisCluster` instead. Every key of a tenant carries the hash tag
-``{tenant}`` (`service.storage.keys`), so each of the service's commands, pipelines and scripts
-names keys of one slot and goes to the one master serving it; only service-wide keys (the
-scheduler's heartbeat) live in slots of their own. redis-py's cluster client keeps its own
-connections per node (`CLUSTER_MAX_CONNECTIONS` each, then ``MaxConnectionsError``: a 503,
-not a wait: it has no blocking pool) and packs commands in Python. `RedisClient` is either
-kind, told apart (``isinstance(client, RedisCluster)``) only where the service must: the
-sweep's own connection (`own_connection`), `MuxReader`, the event stream's blocking reads.
+`connect` gives every client a *blocking* pool (a command waits for a free connection
+instead of failing at once) and, over plain TCP, packs commands with hiredis (the sweep
+sends tens of thousands of arguments per tick). A ``redis+cluster://`` URL gives a
+`RedisCluster`; every key of a tenant carries the hash tag ``{tenant}``, so each command,
+pipeline and script goes to the one master of that slot. `RedisClient` is either kind,
+told apart only where it must be: the sweep's `own_connection`, `MuxReader`, the event
+stream's `blocking_client`. The reasons and the cluster's limits: docs/semantics.md.
 """
 
 from __future__ import annotations

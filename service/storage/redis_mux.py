@@ -1,22 +1,12 @@
 """Hot-path Redis reads over one shared connection ("auto-pipelining").
 
-Commands issued while the event loop runs one iteration leave in one write; Redis answers
-in order and each caller's future gets its own replies. redis-py's asyncio client spends
-~110 µs of CPU per command on this 2-core machine (pool, retry and timeout wrappers, and
-one socket write plus one wake-up of Redis per command); through this reader the same GET
-costs ~5 µs, because concurrent requests share writes and reads (bench/http.py: a bare
-aiohttp handler plus one GET serves ~5 900 req/s through redis-py, ~20 900 through this).
-
-For idempotent reads (GET, HMGET, …) and for scripts whose resending is harmless
-(`evalsha`: the store's revision-guarded commit, which redis-py's own retries may resend
-too): after a lost connection a command is sent once more on a new connection. Replies are
-RESP2 as hiredis parses them (bytes, lists, ints, None). Redis error replies raise
-`redis.exceptions.ResponseError`, but ``LOADING`` (a server just restarted, reading its
-data) raises `BusyLoadingError`, a ``ConnectionError``, as in redis-py; an unreachable or
-lost server `redis.exceptions.ConnectionError`; no answer within `timeout` seconds
-`redis.exceptions.TimeoutError` (the API maps the last two to 503 STORE_UNAVAILABLE, as it
-does for redis-py's). Other writes keep going through redis-py (WATCH/MULTI, commands that
-must not be resent).
+Commands issued during one iteration of the event loop leave in one write; Redis answers
+in order and each caller's future gets its own replies. Concurrent requests share writes,
+reads and wake-ups, which redis-py's per-command pool, retry and timeout wrappers do not
+(docs/benchmarks.md). Only commands whose resending is harmless go through here
+(idempotent reads, the store's revision-guarded commit): after a lost connection a command
+is sent once more. Errors are redis-py's (``LOADING`` is `BusyLoadingError`, so the API
+answers 503); replies are RESP2 as hiredis parses them. See docs/semantics.md.
 """
 
 from __future__ import annotations

@@ -1,17 +1,11 @@
-"""Retention of a tenant's event stream (SPEC §3): trimmed by age with ``XTRIM MINID``,
-never by count; the lots' own histories are kept apart and are not touched here.
+"""Retention of a tenant's event stream: trimmed by age with ``XTRIM MINID``, never by
+count; the lots' own histories are kept apart and are not touched here.
 
-Stream entry ids are stamped by Redis when the service appends (``XADD *``): their first
-part is Redis' clock in milliseconds. `trim_events` therefore compares them with `now`
-(UNIX seconds), which must be wall-clock time — the service's base clock, never a sandbox
-tenant's test clock, or a clock set days ahead would trim everything.
-
-Readers must be able to tell "I was away too long" from "nothing happened": after a trim,
-the newest removed id is recorded as the stream's ``max-deleted-entry-id`` (``XSETID …
-MAXDELETEDID``, Redis ≥ 7.0; ``XTRIM`` itself does not record it), in the same script as
-the trim. An ``after`` position older than it names a stretch that is gone (the API
-answers ``410 EVENTS_EXPIRED``); a position at or after it loses nothing, even when the
-entry it names was itself trimmed.
+Stream ids carry Redis' clock in milliseconds, so `trim_events` compares them with
+wall-clock time, never a sandbox tenant's test clock. In the same script it records the
+newest removed id as the stream's ``max-deleted-entry-id`` (``XTRIM`` alone does not), so a
+reader whose position is older can be told ``410 EVENTS_EXPIRED`` instead of missing events
+silently (docs/semantics.md, "Event stream retention").
 """
 
 from __future__ import annotations
