@@ -88,3 +88,17 @@ def test_the_link_checker_sees_a_broken_link(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
     page.write_text("# A title\n[ok](#a-title) [gone](missing.md) [no anchor](#nowhere)\n")
     assert broken_links(page) == ["missing.md", "#nowhere"]
+
+
+CODE_PATH = re.compile(r"`((?:service|statecharts|bench|config|docs|\.ci)/[\w./-]*?)(?:::[\w.]+)?`")
+
+
+def missing_paths(markdown: str) -> list[str]:
+    return [p for p in CODE_PATH.findall(markdown) if not (ROOT / p.rstrip("/")).exists()]
+
+
+def test_paths_named_in_the_readme_and_docs_exist() -> None:
+    pages = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+    named = {page.name: missing_paths(page.read_text()) for page in pages}
+    assert named == {page.name: [] for page in pages}
+    assert missing_paths("`service/nowhere.py` `statecharts/ticks.py::x`") == ["service/nowhere.py"]
