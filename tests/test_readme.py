@@ -11,7 +11,8 @@ from service.entrypoints.run import DEV
 from statecharts.diagram import mermaid
 from statecharts.errors import HTTP_STATUS, KOBAN_CODE, ErrorCode
 
-ROOT = Path(__file__).parent.parent
+# The repository root, wherever the tests folder puts this module.
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 README = (ROOT / "README.md").read_text()
 DOCS = ROOT / "docs"
 LINK = re.compile(r"\]\(([^)\s]+)\)")
