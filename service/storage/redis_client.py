@@ -1,12 +1,12 @@
 """The one way the service connects to Redis: a single server or a Redis Cluster.
 
 `connect` gives every client a *blocking* pool (a command waits for a free connection
-instead of failing at once) and, over plain TCP, packs commands with hiredis (the sweep
-sends tens of thousands of arguments per tick). A ``redis+cluster://`` URL gives a
-`RedisCluster`; every key of a tenant carries the hash tag ``{tenant}``, so each command,
-pipeline and script goes to the one master of that slot. `RedisClient` is either kind,
-told apart only where it must be: the sweep's `own_connection`, `MuxReader`, the event
-stream's `blocking_client`. The reasons and the cluster's limits: docs/semantics.md.
+instead of failing at once) and, over plain TCP (``redis://``), packs commands with
+hiredis (the sweep sends tens of thousands of arguments per tick). ``redis+cluster://``
+gives a `RedisCluster`; every key of a tenant carries the hash tag ``{tenant}``, so each
+command, pipeline and script goes to the one master of that slot. `RedisClient` is either
+kind, told apart only where it must be: the sweep's `own_connection`, `MuxReader`, the
+event stream's `blocking_client`. The reasons and the cluster's limits: docs/semantics.md.
 """
 
 from __future__ import annotations
