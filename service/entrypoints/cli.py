@@ -14,6 +14,7 @@ import asyncio
 import os
 import signal
 import sys
+import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -30,7 +31,7 @@ from service.config import ENV_PREFIX, ConfigError, Settings, load_settings
 from service.entrypoints import diagram, run_file
 from service.entrypoints.run_file import RunInfo
 from service.koban import KobanClient, KobanError, KobanUnavailable
-from service.storage.redis_client import connect
+from service.storage.redis_client import RedisClient, connect
 from service.tenancy import Tenant, Tenants
 from service.usecases.intents import list_pending, resolve_one
 from service.usecases.sandbox_clock import is_sandbox, refresh_all
@@ -136,6 +137,8 @@ async def _with_tenants(settings: Settings, action: Callable[[Tenants], Awaitabl
         tenants = build_tenants(settings, redis)
         await refresh_all(tenants.values())
         return await action(tenants)
+    except BrokenPipeError:
+        raise  # our reader went away (`| head`): not Redis's fault
     except (RedisError, OSError) as exc:
         print(f"koban-options: Redis unavailable at {url}: {exc}", file=sys.stderr)
         return UNAVAILABLE
@@ -276,7 +279,9 @@ async def _tail(tenant_name: str, from_start: bool, as_json: bool) -> int:
         tenant = tenants[tenant_name]
         redis = tenant.store.redis
         key = tenant.store.keys.events
-        last = "0-0" if from_start else "$"
+        # A concrete position, taken before the header is printed: whatever is appended
+        # after the header shows up (``$`` would only start counting at the first read).
+        last = "0-0" if from_start else await _stream_last_id(redis, key)
         if not as_json:
             now = tenant.clock.now()
             print(
@@ -284,10 +289,16 @@ async def _tail(tenant_name: str, from_start: bool, as_json: bool) -> int:
                 f"now {to_iso(now)}{_clock_mark(tenant)}",
                 flush=True,
             )
+        # Ctrl-C / SIGTERM end the loop between two reads: cancelling a read in flight
+        # can be lost (and the process left waiting) when it lands during a blocked write.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         try:
-            while True:
+            while not stop.is_set():
                 # BLOCK stays under the client's socket timeout, which would cut it short.
-                replies: Any = await redis.xread({key: last}, block=2000, count=100)
+                replies: Any = await redis.xread({key: last}, block=1000, count=100)
                 for _, entries in replies:
                     for entry_id, fields in entries:
                         last = entry_id
@@ -298,10 +309,21 @@ async def _tail(tenant_name: str, from_start: bool, as_json: bool) -> int:
                         who = e["data"].get("thirdGuid") or ""
                         line = f"{e['time']}  {e['subject']:<14} {e['type']:<28} {who}"
                         print(line, flush=True)
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            return OK
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        return OK
 
     return await _with_tenants(setup.settings, follow)
+
+
+async def _stream_last_id(redis: RedisClient, key: str) -> str:
+    """The id of the stream's newest entry (``0-0`` when it is empty)."""
+    newest: Any = await redis.xrevrange(key, count=1)
+    if not newest:
+        return "0-0"
+    entry_id = newest[0][0]
+    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 
 # --------------------------------------------------------------------------- api, daemons
@@ -554,7 +576,7 @@ async def _list_intents(tenant: Tenant, as_json: bool) -> int:
         _print_json({"items": items, "clock": _clock_json(tenant, now)})
         return OK
     if not pending:
-        print(f"{tenant.name}: no pending intents (now {to_iso(now)}{_clock_mark(tenant)})")
+        print(f"{tenant.name}: no pending intents at {to_iso(now)}{_clock_mark(tenant)}")
         return OK
     print(f"{'intent':<14} {'lot':<16} {'rank':>4}  {'third':<26} {'age':>7}  created")
     for p in pending:
@@ -687,7 +709,10 @@ KOBAN_OPTIONS_* variable is set; one stderr line says so. See docs/cli.md."""
 
 
 def _epilog() -> str:
-    return "exit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
+    lines = ["exit codes:"]
+    for code, text in EXIT_CODES.items():
+        lines += textwrap.wrap(text, 78, initial_indent=f"  {code}  ", subsequent_indent="     ")
+    return "\n".join(lines)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -802,6 +827,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "scheduler":
             return asyncio.run(_scheduler_check(as_json) if args.check else _scheduler())
     except KeyboardInterrupt:
+        return OK
+    except BrokenPipeError:
+        # The reader of our output stopped early (`| head`): what it read is all it wanted.
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return OK
     parser.error(f"unknown command {args.command}")
     return USAGE
