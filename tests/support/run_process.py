@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -124,7 +125,7 @@ def start_run(folder: Path) -> RunProcess:
 def stop_run(proc: subprocess.Popen[str], timeout: float = 60) -> int:
     """SIGINT (Ctrl-C), as a person stops it; killed if it does not end in `timeout`."""
     if proc.poll() is None:
-        proc.send_signal(2)
+        proc.send_signal(signal.SIGINT)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
