@@ -137,6 +137,9 @@ def test_run_comes_up_places_an_option_and_stops_cleanly(running: Running) -> No
     assert str(running.folder / "var" / "redis") in banner["redis"]
     children = _children_of(running.proc.pid)
     assert children, "the private redis-server child"
+    run_file = running.folder / "var" / "run.json"  # for the CLI in this folder
+    assert run_file.stat().st_mode & 0o777 == 0o600
+    assert json.loads(run_file.read_text())["api_url"] == banner["api"]
 
     # the printed curl line, executed as printed
     argv = shlex.split(banner["try"])
@@ -174,4 +177,5 @@ def test_run_comes_up_places_an_option_and_stops_cleanly(running: Running) -> No
     while any(_alive(p) for p in children) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(p) for p in children), "run left a child process behind"
+    assert not run_file.exists(), "a clean exit removes the run file"
     assert (running.folder / "var" / "redis" / "appendonlydir").is_dir()

@@ -1,9 +1,10 @@
-"""`koban-options`: the operator's command line (SPEC §1).
+"""`koban-options`: the operator's command line.
 
-Sub-commands: `diagram`, `lot`, `events tail`, `sync`, `intents`, `api`, `scheduler`
-(`--check`: is a scheduler's heartbeat fresh?), `run`, `sandbox`.
-Exit codes: 0 done, 1 not found (lot, intent), 2 bad configuration or usage, 3 Koban or
-Redis unavailable (or Koban answered an error).
+Sub-commands: `lot`, `intents`, `events tail`, `sync`, `clock`, `scheduler` (`--check`),
+`api`, `run`, `sandbox`, `diagram`. Times shown are the tenant's clock (a sandbox tenant's
+test clock, marked so). In a folder where `run` is running, commands about its sandbox
+tenant reach it through ``./var/run.json`` (`run_file`). `--json` prints the API's own
+answer shapes; the exit codes are `EXIT_CODES` (also in the help text and docs/cli.md).
 """
 
 from __future__ import annotations
@@ -13,28 +14,64 @@ import asyncio
 import os
 import signal
 import sys
+import textwrap
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import orjson
 from redis.exceptions import RedisError
 
 from service.bootstrap import KobanConfigError, build_tenants, koban_session, missing_keys
-from service.config import ConfigError, Settings, load_settings
-from service.entrypoints import diagram
+from service.config import ENV_PREFIX, ConfigError, Settings, load_settings
+from service.entrypoints import diagram, run_file
+from service.entrypoints.run_file import RunInfo
 from service.koban import KobanClient, KobanError, KobanUnavailable
-from service.storage.redis_client import connect
-from service.tenancy import Tenant
+from service.storage.redis_client import RedisClient, connect
+from service.tenancy import Tenant, Tenants
 from service.usecases.intents import list_pending, resolve_one
+from service.usecases.sandbox_clock import is_sandbox, refresh_all
 from service.usecases.sync import SyncReport, reconcile_lot
-from service.usecases.sync_runs import SyncInProgress, claim_sync
+from service.usecases.sync_runs import SyncInProgress, claim_sync, last_run
 from statecharts.errors import RuleViolation
+from statecharts.model import Lot
 from statecharts.ticks import next_tick, to_iso
+
+if TYPE_CHECKING:
+    from service.entrypoints.api.auth import Caller
 
 DEV_KOBAN_API_KEY = "sandbox-api-key"
 DEV_KOBAN_USER_KEY = "sandbox-user-key"
+TOKEN_VAR = f"{ENV_PREFIX}TOKEN"
+API_TIMEOUT_S = 300.0  # advancing a clock by weeks runs every tick passed before answering
+
+# Exit codes (the help text and docs/cli.md list the same).
+OK, NOT_FOUND, USAGE, UNAVAILABLE = 0, 1, 2, 3
+EXIT_CODES = {
+    OK: "done",
+    NOT_FOUND: "not found (lot, intent); `scheduler --check`: no fresh heartbeat",
+    USAGE: "bad configuration or usage (unknown tenant, missing keys or token, input the "
+    "API refused)",
+    UNAVAILABLE: "Redis, Koban or the API unavailable, Koban answered an error, or a sync "
+    "of the tenant is already running",
+}
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """The configuration a command runs with, and the `run` it reaches (if any)."""
+
+    settings: Settings
+    run: RunInfo | None = None
 
 
 def _settings() -> Settings:
@@ -42,14 +79,93 @@ def _settings() -> Settings:
         return load_settings()
     except ConfigError as e:
         print(f"koban-options: bad configuration\n{e}", file=sys.stderr)
-        raise SystemExit(2) from e
+        raise SystemExit(USAGE) from e
 
 
-T = TypeVar("T")
+def _setup(tenant: str | None) -> Setup:
+    """The configuration, or that of the `run` in this folder when `run_file` adopts it
+    (one stderr line says which, when there is a run file)."""
+    adoption = run_file.adopt(tenant, os.environ)
+    if adoption.note is not None:
+        print(adoption.note, file=sys.stderr, flush=True)
+    settings = _settings()
+    if adoption.info is None:
+        return Setup(settings)
+    return Setup(_run_settings(settings, adoption.info), adoption.info)
+
+
+def _run_settings(base: Settings, info: RunInfo) -> Settings:
+    """What `run` itself runs with: its sandbox tenant alone, its Redis, its keys."""
+    from service.entrypoints.run import DEV, dev_settings
+
+    dev = replace(
+        DEV,
+        tenant=info.tenant,
+        token=info.token,
+        koban_api_key=info.koban_api_key,
+        koban_user_key=info.koban_user_key,
+        webhook_secret=info.webhook_secret,
+    )
+    settings = dev_settings(base, info.sandbox_url, dev)
+    return settings.model_copy(
+        update={
+            "redis_url": info.redis_url,
+            "api_port": info.api_port,
+            "sandbox_port": info.sandbox_port,
+            "log_format": base.log_format,
+        }
+    )
 
 
 def _redis_url(settings: Settings) -> str:
     return os.environ.get("REDIS_URL") or settings.redis_url
+
+
+def _unknown_tenant(settings: Settings, name: str) -> bool:
+    if name in settings.tenants:
+        return False
+    print(f"unknown tenant {name!r}", file=sys.stderr)
+    return True
+
+
+async def _with_tenants(settings: Settings, action: Callable[[Tenants], Awaitable[int]]) -> int:
+    """`action` on the configured tenants, their test clocks read from Redis first (so
+    every time shown is the tenant's); 3 when Redis is unavailable."""
+    url = _redis_url(settings)
+    redis = connect(url)
+    try:
+        tenants = build_tenants(settings, redis)
+        await refresh_all(tenants.values())
+        return await action(tenants)
+    except BrokenPipeError:
+        raise  # our reader went away (`| head`): not Redis's fault
+    except (RedisError, OSError) as exc:
+        print(f"koban-options: Redis unavailable at {url}: {exc}", file=sys.stderr)
+        return UNAVAILABLE
+    finally:
+        await redis.aclose()
+
+
+def _clock_mark(tenant: Tenant) -> str:
+    return " (test clock)" if is_sandbox(tenant) else ""
+
+
+def _clock_json(tenant: Tenant, now: int) -> dict[str, Any]:
+    return {"now": to_iso(now), "nextTick": to_iso(next_tick(now)), "testClock": is_sandbox(tenant)}
+
+
+def _print_json(value: Any, out: TextIO | None = None) -> None:
+    print(orjson.dumps(value).decode(), file=out or sys.stdout, flush=True)
+
+
+def _operator(tenant: Tenant) -> Caller:
+    """The API's caller as the operator: every scope, every partner's holders visible."""
+    from service.entrypoints.api.auth import Caller
+
+    return Caller(tenant, "cli", frozenset({"read", "write", "admin"}), None)
+
+
+# --------------------------------------------------------------------------- Koban
 
 
 async def _with_koban(tenant: Tenant, action: Callable[[KobanClient], Awaitable[T]]) -> T | int:
@@ -59,7 +175,7 @@ async def _with_koban(tenant: Tenant, action: Callable[[KobanClient], Awaitable[
     problems = missing_keys(tenant.name, tenant.settings)
     if problems:
         print("koban-options: bad configuration\n" + "\n".join(problems), file=sys.stderr)
-        return 2
+        return USAGE
     url = tenant.settings.koban_base_url
     try:
         async with koban_session(tenant) as koban:
@@ -68,21 +184,10 @@ async def _with_koban(tenant: Tenant, action: Callable[[KobanClient], Awaitable[
         print(
             f"koban-options: Koban unavailable for {tenant.name} at {url}: {exc}", file=sys.stderr
         )
-        return 3
+        return UNAVAILABLE
     except (KobanError, KobanConfigError) as exc:
         print(f"koban-options: Koban error for {tenant.name} at {url}: {exc}", file=sys.stderr)
-        return 3
-
-
-async def _resync_lot(tenant: Tenant, extcode: str) -> int:
-    """Reconcile one lot with Koban now (GetLotStatus); prints the outcome."""
-    outcome = await _with_koban(
-        tenant, lambda koban: reconcile_lot(tenant, koban, extcode, tenant.clock.now())
-    )
-    if isinstance(outcome, int):
-        return outcome
-    print(f"resync {extcode}: {RESYNC_OUTCOMES.get(outcome, outcome)}")
-    return 0
+        return UNAVAILABLE
 
 
 RESYNC_OUTCOMES = {
@@ -94,26 +199,42 @@ RESYNC_OUTCOMES = {
 }
 
 
-async def _show_lot(tenant_name: str, extcode: str, resync: bool = False) -> int:
-    settings = _settings()
-    redis = connect(_redis_url(settings))
-    try:
-        tenants = build_tenants(settings, redis)
-        tenant = tenants.get(tenant_name)
-        if tenant is None:
-            print(f"unknown tenant {tenant_name!r}", file=sys.stderr)
-            return 2
+async def _resync_lot(tenant: Tenant, extcode: str, out: TextIO) -> int:
+    """Reconcile one lot with Koban now (GetLotStatus); prints the outcome."""
+    outcome = await _with_koban(
+        tenant, lambda koban: reconcile_lot(tenant, koban, extcode, tenant.clock.now())
+    )
+    if isinstance(outcome, int):
+        return outcome
+    print(f"resync {extcode}: {RESYNC_OUTCOMES.get(outcome, outcome)}", file=out)
+    return OK
+
+
+# --------------------------------------------------------------------------- lot
+
+
+async def _show_lot(tenant_name: str, extcode: str, resync: bool, as_json: bool) -> int:
+    setup = _setup(tenant_name)
+    if _unknown_tenant(setup.settings, tenant_name):
+        return USAGE
+
+    async def show(tenants: Tenants) -> int:
+        tenant = tenants[tenant_name]
         if resync and await tenant.store.load(extcode) is not None:
-            code = await _resync_lot(tenant, extcode)
+            code = await _resync_lot(tenant, extcode, sys.stderr if as_json else sys.stdout)
             if code:
                 return code
         now = tenant.clock.now()
         lot = await tenant.store.read(extcode, now)
         if lot is None:
             print(f"lot {extcode} is unknown to tenant {tenant_name}", file=sys.stderr)
-            return 1
+            return NOT_FOUND
+        history = await tenant.store.history(extcode)
+        if as_json:
+            _print_json(_lot_json(tenant, lot, history, now))
+            return OK
         print(f"{lot.extcode}  {lot.status}  ({lot.config})  version {lot.version}")
-        print(f"now {to_iso(now)}   next tick {to_iso(next_tick(now))}")
+        print(f"now {to_iso(now)}{_clock_mark(tenant)}   next tick {to_iso(next_tick(now))}")
         for o in sorted(lot.options, key=lambda o: o.rank):
             expiry = to_iso(o.expiry) if o.expiry is not None else "unknown"
             holder = o.holder or "(opaque)"
@@ -124,36 +245,88 @@ async def _show_lot(tenant_name: str, extcode: str, resync: bool = False) -> int
         if lot.prereservation:
             print(f"  préréservation by {lot.prereservation.holder}")
         print("history:")
-        for event in await tenant.store.history(extcode):
+        for event in history:
             print(f"  {event['time']}  {event['type']}  v{event['lotversion']}")
-        return 0
-    finally:
-        await redis.aclose()
+        return OK
+
+    return await _with_tenants(setup.settings, show)
 
 
-async def _tail(tenant_name: str, from_start: bool) -> int:
-    settings = _settings()
-    if tenant_name not in settings.tenants:
-        print(f"unknown tenant {tenant_name!r}", file=sys.stderr)
-        return 2
-    redis = connect(_redis_url(settings))
-    key = build_tenants(settings, redis)[tenant_name].store.keys.events
-    last = "0-0" if from_start else "$"
-    try:
-        while True:
-            # BLOCK stays under redis-py's 5 s socket timeout (STACK.md).
-            replies: Any = await redis.xread({key: last}, block=2000, count=100)
-            for _, entries in replies:
-                for entry_id, fields in entries:
-                    last = entry_id
-                    e = orjson.loads(fields[b"ce"])
-                    data = e["data"]
-                    who = data.get("thirdGuid") or ""
-                    print(f"{e['time']}  {e['subject']:<14} {e['type']:<28} {who}", flush=True)
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        return 0
-    finally:
-        await redis.aclose()
+def _lot_json(tenant: Tenant, lot: Lot, history: list[dict[str, Any]], now: int) -> dict[str, Any]:
+    """``{"lot", "history", "clock"}``: the first two exactly as ``GET …/lots/{extcode}``
+    and ``GET …/lots/{extcode}/history`` answer an admin token."""
+    from service.entrypoints.api.models import HistoryOut, dump
+    from service.entrypoints.api.routes_lots import lot_out, redact_event
+
+    caller = _operator(tenant)
+    items = [redact_event(e, caller) for e in history]
+    return {
+        "lot": dump(lot_out(lot, caller)),
+        "history": dump(HistoryOut(extcode=lot.extcode, items=items)),
+        "clock": _clock_json(tenant, now),
+    }
+
+
+# --------------------------------------------------------------------------- events
+
+
+async def _tail(tenant_name: str, from_start: bool, as_json: bool) -> int:
+    setup = _setup(tenant_name)
+    if _unknown_tenant(setup.settings, tenant_name):
+        return USAGE
+
+    async def follow(tenants: Tenants) -> int:
+        tenant = tenants[tenant_name]
+        redis = tenant.store.redis
+        key = tenant.store.keys.events
+        # A concrete position, taken before the header is printed: whatever is appended
+        # after the header shows up (``$`` would only start counting at the first read).
+        last = "0-0" if from_start else await _stream_last_id(redis, key)
+        if not as_json:
+            now = tenant.clock.now()
+            print(
+                f"{tenant_name}: events {'from the start' if from_start else 'from now'}; "
+                f"now {to_iso(now)}{_clock_mark(tenant)}",
+                flush=True,
+            )
+        # Ctrl-C / SIGTERM end the loop between two reads: cancelling a read in flight
+        # can be lost (and the process left waiting) when it lands during a blocked write.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            while not stop.is_set():
+                # BLOCK stays under the client's socket timeout, which would cut it short.
+                replies: Any = await redis.xread({key: last}, block=1000, count=100)
+                for _, entries in replies:
+                    for entry_id, fields in entries:
+                        last = entry_id
+                        e = orjson.loads(fields[b"ce"])
+                        if as_json:
+                            _print_json(e)
+                            continue
+                        who = e["data"].get("thirdGuid") or ""
+                        line = f"{e['time']}  {e['subject']:<14} {e['type']:<28} {who}"
+                        print(line, flush=True)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        return OK
+
+    return await _with_tenants(setup.settings, follow)
+
+
+async def _stream_last_id(redis: RedisClient, key: str) -> str:
+    """The id of the stream's newest entry (``0-0`` when it is empty)."""
+    newest: Any = await redis.xrevrange(key, count=1)
+    if not newest:
+        return "0-0"
+    entry_id = newest[0][0]
+    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
+# --------------------------------------------------------------------------- api, daemons
 
 
 async def _api(host: str | None, port: int | None, workers: int, reuse_port: bool) -> int:
@@ -184,33 +357,43 @@ async def _scheduler() -> int:
         return await run_daemon(build_tenants(settings, redis), redis, batch=settings.sweep_batch)
     except (RedisError, OSError) as exc:
         print(f"koban-options: Redis unavailable at {url}: {exc}", file=sys.stderr)
-        return 3
+        return UNAVAILABLE
     finally:
         await redis.aclose()
 
 
-async def _scheduler_check() -> int:
-    """0 when a scheduler's heartbeat is fresh, 1 otherwise; one line either way."""
+async def _scheduler_check(as_json: bool) -> int:
+    """0 when a scheduler's heartbeat is fresh, 1 otherwise; one line either way (with
+    `as_json`: ``{"state": "ok"|"stale"|"absent"|"unknown", "heartbeatAgeSeconds",
+    "error"}``)."""
     from service.entrypoints.scheduler import HEARTBEAT_TTL_S, heartbeat_age
 
-    settings = _settings()
+    settings = _setup(None).settings
     url = _redis_url(settings)
     redis = connect(url, socket_connect_timeout=2, socket_timeout=2)
+    age: float | None = None
+    error: str | None = None
     try:
         age = await heartbeat_age(redis)
     except (RedisError, OSError) as exc:
-        print(f"scheduler: unknown, Redis unavailable at {url}: {exc}")
-        return 1
+        error = f"Redis unavailable at {url}: {exc}"
     finally:
         await redis.aclose()
-    if age is None:
-        print("scheduler: no heartbeat (no scheduler running)")
-        return 1
-    if age > HEARTBEAT_TTL_S:
-        print(f"scheduler: stale, last heartbeat {age:.1f} s ago")
-        return 1
-    print(f"scheduler: ok, last heartbeat {max(age, 0.0):.1f} s ago")
-    return 0
+    if error is not None:
+        state, line = "unknown", f"scheduler: unknown, {error}"
+    elif age is None:
+        state, line = "absent", "scheduler: no heartbeat (no scheduler running)"
+    elif age > HEARTBEAT_TTL_S:
+        state, line = "stale", f"scheduler: stale, last heartbeat {age:.1f} s ago"
+    else:
+        age = max(age, 0.0)
+        state, line = "ok", f"scheduler: ok, last heartbeat {age:.1f} s ago"
+    if as_json:
+        rounded = round(age, 3) if age is not None else None
+        _print_json({"state": state, "heartbeatAgeSeconds": rounded, "error": error})
+    else:
+        print(line)
+    return OK if state == "ok" else NOT_FOUND
 
 
 async def _sandbox(host: str, port: int) -> int:
@@ -234,17 +417,17 @@ async def _sandbox(host: str, port: int) -> int:
     finally:
         await runner.cleanup()
     print("Koban sandbox stopped")
-    return 0
+    return OK
 
 
 # --------------------------------------------------------------------------- sync
 
 
 @contextmanager
-def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
+def _progress(label: str, out: TextIO) -> Iterator[Callable[[int, int], None]]:
     """`progress(done, total)` for `sync_stock`: a rich bar on a terminal, else a plain
-    line at every tenth of the run (and at its end)."""
-    if sys.stdout.isatty():
+    line on `out` at every tenth of the run (and at its end)."""
+    if out is sys.stdout and sys.stdout.isatty():
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -272,72 +455,83 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
     def line(done: int, total: int) -> None:
         step = max(1, total // 10)
         if done == total or done % step == 0:
-            print(f"sync {label}: {done}/{total} lots", flush=True)
+            print(f"sync {label}: {done}/{total} lots", file=out, flush=True)
 
     yield line
 
 
-def _summary(name: str, report: SyncReport, seconds: float) -> str:
-    since = "the beginning" if report.since == 0 else to_iso(report.since)
+def _summary(tenant: Tenant, report: SyncReport, seconds: float) -> str:
+    since = "the beginning" if report.since == 0 else to_iso(report.since) + _clock_mark(tenant)
     return (
-        f"{name}: imported {report.imported}, changed {report.changed}, "
+        f"{tenant.name}: imported {report.imported}, changed {report.changed}, "
         f"unchanged {report.unchanged}, deferred {report.deferred}, drift {report.drift}; "
         f"{report.seen} lots in {report.pages} pages since {since}"
         f"{' (full)' if report.full else ''} in {seconds:.1f} s"
     )
 
 
-async def _sync_tenant(tenant: Tenant, full: bool) -> int:
+async def _sync_tenant(tenant: Tenant, full: bool, as_json: bool) -> int:
     url = tenant.settings.koban_base_url
     started = time.monotonic()
     try:
         claim = await claim_sync(tenant)
     except SyncInProgress as exc:
         print(f"koban-options: {exc}; try again when it has finished", file=sys.stderr)
-        return 3
+        return UNAVAILABLE
     try:
         async with koban_session(tenant) as koban:
-            with _progress(tenant.name) as progress:
+            with _progress(tenant.name, sys.stderr if as_json else sys.stdout) as progress:
                 report = await claim.run(koban, tenant.clock.now(), full=full, progress=progress)
     except KobanUnavailable as exc:
         print(
             f"koban-options: Koban unavailable for {tenant.name} at {url}: {exc}", file=sys.stderr
         )
-        return 3
+        return UNAVAILABLE
     except KobanError as exc:
         print(f"koban-options: Koban error for {tenant.name} at {url}: {exc}", file=sys.stderr)
-        return 3
-    print(_summary(tenant.name, report, time.monotonic() - started), flush=True)
-    return 0
+        return UNAVAILABLE
+    line = _summary(tenant, report, time.monotonic() - started)
+    print(line, file=sys.stderr if as_json else sys.stdout, flush=True)
+    return OK
 
 
-async def _sync(tenant_name: str | None, full: bool) -> int:
-    settings = _settings()
-    if tenant_name is not None and tenant_name not in settings.tenants:
-        print(f"unknown tenant {tenant_name!r}", file=sys.stderr)
-        return 2
+async def _sync_status(tenant: Tenant) -> dict[str, Any]:
+    """The tenant's latest sync run exactly as ``GET /v1/tenants/{t}/sync`` answers it."""
+    from service.entrypoints.api.models import dump
+    from service.entrypoints.api.routes_sync import SyncStatusOut
+
+    run = await last_run(tenant)
+    if run is None:
+        return dump(SyncStatusOut(state="never"))
+    return dump(SyncStatusOut.model_validate(run, from_attributes=True))
+
+
+async def _sync(tenant_name: str | None, full: bool, as_json: bool) -> int:
+    settings = _setup(tenant_name).settings
+    if tenant_name is not None and _unknown_tenant(settings, tenant_name):
+        return USAGE
     names = [tenant_name] if tenant_name is not None else sorted(settings.tenants)
     if not names:
         print("koban-options: no tenant configured", file=sys.stderr)
-        return 2
+        return USAGE
     problems = [p for name in names for p in missing_keys(name, settings.tenants[name])]
     if problems:
         print("koban-options: bad configuration\n" + "\n".join(problems), file=sys.stderr)
-        return 2
-    url = _redis_url(settings)
-    redis = connect(url)
-    try:
-        tenants = build_tenants(settings, redis)
+        return USAGE
+
+    async def sync_all(tenants: Tenants) -> int:
+        code = OK
+        reports: dict[str, Any] = {}
         for name in names:
-            code = await _sync_tenant(tenants[name], full)
+            code = await _sync_tenant(tenants[name], full, as_json)
+            reports[name] = await _sync_status(tenants[name])
             if code:
-                return code
-        return 0
-    except (RedisError, OSError) as exc:
-        print(f"koban-options: Redis unavailable at {url}: {exc}", file=sys.stderr)
-        return 3
-    finally:
-        await redis.aclose()
+                break
+        if as_json:
+            _print_json(reports[tenant_name] if tenant_name is not None else reports)
+        return code
+
+    return await _with_tenants(settings, sync_all)
 
 
 # --------------------------------------------------------------------------- intents
@@ -357,20 +551,44 @@ def _age(seconds: int) -> str:
     return f"{secs}s"
 
 
-async def _list_intents(tenant: Tenant) -> int:
+async def _list_intents(tenant: Tenant, as_json: bool) -> int:
+    from service.entrypoints.api.models import PendingPlacementOut, dump
+
     now = tenant.clock.now()
     pending = await list_pending(tenant)
+    if as_json:
+        # Each item is a lot answer's `pendingPlacements` entry, with the lot's extcode.
+        items = [
+            {
+                "extcode": p.extcode,
+                **dump(
+                    PendingPlacementOut(
+                        intent_id=p.intent_id,
+                        rank=p.rank,
+                        third_guid=p.third,
+                        partner_guid=p.partner,
+                        created_at=p.created_at,
+                    )
+                ),
+            }
+            for p in pending
+        ]
+        _print_json({"items": items, "clock": _clock_json(tenant, now)})
+        return OK
     if not pending:
-        print(f"{tenant.name}: no pending intents")
-        return 0
+        print(f"{tenant.name}: no pending intents at {to_iso(now)}{_clock_mark(tenant)}")
+        return OK
     print(f"{'intent':<14} {'lot':<16} {'rank':>4}  {'third':<26} {'age':>7}  created")
     for p in pending:
         print(
             f"{p.intent_id:<14} {p.extcode:<16} {p.rank:>4}  {p.third:<26} "
             f"{_age(now - p.created_at):>7}  {to_iso(p.created_at)}"
         )
-    print(f"{len(pending)} pending; resolve one: koban-options intents {tenant.name} --resolve=ID")
-    return 0
+    print(
+        f"{len(pending)} pending at {to_iso(now)}{_clock_mark(tenant)}; "
+        f"resolve one: koban-options intents {tenant.name} --resolve=ID"
+    )
+    return OK
 
 
 async def _resolve_intent(tenant: Tenant, intent_id: str) -> int:
@@ -380,39 +598,132 @@ async def _resolve_intent(tenant: Tenant, intent_id: str) -> int:
         )
     except RuleViolation:
         print(f"no pending intent {intent_id} in tenant {tenant.name}", file=sys.stderr)
-        return 1
+        return NOT_FOUND
     if isinstance(res, int):
         return res
     print(f"intent {res.intent_id} on {res.extcode} (rank {res.rank}, {res.third}): {res.outcome}")
     option = res.option
     if option is not None:
         expiry = to_iso(option.expiry) if option.expiry is not None else "unknown"
-        print(f"  option {option.id}: rank {option.rank}, expires {expiry} [{option.source}]")
-    return 0
+        mark = _clock_mark(tenant)
+        print(f"  option {option.id}: rank {option.rank}, expires {expiry}{mark} [{option.source}]")
+    return OK
 
 
-async def _intents(tenant_name: str, resolve: str | None) -> int:
-    settings = _settings()
-    if tenant_name not in settings.tenants:
-        print(f"unknown tenant {tenant_name!r}", file=sys.stderr)
-        return 2
-    url = _redis_url(settings)
-    redis = connect(url)
-    try:
-        tenant = build_tenants(settings, redis)[tenant_name]
+async def _intents(tenant_name: str, resolve: str | None, as_json: bool) -> int:
+    setup = _setup(tenant_name)
+    if _unknown_tenant(setup.settings, tenant_name):
+        return USAGE
+
+    async def act(tenants: Tenants) -> int:
+        tenant = tenants[tenant_name]
         if resolve is None:
-            return await _list_intents(tenant)
+            return await _list_intents(tenant, as_json)
         return await _resolve_intent(tenant, resolve)
-    except (RedisError, OSError) as exc:
-        print(f"koban-options: Redis unavailable at {url}: {exc}", file=sys.stderr)
-        return 3
-    finally:
-        await redis.aclose()
+
+    return await _with_tenants(setup.settings, act)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="koban-options", description=__doc__)
+# --------------------------------------------------------------------------- clock
+
+
+def _call_api(method: str, url: str, token: str, body: Any = None) -> tuple[int, Any]:
+    """(status, JSON answer) of one API request; OSError when the API cannot be reached."""
+    data = orjson.dumps(body) if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Authorization", f"Bearer {token}")
+    request.add_header("Accept", "application/json")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=API_TIMEOUT_S) as answer:
+            return answer.status, orjson.loads(answer.read())
+    except urllib.error.HTTPError as err:
+        raw = err.read()
+        try:
+            return err.code, orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return err.code, {"message": raw.decode(errors="replace")[:200]}
+
+
+def _clock(
+    tenant_name: str,
+    advance_by: str | None,
+    advance_to: str | None,
+    api: str | None,
+    token: str | None,
+    as_json: bool,
+) -> int:
+    """Read or advance a sandbox tenant's test clock through the API's clock route, so
+    whatever serves that API (the sandbox under `run` included) follows."""
+    setup = _setup(tenant_name)
+    settings = setup.settings
+    base = api or (
+        setup.run.api_url if setup.run else f"http://{settings.api_host}:{settings.api_port}"
+    )
+    token = token or os.environ.get(TOKEN_VAR) or (setup.run.token if setup.run else None)
+    if not token:
+        print(f"koban-options: no API token: pass --token or set {TOKEN_VAR}", file=sys.stderr)
+        return USAGE
+    url = f"{base.rstrip('/')}/v1/tenants/{tenant_name}/clock"
+    body: dict[str, str] | None = None
+    if advance_by is not None:
+        body = {"advanceBy": advance_by}
+    elif advance_to is not None:
+        body = {"advanceTo": advance_to}
+    try:
+        status, answer = _call_api("GET" if body is None else "POST", url, token, body)
+    except OSError as exc:
+        print(f"koban-options: API unavailable at {base}: {exc}", file=sys.stderr)
+        return UNAVAILABLE
+    if status >= 300:
+        code = answer.get("errorCode", "") if isinstance(answer, dict) else ""
+        message = answer.get("message", "") if isinstance(answer, dict) else ""
+        print(f"koban-options: {status} {code}: {message}".rstrip(": "), file=sys.stderr)
+        for error in answer.get("errors") or [] if isinstance(answer, dict) else []:
+            print(f"  {error.get('field')}: {error.get('message')}", file=sys.stderr)
+        return UNAVAILABLE if status >= 500 else USAGE
+    if as_json:
+        _print_json(answer)
+    elif body is None:
+        offset = _age(int(answer["offsetSeconds"]))
+        print(
+            f"{tenant_name}: now {answer['now']} (test clock, {offset} ahead of real time), "
+            f"next tick {answer['nextTick']}"
+        )
+    else:
+        ticks = answer["ticksRun"]
+        ran = f"; {len(ticks)} ticks run" + (f", {ticks[0]} … {ticks[-1]}" if ticks else "")
+        print(f"{tenant_name}: now {answer['now']} (test clock){ran}")
+    return OK
+
+
+# --------------------------------------------------------------------------- main
+
+DESCRIPTION = """The operator's command line of koban-options.
+
+Times shown are the tenant's clock; a sandbox tenant's test clock is marked "(test clock)".
+In the folder where `koban-options run` is running, commands about its sandbox tenant use
+./var/run.json (its Redis, API and development keys) unless REDIS_URL or any
+KOBAN_OPTIONS_* variable is set; one stderr line says so. See docs/cli.md."""
+
+
+def _epilog() -> str:
+    lines = ["exit codes:"]
+    for code, text in EXIT_CODES.items():
+        lines += textwrap.wrap(text, 78, initial_indent=f"  {code}  ", subsequent_indent="     ")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="koban-options",
+        description=DESCRIPTION,
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
+    json_help = "print JSON, in the API's own answer shapes (see docs/cli.md)"
     p = sub.add_parser("diagram", help="render the lot statechart (Mermaid, SVG/PNG with dot)")
     p.add_argument("outdir", nargs="?", default="docs")
     p.add_argument("--format", choices=["mermaid", "svg", "png"], default="svg")
@@ -420,14 +731,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("tenant")
     p.add_argument("extcode")
     p.add_argument("--resync", action="store_true", help="reconcile it with Koban first")
+    p.add_argument("--json", action="store_true", help=json_help)
     p = sub.add_parser("events", help="the event stream")
     events = p.add_subparsers(dest="events_command", required=True)
-    p = events.add_parser("tail", help="follow a tenant's events")
+    p = events.add_parser("tail", help="follow a tenant's events (Ctrl-C stops)")
     p.add_argument("tenant")
     p.add_argument("--from-start", action="store_true")
+    p.add_argument("--json", action="store_true", help="one CloudEvent (JSON) per line")
     p = sub.add_parser("sync", help="one stock import from Koban, with a progress bar")
     p.add_argument("--tenant", help="only this tenant (default: every configured tenant)")
     p.add_argument("--full", action="store_true", help="read every lot, not only changes")
+    p.add_argument("--json", action="store_true", help=json_help)
     p = sub.add_parser("intents", help="pending placement intents; resolve one by asking Koban")
     p.add_argument("tenant")
     p.add_argument(
@@ -435,6 +749,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="ID",
         help="ask Koban and settle this intent now (write --resolve=ID: ids may start with '-')",
     )
+    p.add_argument("--json", action="store_true", help=json_help + " (the listing only)")
+    p = sub.add_parser(
+        "clock", help="a sandbox tenant's test clock: read it, or advance it (through the API)"
+    )
+    p.add_argument("tenant")
+    moves = p.add_mutually_exclusive_group()
+    moves.add_argument("--advance-by", metavar="DURATION", help="ISO-8601 duration, e.g. P1DT2H")
+    moves.add_argument("--advance-to", metavar="INSTANT", help="ISO-8601 instant with offset")
+    p.add_argument("--api", metavar="URL", help="the API (default: the run's, else api_host/port)")
+    p.add_argument("--token", help=f"an API token (default: ${TOKEN_VAR}, else the run's)")
+    p.add_argument("--json", action="store_true", help="print the API's answer as it is")
     p = sub.add_parser("api", help="the internal HTTP API and Koban's webhooks")
     p.add_argument("--host", help="listen address (default: api_host of the configuration)")
     p.add_argument("--port", type=int, help="listen port (default: api_port)")
@@ -455,25 +780,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--check", action="store_true", help="exit 0 when a scheduler's heartbeat is fresh, else 1"
     )
+    p.add_argument("--json", action="store_true", help="with --check: the verdict as JSON")
     sub.add_parser(
         "run", help="everything in one process: API, scheduler, Koban sandbox, private Redis"
     )
     p = sub.add_parser("sandbox", help="the Koban simulator alone, with demo stock")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8081)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
+    as_json = bool(getattr(args, "json", False))
+    if args.command == "intents" and as_json and args.resolve is not None:
+        parser.error("--json lists the pending intents; it does not go with --resolve")
+    if args.command == "scheduler" and as_json and not args.check:
+        parser.error("--json goes with --check")
 
     try:
         if args.command == "diagram":
             return diagram.main([args.outdir, "--format", args.format])
         if args.command == "lot":
-            return asyncio.run(_show_lot(args.tenant, args.extcode, args.resync))
+            return asyncio.run(_show_lot(args.tenant, args.extcode, args.resync, as_json))
         if args.command == "events":
-            return asyncio.run(_tail(args.tenant, args.from_start))
+            return asyncio.run(_tail(args.tenant, args.from_start, as_json))
         if args.command == "sync":
-            return asyncio.run(_sync(args.tenant, args.full))
+            return asyncio.run(_sync(args.tenant, args.full, as_json))
         if args.command == "intents":
-            return asyncio.run(_intents(args.tenant, args.resolve))
+            return asyncio.run(_intents(args.tenant, args.resolve, as_json))
+        if args.command == "clock":
+            return _clock(
+                args.tenant, args.advance_by, args.advance_to, args.api, args.token, as_json
+            )
         if args.command == "sandbox":
             return asyncio.run(_sandbox(args.host, args.port))
         if args.command == "run":
@@ -485,11 +825,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parser.error("--workers must be at least 1")
             return asyncio.run(_api(args.host, args.port, args.workers, args.reuse_port))
         if args.command == "scheduler":
-            return asyncio.run(_scheduler_check() if args.check else _scheduler())
+            return asyncio.run(_scheduler_check(as_json) if args.check else _scheduler())
     except KeyboardInterrupt:
-        return 0
+        return OK
+    except BrokenPipeError:
+        # The reader of our output stopped early (`| head`): what it read is all it wanted.
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return OK
     parser.error(f"unknown command {args.command}")
-    return 2
+    return USAGE
 
 
 if __name__ == "__main__":

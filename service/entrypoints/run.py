@@ -1,19 +1,12 @@
-"""`koban-options run`: the whole service in one process, for a newcomer (SPEC §1, §9).
+"""`koban-options run`: the whole service in one process, for a newcomer.
 
-One event loop holds: a private ``redis-server`` child (unless ``REDIS_URL`` is set) with
-its data and append-only file under ``./var/redis/``; the built-in Koban sandbox with its
-demo stock; the internal API and Koban's webhooks; the scheduler. The sandbox tenant
-``demo`` is wired both ways: its Koban client talks to the sandbox, the sandbox's webhooks
-come back to the API, and both run on the tenant's test clock (advancing it through
-``POST /v1/tenants/demo/clock`` also runs the sandbox's own ticks).
-
-The keys printed in the banner are fixed development values (`DEV`), documented in the
-README and used by nothing but this command: `run` is never a production set-up.
-
-The sandbox keeps its stock in memory and starts fresh each time, while the service keeps
-its state in ``./var``; so `run` begins with a *full* stock sync, after which the service
-follows the fresh sandbox again (drift recorded where it had moved on), as it would after
-Koban was restored from a backup. ``rm -rf var`` starts from nothing.
+One event loop holds a private ``redis-server`` child (unless ``REDIS_URL`` is set, data
+under ``./var/redis/``), the Koban sandbox with demo stock, the API and the scheduler. The
+sandbox tenant ``demo`` is wired both ways and both sides follow its test clock. The
+banner's keys are fixed development values (`DEV`), used by nothing but this command; they
+are also left in ``./var/run.json`` (0600, `run_file`) so the CLI in this folder finds the
+run. The sandbox starts fresh each time while ``./var`` persists, so `run` begins with a
+full stock sync (drift recorded where the service had moved on); ``rm -rf var`` resets.
 """
 
 from __future__ import annotations
@@ -37,11 +30,13 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from service.config import ApiToken, Settings, TenantSettings
+from service.entrypoints import run_file
+from service.entrypoints.run_file import RunInfo
 from service.sandbox import SandboxState, WebhookSender, build_sandbox_app, populate
 from service.sandbox.webhooks import OPTION_CHECK, WEBHOOK_KINDS, TokenPlace
 from service.tenancy import Tenant
 
-__all__ = ["DEV", "Banner", "RedisChild", "run_all"]
+__all__ = ["DEV", "Banner", "DevDefaults", "RedisChild", "dev_settings", "run_all"]
 
 
 @dataclass(frozen=True)
@@ -159,24 +154,24 @@ class RedisChild:
 # --------------------------------------------------------------------------- settings
 
 
-def dev_settings(base: Settings, sandbox_url: str) -> Settings:
+def dev_settings(base: Settings, sandbox_url: str, dev: DevDefaults = DEV) -> Settings:
     """`base` with its tenants replaced by the sandbox tenant `demo` (the configured
     `[tenants.demo]` values kept when there is one), wired to the embedded sandbox."""
-    configured = base.tenants.get(DEV.tenant)
+    configured = base.tenants.get(dev.tenant)
     demo = (configured or TenantSettings()).model_copy(
         update={
             "sandbox": True,
             "koban_base_url": sandbox_url,
-            "koban_api_key": SecretStr(DEV.koban_api_key),
-            "koban_user_key": SecretStr(DEV.koban_user_key),
-            "webhook_secret": SecretStr(DEV.webhook_secret),
-            "api_tokens": [ApiToken(token=SecretStr(DEV.token), scopes={"admin"})],
+            "koban_api_key": SecretStr(dev.koban_api_key),
+            "koban_user_key": SecretStr(dev.koban_user_key),
+            "webhook_secret": SecretStr(dev.webhook_secret),
+            "api_tokens": [ApiToken(token=SecretStr(dev.token), scopes={"admin"})],
             "koban_rate_limit_per_s": max(
                 50.0, configured.koban_rate_limit_per_s if configured else 0
             ),
         }
     )
-    return base.model_copy(update={"tenants": {DEV.tenant: demo}, "log_format": "console"})
+    return base.model_copy(update={"tenants": {dev.tenant: demo}, "log_format": "console"})
 
 
 # --------------------------------------------------------------------------- banner
@@ -276,11 +271,30 @@ async def run_all(settings: Settings, redis_url: str | None) -> int:
         await daemon.start()
         stack.push_async_callback(daemon.stop, "run stopped")
         freeze_startup_objects()
+        info = run_info(url, api_url, sandbox_url + "/api/v1", settings)
+        run_file.write(info)  # before the banner: whoever reads the banner finds the file
+        stack.callback(run_file.remove, run_file.RUN_FILE, info.pid)
         for line in Banner(api_url, sandbox_url + "/api/v1", url).lines():
             print(line, flush=True)
         reason = await wait_for_stop()
         print(f"stopping ({reason})", file=sys.stderr, flush=True)
     return 0
+
+
+def run_info(redis_url: str, api_url: str, sandbox_url: str, settings: Settings) -> RunInfo:
+    return RunInfo(
+        pid=os.getpid(),
+        redis_url=redis_url,
+        api_url=api_url,
+        api_port=settings.api_port,
+        sandbox_url=sandbox_url,
+        sandbox_port=settings.sandbox_port,
+        tenant=DEV.tenant,
+        token=DEV.token,
+        koban_api_key=DEV.koban_api_key,
+        koban_user_key=DEV.koban_user_key,
+        webhook_secret=DEV.webhook_secret,
+    )
 
 
 async def _first_sync(tenant: Tenant) -> None:
