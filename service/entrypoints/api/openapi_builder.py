@@ -224,7 +224,7 @@ def build_openapi(app: web.Application) -> dict[str, Any]:
             "title": "koban-options internal API",
             "version": _version(),
             "description": (
-                "Options on Koban lots, kept in step with Koban (SPEC §5). Errors answer "
+                "Options on Koban lots, kept in step with Koban. Errors answer "
                 "the envelope `ErrorOut`; every answer carries `X-Request-ID`; writes "
                 "accept `Idempotency-Key`."
             ),

@@ -246,7 +246,11 @@ PLACE_OPTION = Operation(
     "options",
     {
         201: Reply(OptionOut, "Placed."),
-        202: Reply(PendingOut, "Sent to Koban, outcome pending (SPEC §4)."),
+        202: Reply(
+            PendingOut,
+            "Sent to Koban, outcome pending; the same request with the same "
+            "`Idempotency-Key` answers the outcome once known.",
+        ),
     },
     merge(
         WRITE_ERRORS,
