@@ -11,7 +11,6 @@ from statecharts.model import Lot, Option
 from .stock import LotInfo, Programme, SalesRep, Third
 
 __all__ = [
-    "STATUS_TARGETS",
     "deal_fields",
     "euros",
     "lot_json",
@@ -22,15 +21,6 @@ __all__ = [
     "wire_status",
 ]
 
-# Status labels a sandbox operator may set (`set_status`), and the chart target of each.
-STATUS_TARGETS: dict[str, str] = {
-    "LIBRE": "free",
-    "BLOQUE": "blocked",
-    "RESV": "reserved",
-    "PRERESV": "prereserved",
-    "SOLD": "sold",
-    "WON": "sold",
-}
 _WIRE_STATUS: dict[str, str] = {
     "free": "LIBRE",
     "one_option": "OPTION",

@@ -41,6 +41,15 @@ __all__ = [
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
+# Status labels a sandbox operator may set (`set_status`), and the chart target of each.
+_STATUS_TARGETS: dict[str, str] = {
+    "LIBRE": "free",
+    "BLOQUE": "blocked",
+    "RESV": "reserved",
+    "PRERESV": "prereserved",
+    "SOLD": "sold",
+    "WON": "sold",
+}
 
 
 def default_rules() -> Rules:
@@ -437,7 +446,7 @@ class SandboxState(Stock):
             raise SandboxRefusal(
                 "place options with POST /_sandbox/lots/{extcode}/options", http_status=400
             )
-        target = rendering.STATUS_TARGETS.get(code.upper(), "custom")
+        target = _STATUS_TARGETS.get(code.upper(), "custom")
         now = self.now()
         events = tr.sync_status(lot, target, code, now, self.rules, actor="sync")
         self._touch(lot, now, events)
