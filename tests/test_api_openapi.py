@@ -18,7 +18,8 @@ from redis.asyncio import Redis
 
 from service.entrypoints.api import build_api_app, health
 from service.entrypoints.api.health import SCHEDULER_HEARTBEAT_KEY, Metrics, metrics_of
-from service.entrypoints.api.openapi import OPERATIONS, Operation, Reply, build_openapi, describe
+from service.entrypoints.api.openapi import OPERATIONS, Operation, Reply, describe
+from service.entrypoints.api.openapi_builder import build_openapi
 from service.storage.redis_client import connect
 from service.tenancy import Tenants
 from tests.test_api_harness import T0, Api, FixedClock, make_tenant, running_api

@@ -59,7 +59,7 @@ from service.config import ApiToken
 from service.entrypoints.api import build_api_app
 from service.entrypoints.api.context import FlowSettings
 from service.entrypoints.api.logging import configure_logging
-from service.entrypoints.api.openapi import OPERATIONS
+from service.entrypoints.api.openapi import operations
 from service.koban import KobanClient
 from service.sandbox import Fault, SandboxState, build_sandbox_app
 from service.storage.store import LotStore
@@ -331,8 +331,8 @@ def app_routes(app: web.Application) -> list[tuple[str, str]]:
     return sorted(set(out))
 
 
-def required_scope(method: str, template: str) -> str | None:
-    op = OPERATIONS.get(("GET" if method == "HEAD" else method, template))
+def required_scope(app: web.Application, method: str, template: str) -> str | None:
+    op = operations(app).get(("GET" if method == "HEAD" else method, template))
     return op.scope if op is not None else None
 
 
@@ -364,7 +364,7 @@ async def test_every_route_but_the_public_ones_needs_a_token(dep: Deployment) ->
             assert probing.status == 401, where  # no probing of tenant names
             if method != "HEAD":
                 assert (other.code, unknown.code) == ("TENANT_UNKNOWN", "TENANT_UNKNOWN"), where
-            scope = required_scope(method, template)
+            scope = required_scope(dep.app, method, template)
             short = ONE_SCOPE_SHORT.get(scope or "")
             if short is not None:
                 answer = await dep.call(method, path, role=short)

@@ -1,8 +1,11 @@
-"""Koban sandbox: an in-memory Koban simulator driven by the same statecharts (SPEC §7)."""
+"""Koban sandbox: an in-memory Koban simulator driven by the same statecharts."""
 
 from .app import STATE_KEY, build_sandbox_app
 from .demo import populate
-from .state import Fault, SalesRep, SandboxRefusal, SandboxState, default_rules
+from .faults import Fault
+from .refusals import SandboxRefusal
+from .state import SandboxState, default_rules
+from .stock import SalesRep
 from .webhooks import FIELDS, WEBHOOK_KINDS, Webhook, WebhookSender, make_webhook
 
 __all__ = [

@@ -38,12 +38,12 @@ from service.entrypoints.api.errors import json_response
 from service.entrypoints.api.health import install_health
 from service.entrypoints.api.middleware import api_middleware
 from service.entrypoints.api.models import MAX_BODY
-from service.entrypoints.api.openapi import install_openapi
 from service.entrypoints.api.routes_clock import install_clock
 from service.entrypoints.api.routes_events import close_event_streams, close_stream_clients
 from service.entrypoints.api.routes_events import routes as event_routes
 from service.entrypoints.api.routes_lots import ANSWERS, hot_routes
 from service.entrypoints.api.routes_lots import routes as lot_routes
+from service.entrypoints.api.routes_openapi import install_openapi
 from service.entrypoints.api.routes_options import routes as option_routes
 from service.entrypoints.api.routes_sync import install_sync
 from service.storage.redis_client import RedisClient

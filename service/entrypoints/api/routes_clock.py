@@ -38,6 +38,9 @@ from service.entrypoints.api.context import TENANTS_KEY, authenticate
 from service.entrypoints.api.errors import (
     CLOCK_BACKWARDS,
     CLOCK_NOT_SANDBOX,
+    IDEMPOTENCY_IN_PROGRESS,
+    IDEMPOTENCY_KEY_REUSED,
+    MALFORMED_REQUEST,
     ApiError,
     json_response,
     validation_failed,
@@ -51,9 +54,8 @@ from service.entrypoints.api.models import (
     _Out,
     canonical_body,
     dump,
-    parse_body,
-    parse_query,
 )
+from service.entrypoints.api.openapi import AUTH_ERRORS, READ, Operation, Reply, documented, merge
 from service.entrypoints.api.routes_lots import BASE
 from service.tenancy import Tenant
 from service.usecases.sandbox_clock import ClockBackwards, is_sandbox, refresh, refresh_all
@@ -154,24 +156,65 @@ def _target(body: AdvanceClockIn, now: int, tenant: Tenant) -> int:
     return target
 
 
+_NOT_SANDBOX = {403: [CLOCK_NOT_SANDBOX]}
+GET_CLOCK = Operation(
+    "A sandbox tenant's test clock",
+    "operations",
+    {200: Reply(ClockOut, "The test clock: real time plus an offset that only grows.")},
+    merge(AUTH_ERRORS, _NOT_SANDBOX),
+    scope=READ,
+    query=NoQuery,
+)
+
+
 @routes.get(CLOCK)
+@documented(GET_CLOCK)
 async def get_clock(request: web.Request) -> web.Response:
     """The tenant's test clock."""
     caller = authenticate(request, "read")
-    parse_query(request, NoQuery)
+    GET_CLOCK.parse_query(request)
     tenant, clock = _test_clock_of(caller)
     now = await refresh(tenant)
     out = ClockOut(now=now, next_tick=next_tick(now), offset_seconds=clock.offset)
     return json_response(dump(out))
 
 
+MOVE_CLOCK = Operation(
+    "Advance a sandbox tenant's test clock; every tick passed runs before the answer",
+    "operations",
+    {200: Reply(ClockAdvancedOut, "Moved; the ticks processed, in order.")},
+    merge(
+        AUTH_ERRORS,
+        _NOT_SANDBOX,
+        {
+            400: [MALFORMED_REQUEST],
+            409: [IDEMPOTENCY_IN_PROGRESS],
+            422: [CLOCK_BACKWARDS, IDEMPOTENCY_KEY_REUSED],
+        },
+    ),
+    scope="admin",
+    query=NoQuery,
+    body=AdvanceClockIn,
+    idempotent=True,
+    description=(
+        "Exactly one of `advanceTo` (an ISO-8601 instant with an offset) and "
+        "`advanceBy` (an ISO-8601 duration; calendar parts on the tenant zone's "
+        "wall clock), at most 31 days at once. Before the answer, every tick passed "
+        "is processed in order through the scheduler's code path; moving backwards "
+        "is `422 CLOCK_BACKWARDS`; a tenant without a test clock gets "
+        "`403 CLOCK_NOT_SANDBOX`."
+    ),
+)
+
+
 @routes.post(CLOCK)
+@documented(MOVE_CLOCK)
 async def move_clock(request: web.Request) -> web.Response:
     """Advance the tenant's test clock; every tick passed is processed before the answer."""
     caller = authenticate(request, "admin")
-    parse_query(request, NoQuery)
+    MOVE_CLOCK.parse_query(request)
     tenant, _ = _test_clock_of(caller)
-    body, raw = await parse_body(request, AdvanceClockIn)
+    body, raw = await MOVE_CLOCK.parse_body(request)
     hook = request.app[_HOOK_KEY].on_clock_advanced
 
     async def action() -> web.Response:

@@ -46,7 +46,8 @@ from service.entrypoints.api.auth import Caller
 from service.entrypoints.api.context import authenticate
 from service.entrypoints.api.errors import ApiError, json_response, validation_failed
 from service.entrypoints.api.logging import REQUEST_ID_HEADER, request_id_of
-from service.entrypoints.api.models import Limit, dump, parse_query
+from service.entrypoints.api.models import Limit, dump
+from service.entrypoints.api.openapi import AUTH_ERRORS, READ, Operation, Reply, documented, merge
 from service.entrypoints.api.routes_lots import BASE, redact_event
 from service.storage.redis_client import RedisClient, blocking_client, sibling
 
@@ -190,10 +191,21 @@ def _render(event: dict[str, Any], caller: Caller) -> dict[str, Any]:
     return redact_event(event, caller) if caller.partner is not None else event
 
 
+LIST_EVENTS = Operation(
+    "A page of the tenant's event stream (CloudEvents 1.0), oldest first",
+    "events",
+    {200: Reply(EventPageOut, "The entries after `after`; `next` continues.")},
+    merge(AUTH_ERRORS, {410: [EVENTS_EXPIRED]}),
+    scope=READ,
+    query=EventsQuery,
+)
+
+
 @routes.get(EVENTS)
+@documented(LIST_EVENTS)
 async def list_events(request: web.Request) -> web.Response:
     caller = authenticate(request, "read")
-    query = parse_query(request, EventsQuery)
+    query = LIST_EVENTS.parse_query(request)
     store = caller.tenant.store
     entries, position = await read_after(store.redis, store.keys.events, query.after, query.limit)
     page = EventPageOut(items=[_render(e, caller) for _, e in entries], next=position)
@@ -309,10 +321,31 @@ def _stream_entries(reply: Any, key: str) -> list[Any]:
     return []
 
 
+STREAM_EVENTS = Operation(
+    "The tenant's event stream, live (server-sent events)",
+    "events",
+    {
+        200: Reply(
+            None,
+            "`id:` stream entry id, `event:` CloudEvents type, `data:` the CloudEvent "
+            "JSON; a `: ping` comment every 15 s.",
+            "text/event-stream",
+            {"type": "string"},
+        )
+    },
+    merge(AUTH_ERRORS, {410: [EVENTS_EXPIRED]}),
+    scope=READ,
+    query=StreamQuery,
+    description="Resumes after the `Last-Event-ID` header (a reconnecting "
+    "EventSource sends it; it wins over `after`), else after `after`, else from now.",
+)
+
+
 @routes.get(EVENTS + "/stream")
+@documented(STREAM_EVENTS)
 async def stream_events(request: web.Request) -> web.StreamResponse:
     caller = authenticate(request, "read")
-    query = parse_query(request, StreamQuery)
+    query = STREAM_EVENTS.parse_query(request)
     start = _start_position(request, query)
     store = caller.tenant.store
     key = store.keys.events

@@ -15,6 +15,7 @@ from service.entrypoints.api.context import TENANTS_KEY, authenticate, koban_for
 from service.entrypoints.api.errors import json_response
 from service.entrypoints.api.models import (
     Action,
+    AvailabilityOut,
     AvailabilityQuery,
     HistoryOut,
     KobanStatusOut,
@@ -26,7 +27,16 @@ from service.entrypoints.api.models import (
     PendingPlacementOut,
     PrereservationOut,
     dump,
-    parse_query,
+)
+from service.entrypoints.api.openapi import (
+    AUTH_ERRORS,
+    KOBAN_ERRORS,
+    READ,
+    Operation,
+    Reply,
+    documented,
+    merge,
+    rules,
 )
 from service.entrypoints.api.paging import Position, decode_cursor, encode_cursor, page_after
 from service.koban import LotStatus
@@ -204,18 +214,40 @@ async def read_lot(caller: Caller, extcode: str) -> Lot:
     return lot
 
 
+GET_LOT = Operation(
+    "The lot: status, state path, options, préréservation, next tick",
+    "lots",
+    {200: Reply(LotOut, "The lot (lazy expiry applied).")},
+    merge(AUTH_ERRORS, rules(ErrorCode.LOT_UNKNOWN)),
+    scope=READ,
+    query=NoQuery,
+)
+
+
 @routes.get(LOT)
+@documented(GET_LOT)
 async def get_lot(request: web.Request) -> web.Response:
     caller = authenticate(request, "read")
-    parse_query(request, NoQuery)
+    GET_LOT.parse_query(request)
     lot = await read_lot(caller, request.match_info["extcode"])
     return json_response(dump(lot_out(lot, caller)))
 
 
+GET_HISTORY = Operation(
+    "The lot's events, oldest first",
+    "lots",
+    {200: Reply(HistoryOut, "The lot's CloudEvents.")},
+    merge(AUTH_ERRORS, rules(ErrorCode.LOT_UNKNOWN)),
+    scope=READ,
+    query=NoQuery,
+)
+
+
 @routes.get(LOT + "/history")
+@documented(GET_HISTORY)
 async def get_history(request: web.Request) -> web.Response:
     caller = authenticate(request, "read")
-    parse_query(request, NoQuery)
+    GET_HISTORY.parse_query(request)
     extcode = request.match_info["extcode"]
     store = caller.tenant.store
     events = await store.history(extcode)
@@ -315,10 +347,21 @@ def _drift(local: int, lot: Lot | None, status: LotStatus, caller: Caller, now: 
     return not lag
 
 
+GET_AVAILABILITY = Operation(
+    "GetLotStatus mirror, with prospect rules and optional Koban comparison",
+    "lots",
+    {200: Reply(AvailabilityOut, "Whether an option can be placed now.")},
+    merge(AUTH_ERRORS, KOBAN_ERRORS),
+    scope=READ,
+    query=AvailabilityQuery,
+)
+
+
 @hot_routes.get(LOT + "/availability")
+@documented(GET_AVAILABILITY)
 async def get_availability(request: web.Request) -> web.Response:
     caller = authenticate(request, "read")
-    query = parse_query(request, AvailabilityQuery)
+    query = GET_AVAILABILITY.parse_query(request)
     extcode = request.match_info["extcode"]
     tenant = caller.tenant
     store = tenant.store
@@ -433,10 +476,21 @@ def _status_filter(text: str | None) -> set[str] | None:
     return {part.strip().upper() for part in text.split(",") if part.strip()}
 
 
+LIST_LOTS = Operation(
+    "Lots, paginated by last modification",
+    "lots",
+    {200: Reply(LotListOut, "A page of lots and the cursor of the next one.")},
+    AUTH_ERRORS,
+    scope=READ,
+    query=LotsQuery,
+)
+
+
 @routes.get(BASE + "/lots")
+@documented(LIST_LOTS)
 async def list_lots(request: web.Request) -> web.Response:
     caller = authenticate(request, "read")
-    query = parse_query(request, LotsQuery)
+    query = LIST_LOTS.parse_query(request)
     tenant = caller.tenant
     store = tenant.store
     now = tenant.clock.now()

@@ -22,6 +22,7 @@ from service.entrypoints.api.errors import FORBIDDEN, PLACEMENT_NOT_MADE, ApiErr
 from service.entrypoints.api.idempotency import idempotent
 from service.entrypoints.api.models import (
     CancelQuery,
+    LotOut,
     NoQuery,
     OptionListOut,
     OptionOut,
@@ -35,9 +36,18 @@ from service.entrypoints.api.models import (
     canonical_body,
     cents,
     dump,
-    parse_body,
-    parse_query,
     rank_of,
+)
+from service.entrypoints.api.openapi import (
+    AUTH_ERRORS,
+    READ,
+    WRITE,
+    WRITE_ERRORS,
+    Operation,
+    Reply,
+    documented,
+    merge,
+    rules,
 )
 from service.entrypoints.api.paging import Position, decode_cursor, encode_cursor, page_after
 from service.entrypoints.api.routes_lots import BASE, LOT, lot_out, mget_lots, option_out, read_lot
@@ -55,6 +65,14 @@ routes = web.RouteTableDef()
 
 SCAN_BATCH = 200
 SCAN_BUDGET = 5000
+_RANK = {"type": "integer", "minimum": 1, "maximum": 2}
+# What Koban may refuse about an option addressed by rank.
+_OPTION_RULES = rules(
+    ErrorCode.LOT_UNKNOWN,
+    ErrorCode.OPTION_NOT_FOUND,
+    ErrorCode.OPTION_MOVED,
+    ErrorCode.PROSPECT_UNKNOWN,
+)
 _OPTION_FIELDS = (
     "optionId",
     "rank",
@@ -101,12 +119,23 @@ async def _options_after(
     return out, len(batch) < count
 
 
+LIST_OPTIONS = Operation(
+    "Active options across lots, soonest expiry first",
+    "options",
+    {200: Reply(OptionListOut, "A page of options and the cursor of the next one.")},
+    AUTH_ERRORS,
+    scope=READ,
+    query=OptionsQuery,
+)
+
+
 @routes.get(BASE + "/options")
+@documented(LIST_OPTIONS)
 async def list_options(request: web.Request) -> web.Response:
     """Active options across lots, soonest expiry first (options whose expiry Koban never
     gave — opaque placeholders without a date — are not in the expiry index)."""
     caller = authenticate(request, "read")
-    query = parse_query(request, OptionsQuery)
+    query = LIST_OPTIONS.parse_query(request)
     tenant = caller.tenant
     now = tenant.clock.now()
     position = decode_cursor(query.cursor) if query.cursor else (now, None)
@@ -138,12 +167,23 @@ async def list_options(request: web.Request) -> web.Response:
     return json_response(dump(OptionListOut(items=items, next_cursor=cursor)))
 
 
+GET_PROSPECT = Operation(
+    "A prospect's active options, pending placements and remaining allowance",
+    "options",
+    {200: Reply(ProspectOut, "The prospect's options.")},
+    AUTH_ERRORS,
+    scope=READ,
+    query=NoQuery,
+)
+
+
 @routes.get(BASE + "/prospects/{third}")
+@documented(GET_PROSPECT)
 async def get_prospect(request: web.Request) -> web.Response:
     """The prospect's active options, pending placements and remaining allowance (as of
     now, lazy expiry applied)."""
     caller = authenticate(request, "read")
-    parse_query(request, NoQuery)
+    GET_PROSPECT.parse_query(request)
     third = request.match_info["third"]
     tenant = caller.tenant
     store = tenant.store
@@ -201,10 +241,43 @@ def _pending_body(extcode: str, intent_id: str, rank: int | None, third: str) ->
     return dump(out)
 
 
+PLACE_OPTION = Operation(
+    "Place an option through Koban",
+    "options",
+    {
+        201: Reply(OptionOut, "Placed."),
+        202: Reply(
+            PendingOut,
+            "Sent to Koban, outcome pending; the same request with the same "
+            "`Idempotency-Key` answers the outcome once known.",
+        ),
+    },
+    merge(
+        WRITE_ERRORS,
+        rules(
+            ErrorCode.LOT_UNKNOWN,
+            ErrorCode.PROSPECT_UNKNOWN,
+            ErrorCode.LOT_NOT_AVAILABLE,
+            ErrorCode.LOT_PRERESERVED,
+            ErrorCode.LOT_FULL,
+            ErrorCode.PROSPECT_ALREADY_HOLDS,
+            ErrorCode.PROSPECT_OPTION_LIMIT,
+            ErrorCode.USER_OPTION_LIMIT,
+            ErrorCode.RANK_NOT_AVAILABLE,
+        ),
+        {409: [PLACEMENT_NOT_MADE]},
+    ),
+    scope=WRITE,
+    body=PlaceOptionIn,
+    idempotent=True,
+)
+
+
 @routes.post(LOT + "/options")
+@documented(PLACE_OPTION)
 async def place_option(request: web.Request) -> web.Response:
     caller = authenticate(request, "write")
-    body, raw = await parse_body(request, PlaceOptionIn)
+    body, raw = await PLACE_OPTION.parse_body(request)
     extcode = request.match_info["extcode"]
     partner = body.partner_guid
     if caller.partner is not None:
@@ -298,11 +371,32 @@ async def _holder_for(caller: Caller, extcode: str, rank: int, third: str | None
     return option.holder
 
 
+PROLONG_OPTION = Operation(
+    "Prolong the option at a rank through Koban",
+    "options",
+    {200: Reply(OptionOut, "The prolonged option.")},
+    merge(
+        WRITE_ERRORS,
+        _OPTION_RULES,
+        rules(
+            ErrorCode.ALREADY_PROLONGED,
+            ErrorCode.PROLONGATION_NOT_LATER,
+            ErrorCode.PROLONGATION_TOO_LONG,
+        ),
+    ),
+    scope=WRITE,
+    body=ProlongIn,
+    idempotent=True,
+    path_schemas={"rank": _RANK},
+)
+
+
 @routes.post(LOT + "/options/{rank}/prolongation")
+@documented(PROLONG_OPTION)
 async def prolong_option(request: web.Request) -> web.Response:
     caller = authenticate(request, "write")
     rank = rank_of(request)
-    body, raw = await parse_body(request, ProlongIn)
+    body, raw = await PROLONG_OPTION.parse_body(request)
     extcode = request.match_info["extcode"]
 
     async def action() -> web.Response:
@@ -314,11 +408,24 @@ async def prolong_option(request: web.Request) -> web.Response:
     return await idempotent(request, caller, canonical_body(raw), action)
 
 
+CANCEL_OPTION = Operation(
+    "Cancel the option at a rank through Koban",
+    "options",
+    {200: Reply(OptionOut, "The ended option.")},
+    merge(WRITE_ERRORS, _OPTION_RULES),
+    scope=WRITE,
+    query=CancelQuery,
+    idempotent=True,
+    path_schemas={"rank": _RANK},
+)
+
+
 @routes.delete(LOT + "/options/{rank}")
+@documented(CANCEL_OPTION)
 async def cancel_option(request: web.Request) -> web.Response:
     caller = authenticate(request, "write")
     rank = rank_of(request)
-    query = parse_query(request, CancelQuery)
+    query = CANCEL_OPTION.parse_query(request)
     extcode = request.match_info["extcode"]
 
     async def action() -> web.Response:
@@ -334,10 +441,30 @@ async def cancel_option(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------- préréservation
 
 
+PRERESERVE = Operation(
+    "Pre-reserve the lot through Koban",
+    "lots",
+    {201: Reply(LotOut, "The pre-reserved lot.")},
+    merge(
+        WRITE_ERRORS,
+        rules(
+            ErrorCode.LOT_UNKNOWN,
+            ErrorCode.PROSPECT_UNKNOWN,
+            ErrorCode.LOT_NOT_AVAILABLE,
+            ErrorCode.LOT_PRERESERVED,
+        ),
+    ),
+    scope=WRITE,
+    body=PrereserveIn,
+    idempotent=True,
+)
+
+
 @routes.post(LOT + "/prereservation")
+@documented(PRERESERVE)
 async def prereserve(request: web.Request) -> web.Response:
     caller = authenticate(request, "write")
-    body, raw = await parse_body(request, PrereserveIn)
+    body, raw = await PRERESERVE.parse_body(request)
     extcode = request.match_info["extcode"]
     partner = body.partner_guid
     if caller.partner is not None:
@@ -355,10 +482,29 @@ async def prereserve(request: web.Request) -> web.Response:
     return await idempotent(request, caller, canonical_body(raw), action)
 
 
+WITHDRAW = Operation(
+    "Withdraw the lot's préréservation through Koban",
+    "lots",
+    {200: Reply(LotOut, "The lot after the withdrawal.")},
+    merge(
+        WRITE_ERRORS,
+        rules(
+            ErrorCode.LOT_UNKNOWN,
+            ErrorCode.NOT_PRERESERVED,
+            ErrorCode.PRERESERVATION_HOLDER_MISMATCH,
+        ),
+    ),
+    scope=WRITE,
+    body=WithdrawIn,
+    idempotent=True,
+)
+
+
 @routes.post(LOT + "/prereservation/withdrawal")
+@documented(WITHDRAW)
 async def withdraw(request: web.Request) -> web.Response:
     caller = authenticate(request, "write")
-    body, raw = await parse_body(request, WithdrawIn)
+    body, raw = await WITHDRAW.parse_body(request)
     extcode = request.match_info["extcode"]
 
     async def action() -> web.Response:

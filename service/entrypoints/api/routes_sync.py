@@ -28,7 +28,14 @@ from aiohttp import web
 from pydantic import Field
 
 from service.entrypoints.api.context import authenticate, koban_for
-from service.entrypoints.api.errors import ApiError, json_response
+from service.entrypoints.api.errors import (
+    IDEMPOTENCY_IN_PROGRESS,
+    IDEMPOTENCY_KEY_REUSED,
+    KOBAN_UNAVAILABLE,
+    MALFORMED_REQUEST,
+    ApiError,
+    json_response,
+)
 from service.entrypoints.api.idempotency import idempotent
 from service.entrypoints.api.models import (
     Instant,
@@ -37,10 +44,9 @@ from service.entrypoints.api.models import (
     _Out,
     canonical_body,
     dump,
-    parse_query,
     read_json,
 )
-from service.entrypoints.api.models import validate as validate_model
+from service.entrypoints.api.openapi import AUTH_ERRORS, READ, Operation, Reply, documented, merge
 from service.entrypoints.api.routes_lots import BASE
 from service.usecases.sync_runs import SyncInProgress, claim_sync, last_run
 
@@ -98,12 +104,34 @@ async def _optional_json(request: web.Request) -> object:
     return await read_json(request)
 
 
+START_SYNC = Operation(
+    "Start a stock sync from Koban now (in the background)",
+    "operations",
+    {202: Reply(SyncStartedOut, "Started; GET the same path for its outcome.")},
+    merge(
+        AUTH_ERRORS,
+        {
+            400: [MALFORMED_REQUEST],
+            409: [SYNC_IN_PROGRESS, IDEMPOTENCY_IN_PROGRESS],
+            422: [IDEMPOTENCY_KEY_REUSED],
+            503: [KOBAN_UNAVAILABLE],
+        },
+    ),
+    scope="admin",
+    query=NoQuery,
+    body=SyncIn,
+    idempotent=True,
+    description='The body is optional: none, `{}` or `{"full": true}`.',
+)
+
+
 @routes.post(SYNC)
+@documented(START_SYNC)
 async def start_sync(request: web.Request) -> web.Response:
     caller = authenticate(request, "admin")
-    parse_query(request, NoQuery)
+    START_SYNC.parse_query(request)
     raw = await _optional_json(request)
-    body = validate_model(SyncIn, raw)
+    body = START_SYNC.validate_body(raw)
     tenant = caller.tenant
 
     async def action() -> web.Response:
@@ -142,10 +170,21 @@ async def start_sync(request: web.Request) -> web.Response:
     return await idempotent(request, caller, canonical_body(raw), action)
 
 
+SYNC_STATUS = Operation(
+    "The latest stock sync run of the tenant",
+    "operations",
+    {200: Reply(SyncStatusOut, "The latest run (state `never` before the first).")},
+    AUTH_ERRORS,
+    scope=READ,
+    query=NoQuery,
+)
+
+
 @routes.get(SYNC)
+@documented(SYNC_STATUS)
 async def sync_status(request: web.Request) -> web.Response:
     caller = authenticate(request, "read")
-    parse_query(request, NoQuery)
+    SYNC_STATUS.parse_query(request)
     run = await last_run(caller.tenant)
     if run is None:
         return json_response(dump(SyncStatusOut(state="never")))
