@@ -87,7 +87,7 @@ from service.sandbox import (
 from service.storage.store import LotStore
 from service.tenancy import Tenant, Tenants
 from service.usecases.flows import KobanRefusal, OptionFlows, Placed
-from service.usecases.koban_webhooks import add_webhook_routes
+from service.entrypoints.koban_webhooks import add_webhook_routes
 from service.usecases.sweep import expire_due
 from service.usecases.sync import reconcile, sync_stock
 from statecharts import transitions as tr

@@ -87,18 +87,17 @@ from service.storage.store import ChangeFn, Counts, StoreConflict, new_id
 from service.tenancy import Tenant
 from service.usecases.echoes import await_echo
 from service.usecases.sync import (
-    OPTIONED,
-    drift_event,
     in_drift_tolerance,
     koban_occupancy,
     mark_needs_sync,
     record_drift,
 )
 from statecharts import transitions as tr
+from statecharts.capacity import lot_full
+from statecharts.drift import add_refusal_contradicts, drift_event
 from statecharts.errors import KOBAN_CODE, ErrorCode, RuleViolation
 from statecharts.model import DomainEvent, Lot, Option
 
-_ADD_CODES = frozenset({"01", "02", "03", "04", "05"})
 _STORE_DOWN = (RedisConnectionError, RedisTimeoutError)
 # A Koban write on a lot's options holds the lot's write lease at most this long unrenewed
 # (renewed every third of it while the call lasts; a process dying mid-call, or a release
@@ -160,19 +159,6 @@ class Pending:
     intent_id: str
     rank: int
     third: str
-
-
-def _refusal_drift(code: str | None, lot: Lot) -> bool:
-    """Does Koban's Add refusal `code` contradict the lot as we hold it?"""
-    if code not in _ADD_CODES:
-        return True  # undocumented: treat as a contradiction and reconcile
-    if code == "05":
-        return len(lot.options) < 2
-    if code == "02":
-        return lot.config in ("free", *OPTIONED)
-    if code == "04":
-        return lot.config != "prereserved"
-    return False  # 01 / 03: counts on other lots, not this lot's state
 
 
 _P = ParamSpec("_P")
@@ -346,7 +332,7 @@ class OptionFlows:
         k = koban_occupancy(status)
         if k is None:
             return "unknown"
-        if k >= 2:
+        if lot_full(k):
             return "full"
         if k == rank - 1:
             return None
@@ -422,7 +408,7 @@ class OptionFlows:
 
         def change(lot: Lot, _counts: Counts) -> tuple[list[DomainEvent], bool]:
             events = tr.release_intent(lot, iid, now, self.rules)
-            drift = _refusal_drift(answer.error_code, lot)
+            drift = add_refusal_contradicts(answer.error_code, lot)
             if drift:
                 events.append(
                     drift_event(

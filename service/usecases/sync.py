@@ -29,17 +29,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import cast
 
 from service.koban import KobanClient, KobanError, KobanLot, KobanUnavailable, LotStatus
-from service.storage.codec import decode_lot
+from service.storage import sync_state
 from service.storage.store import Counts
 from service.tenancy import Tenant
+from statecharts import drift
 from statecharts import transitions as tr
 from statecharts.decide import decide
+from statecharts.drift import drift_event as drift_event  # re-exported: a shared helper
 from statecharts.errors import ErrorCode, RuleViolation
 from statecharts.model import STATUS_OF_CONFIG, Actor, DomainEvent, Lot, Option
-from statecharts.ticks import ceil_tick, latest_tick
+from statecharts.ticks import ceil_tick
 
 Progress = Callable[[int, int], None]
 
@@ -64,23 +65,13 @@ def last_sync_key(tenant: Tenant) -> str:
     return tenant.store.keys.last_sync
 
 
-def drift_event(now: int, actor: Actor, reason: str, **data: object) -> DomainEvent:
-    """A ``koban.sync.drift_detected`` event: `reason` says what disagreed."""
-    payload: dict[str, object] = {"reason": reason}
-    payload.update(data)
-    payload["actor"] = actor
-    return DomainEvent("sync.drift_detected", now, payload)
-
-
 async def mark_needs_sync(tenant: Tenant, *extcodes: str) -> None:
     """Queue lots for the reconciler."""
-    if extcodes:
-        await tenant.store.redis.sadd(tenant.store.keys.needs_sync, *extcodes)
+    await sync_state.mark_needs_sync(tenant.store, *extcodes)
 
 
 async def needs_sync(tenant: Tenant) -> set[str]:
-    raw = await tenant.store.redis.smembers(tenant.store.keys.needs_sync)
-    return {m.decode() if isinstance(m, bytes) else str(m) for m in raw}
+    return await sync_state.needs_sync(tenant.store)
 
 
 async def record_drift(
@@ -101,21 +92,13 @@ async def record_drift(
 
 
 def koban_occupancy(status: LotStatus) -> int | None:
-    """How many options Koban reports on the lot; None when the answer does not say
-    (-1 unknown lot; -2 pre-reserved, whose MaxRank the doc does not define)."""
-    if status.result == 0:
-        return 0
-    if status.result == -3:
-        return 2
-    if status.result == 1:
-        return 2 if status.max_rank >= 2 else 1
-    return None
+    """How many options Koban's GetLotStatus reports (`statecharts.drift.koban_occupancy`)."""
+    return drift.koban_occupancy(status.result, status.max_rank)
 
 
 def in_drift_tolerance(tenant: Tenant, now: int) -> bool:
-    """True within `drift_tolerance` after the latest tick (Koban may lag on expiry)."""
-    tolerance = tenant.settings.drift_tolerance.fixed_seconds()
-    return now - latest_tick(now) < tolerance
+    """True within the tenant's `drift_tolerance` after the latest tick."""
+    return drift.in_drift_tolerance(now, tenant.settings.drift_tolerance.fixed_seconds())
 
 
 def _optioned(n: int) -> str:
@@ -293,9 +276,8 @@ async def sync_stock(
     backwards to absorb clock skew with Koban (re-reading a lot is harmless).
     `progress(done, total)` is called after each lot.
     """
-    redis = tenant.store.redis
-    raw = cast(bytes | None, await redis.get(last_sync_key(tenant)))
-    since = 0 if full or raw is None else max(0, int(raw) - overlap)
+    last = await sync_state.last_sync(tenant.store)
+    since = 0 if full or last is None else max(0, last - overlap)
     report = SyncReport(since=since, started=now, full=full)
     done = 0
     async for page in koban.get_updated(since, page_size=page_size):
@@ -310,7 +292,7 @@ async def sync_stock(
             done += 1
             if progress is not None:
                 progress(done, max(page.length, done))
-    await redis.set(last_sync_key(tenant), str(now))
+    await sync_state.set_last_sync(tenant.store, now)
     return report
 
 
@@ -393,7 +375,7 @@ def _reconcile_change(
         victims = _victims(lot.options, n - k, status.end_date)
         _set_config(lot, _optioned(k))
         previous = local["localStatus"]
-        events.extend(tr._end(lot, victims, "superseded", now, "reconcile", tenant.rules))
+        events.extend(tr.supersede_options(lot, victims, now, "reconcile", tenant.rules))
         if lot.status != previous:
             events.append(
                 DomainEvent(
@@ -441,12 +423,12 @@ async def reconcile_lot(
     """
     store = tenant.store
     if await store.load(extcode) is None:
-        await store.redis.srem(store.keys.needs_sync, extcode)
+        await sync_state.unmark_needs_sync(store, extcode)
         return "missing"
     if status is None:
         status = await koban.get_lot_status(extcode)
     seen = status
-    if await store.redis.exists(store.keys.lot_writes(extcode)):
+    if await sync_state.lot_write_in_flight(store, extcode):
         # A Prolong/Undo/Preresv/Desist of ours is in flight: Koban's answer may predate it.
         await mark_needs_sync(tenant, extcode)
         return "deferred"
@@ -459,28 +441,21 @@ async def reconcile_lot(
     if verdict.keep_queued or opaque:
         await mark_needs_sync(tenant, extcode)
     else:
-        await store.redis.srem(store.keys.needs_sync, extcode)
+        await sync_state.unmark_needs_sync(store, extcode)
     return verdict.outcome
 
 
 async def _candidates(tenant: Tenant, limit: int) -> list[str]:
     """Queued lots (opaque ones first), then a random sample of lots holding options."""
     store = tenant.store
-    redis = store.redis
-    queued_raw = await redis.srandmember(store.keys.needs_sync, limit * 4)
-    queued = [m.decode() if isinstance(m, bytes) else str(m) for m in queued_raw or []]
-    lots: list[tuple[bool, str]] = []
-    if queued:
-        raws = await redis.mget([store.keys.lot(code) for code in queued])
-        for code, raw in zip(queued, raws, strict=True):
-            lot = decode_lot(code, cast(bytes, raw)) if raw is not None else None
-            lots.append((not (lot is not None and any(o.opaque for o in lot.options)), code))
-    ordered = [code for _, code in sorted(lots, key=lambda x: x[0])][:limit]
+    queued = await sync_state.queued_sample(store, limit * 4)
+    lots = await sync_state.load_lots(store, queued)
+    ranked = [
+        (not (code in lots and any(o.opaque for o in lots[code].options)), code) for code in queued
+    ]
+    ordered = [code for _, code in sorted(ranked, key=lambda x: x[0])][:limit]
     if len(ordered) < limit:
-        sample = await redis.zrandmember(store.keys.expiries, limit * 2)
-        for member in sample or []:
-            text = member.decode() if isinstance(member, bytes) else str(member)
-            code = text.rsplit("/", 1)[0]
+        for code in await sync_state.expiring_sample(store, limit * 2):
             if code not in ordered:
                 ordered.append(code)
             if len(ordered) >= limit:

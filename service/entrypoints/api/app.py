@@ -46,9 +46,9 @@ from service.entrypoints.api.routes_lots import ANSWERS, hot_routes
 from service.entrypoints.api.routes_lots import routes as lot_routes
 from service.entrypoints.api.routes_options import routes as option_routes
 from service.entrypoints.api.routes_sync import install_sync
+from service.entrypoints.koban_webhooks import add_webhook_routes
 from service.storage.redis_client import RedisClient
 from service.tenancy import Tenants
-from service.usecases.koban_webhooks import add_webhook_routes
 from service.usecases.ticking import ClockHook
 
 __all__ = ["REDIS_KEY", "build_api_app"]

@@ -38,7 +38,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from service.usecases.koban_webhooks import redact_token
+from service.entrypoints.koban_webhooks import redact_token
 
 __all__ = [
     "REQUEST_ID",

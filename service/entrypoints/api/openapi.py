@@ -81,6 +81,7 @@ from service.entrypoints.api.routes_sync import (
     SyncStartedOut,
     SyncStatusOut,
 )
+from service.entrypoints.koban_webhooks import TOKEN_HEADER, TOKEN_QUERY
 from service.koban import webhook_forms as forms
 from service.koban.webhook_forms import (
     MAX_IDENTIFIER,
@@ -91,7 +92,6 @@ from service.koban.webhook_forms import (
     ReservationValidatedForm,
     ReservationWithdrawnForm,
 )
-from service.usecases.koban_webhooks import TOKEN_HEADER, TOKEN_QUERY
 from statecharts.errors import HTTP_STATUS, ErrorCode
 
 __all__ = [
