@@ -141,3 +141,9 @@ def split_intent_member(member: bytes | str) -> tuple[str, str]:
     text = member.decode() if isinstance(member, bytes) else member
     extcode, _, intent_id = text.rpartition("/")
     return extcode, intent_id
+
+
+def idempotency_key(keys: TenantKeys, scope_digest: str) -> str:
+    """String: a write's remembered answer (or in-flight marker) under an Idempotency-Key;
+    `scope_digest` is the hex SHA-256 of its scope (token, method, path, key)."""
+    return f"{keys.prefix}idem:{scope_digest}"

@@ -69,9 +69,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from service.koban import (
     KobanAnswer,
     KobanClient,
@@ -82,7 +79,8 @@ from service.koban import (
     LotStatus,
     koban_refusal,
 )
-from service.storage.lease import Lease
+from service.storage.errors import STORE_DOWN
+from service.storage.leases import lot_write_lease
 from service.storage.store import ChangeFn, Counts, StoreConflict, new_id
 from service.tenancy import Tenant
 from service.usecases.echoes import await_echo
@@ -98,7 +96,6 @@ from statecharts.drift import add_refusal_contradicts, drift_event
 from statecharts.errors import KOBAN_CODE, ErrorCode, RuleViolation
 from statecharts.model import DomainEvent, Lot, Option
 
-_STORE_DOWN = (RedisConnectionError, RedisTimeoutError)
 # A Koban write on a lot's options holds the lot's write lease at most this long unrenewed
 # (renewed every third of it while the call lasts; a process dying mid-call, or a release
 # lost to a Redis outage, frees the lot within it); waiters poll this often.
@@ -210,7 +207,7 @@ class OptionFlows:
         `_catch_up` (then re-raise: 503)."""
         try:
             return await self.store.mutate(extcode, change, now=now)
-        except _STORE_DOWN:
+        except STORE_DOWN:
             self._unrecorded.setdefault(extcode, []).append((change, now))
             raise
 
@@ -501,7 +498,7 @@ class OptionFlows:
         the Koban call and the local record of one such write happen before the next
         write's check; reconciliation leaves the lot alone meanwhile. A write that cannot
         get it within `lot_write_wait_s` is answered 503 STORE_UNAVAILABLE (retry)."""
-        lease = Lease(self.store.redis, self.store.keys.lot_writes(extcode), LOT_WRITE_LEASE_MS)
+        lease = lot_write_lease(self.store, extcode, LOT_WRITE_LEASE_MS)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.lot_write_wait_s
         while not await lease.acquire():

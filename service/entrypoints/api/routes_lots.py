@@ -28,10 +28,11 @@ from service.entrypoints.api.models import (
     dump,
     parse_query,
 )
-from service.entrypoints.api.paging import Position, decode_cursor, encode_cursor, page_after
+from service.entrypoints.api.paging import Position, decode_cursor, encode_cursor
 from service.koban import LotStatus
 from service.storage.codec import decode_lot
-from service.storage.keys import API_USER_FIELD, prospect_field
+from service.storage.lot_reads import raw_lot_with_counts, raw_lots
+from service.storage.paging import lots_after
 from service.storage.redis_client import RedisClient
 from service.storage.redis_mux import MuxReader
 from service.usecases.sync import in_drift_tolerance, koban_occupancy
@@ -327,19 +328,10 @@ async def get_availability(request: web.Request) -> web.Response:
     rules = tenant.rules
     third = query.third_guid
     counted = _counted(rules, third)
-    prospect = user = 0
-    key = store.keys.lot(extcode)
     fast = request.app.get(FAST_READS)
-    if not counted:
-        # No count can change the answer (no prospect, no per-user limit): the lot alone.
-        (raw,) = await store.run_reads(fast, ("GET", key))
-    else:
-        fields = [API_USER_FIELD] + ([prospect_field(third)] if third else [])
-        raw, values = await store.run_reads(
-            fast, ("GET", key), ("HMGET", store.keys.counts, *fields)
-        )
-        user = int(values[0] or 0)
-        prospect = int(values[1] or 0) if third else 0
+    # Without a count that can change the answer (no prospect, no per-user limit): the lot
+    # alone.
+    raw, user, prospect = await raw_lot_with_counts(store, extcode, fast, third, counted)
     answers = request.app.get(ANSWERS)
     if answers is not None and koban is None and third is None and raw is not None:
         body = remembered_body(answers, tenant.name, extcode, raw, rules, now, user)
@@ -423,10 +415,6 @@ def install_fast_reads(app: web.Application, redis: RedisClient) -> None:
 # --------------------------------------------------------------------------- listing
 
 
-async def mget_lots(redis: RedisClient, keys: list[str]) -> list[bytes | None]:
-    return cast(list[bytes | None], await redis.mget(keys)) if keys else []
-
-
 def _status_filter(text: str | None) -> set[str] | None:
     if text is None:
         return None
@@ -452,8 +440,8 @@ async def list_lots(request: web.Request) -> web.Response:
     scanned = 0
     exhausted = False
     while len(items) < query.limit and scanned < SCAN_BUDGET:
-        batch = await page_after(store.redis, store.keys.lots, position, SCAN_BATCH)
-        raws = await mget_lots(store.redis, [store.keys.lot(code) for code, _ in batch])
+        batch = await lots_after(store, position, SCAN_BATCH)
+        raws = await raw_lots(store, [code for code, _ in batch])
         consumed = 0
         for (code, score), raw in zip(batch, raws, strict=True):
             consumed += 1
