@@ -16,15 +16,15 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
-
-import orjson
-from redis.exceptions import RedisError
+from typing import TypeVar
 
 from service.bootstrap import KobanConfigError, build_tenants, koban_session, missing_keys
 from service.config import ConfigError, Settings, load_settings
 from service.entrypoints import diagram
 from service.koban import KobanClient, KobanError, KobanUnavailable
+from service.storage.errors import STORE_FAILURES
+from service.storage.event_stream import StreamTail
+from service.storage.heartbeat import ping
 from service.storage.redis_client import connect
 from service.tenancy import Tenant
 from service.usecases.intents import list_pending, resolve_one
@@ -137,19 +137,16 @@ async def _tail(tenant_name: str, from_start: bool) -> int:
         print(f"unknown tenant {tenant_name!r}", file=sys.stderr)
         return 2
     redis = connect(_redis_url(settings))
-    key = build_tenants(settings, redis)[tenant_name].store.keys.events
+    tail = StreamTail.of(build_tenants(settings, redis)[tenant_name].store)
     last = "0-0" if from_start else "$"
     try:
         while True:
-            # BLOCK stays under redis-py's 5 s socket timeout (STACK.md).
-            replies: Any = await redis.xread({key: last}, block=2000, count=100)
-            for _, entries in replies:
-                for entry_id, fields in entries:
-                    last = entry_id
-                    e = orjson.loads(fields[b"ce"])
-                    data = e["data"]
-                    who = data.get("thirdGuid") or ""
-                    print(f"{e['time']}  {e['subject']:<14} {e['type']:<28} {who}", flush=True)
+            # The wait stays under the client's socket timeout, which would end it.
+            for entry_id, e in await tail.read(last, 100, 2000):
+                last = entry_id
+                data = e["data"]
+                who = data.get("thirdGuid") or ""
+                print(f"{e['time']}  {e['subject']:<14} {e['type']:<28} {who}", flush=True)
     except (KeyboardInterrupt, asyncio.CancelledError):
         return 0
     finally:
@@ -180,9 +177,9 @@ async def _scheduler() -> int:
     url = _redis_url(settings)
     redis = connect(url)
     try:
-        await redis.ping()
+        await ping(redis)
         return await run_daemon(build_tenants(settings, redis), redis, batch=settings.sweep_batch)
-    except (RedisError, OSError) as exc:
+    except STORE_FAILURES as exc:
         print(f"koban-options: Redis unavailable at {url}: {exc}", file=sys.stderr)
         return 3
     finally:
@@ -198,7 +195,7 @@ async def _scheduler_check() -> int:
     redis = connect(url, socket_connect_timeout=2, socket_timeout=2)
     try:
         age = await heartbeat_age(redis)
-    except (RedisError, OSError) as exc:
+    except STORE_FAILURES as exc:
         print(f"scheduler: unknown, Redis unavailable at {url}: {exc}")
         return 1
     finally:
@@ -333,7 +330,7 @@ async def _sync(tenant_name: str | None, full: bool) -> int:
             if code:
                 return code
         return 0
-    except (RedisError, OSError) as exc:
+    except STORE_FAILURES as exc:
         print(f"koban-options: Redis unavailable at {url}: {exc}", file=sys.stderr)
         return 3
     finally:
@@ -403,7 +400,7 @@ async def _intents(tenant_name: str, resolve: str | None) -> int:
         if resolve is None:
             return await _list_intents(tenant)
         return await _resolve_intent(tenant, resolve)
-    except (RedisError, OSError) as exc:
+    except STORE_FAILURES as exc:
         print(f"koban-options: Redis unavailable at {url}: {exc}", file=sys.stderr)
         return 3
     finally:

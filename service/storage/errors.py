@@ -17,6 +17,7 @@ from redis.exceptions import TryAgainError as StoreTryAgain
 __all__ = [
     "STORE_DOWN",
     "STORE_FAILURES",
+    "STORE_FAILURES_OR_TIMEOUT",
     "StoreClusterError",
     "StoreConnectionError",
     "StoreError",
@@ -30,3 +31,5 @@ __all__ = [
 STORE_DOWN: tuple[type[Exception], ...] = (StoreConnectionError, StoreTimeoutError)
 # Anything the store or the socket under it raised.
 STORE_FAILURES: tuple[type[Exception], ...] = (StoreError, OSError)
+# The same, or a deadline of the caller's (`asyncio.timeout`) passed first.
+STORE_FAILURES_OR_TIMEOUT: tuple[type[Exception], ...] = (*STORE_FAILURES, TimeoutError)

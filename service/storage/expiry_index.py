@@ -4,12 +4,19 @@ expiring-notice cursor, for the notice run.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import cast
 
 from service.storage.monotonic import raise_to, read_int
 from service.storage.store import LotStore
 
-__all__ = ["lots_expiring_at", "next_expiry", "notice_cursor", "raise_notice_cursor"]
+__all__ = [
+    "active_counts",
+    "lots_expiring_at",
+    "next_expiry",
+    "notice_cursor",
+    "raise_notice_cursor",
+]
 
 
 async def next_expiry(store: LotStore, after: int, upto: int) -> int | None:
@@ -38,3 +45,20 @@ async def notice_cursor(store: LotStore) -> int | None:
 async def raise_notice_cursor(store: LotStore, value: int) -> None:
     """Move the notice cursor to `value` unless it is already further."""
     await raise_to(store.redis, store.keys.notice_cursor, value)
+
+
+async def active_counts(stores: Mapping[str, LotStore]) -> dict[str, int]:
+    """How many options each tenant holds (the size of its expiry index), one pipeline
+    per Redis client."""
+    by_client: dict[int, list[str]] = {}
+    for name, store in stores.items():
+        by_client.setdefault(id(store.redis), []).append(name)
+    out: dict[str, int] = {}
+    for names in by_client.values():
+        async with stores[names[0]].redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zcard(stores[name].keys.expiries)
+            counts = await pipe.execute()
+        for name, count in zip(names, counts, strict=True):
+            out[name] = int(count)
+    return out

@@ -26,12 +26,16 @@ import orjson
 import structlog
 from aiohttp import web
 from pydantic import ValidationError
-from redis.exceptions import ClusterError, SlotNotCoveredError, TryAgainError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.entrypoints.api.logging import request_id_of
 from service.koban import KobanError, KobanOutcomeUnknown, KobanUnavailable
+from service.storage.errors import (
+    StoreClusterError,
+    StoreConnectionError,
+    StoreSlotNotCovered,
+    StoreTimeoutError,
+    StoreTryAgain,
+)
 from service.storage.store import StoreConflict
 from statecharts.errors import RuleViolation
 
@@ -136,7 +140,7 @@ def field_errors(exc: ValidationError) -> list[dict[str, str]]:
 
 # A Redis Cluster answering "not now": down, a slot unserved, or redirections and TRYAGAIN
 # (a slot being moved) past redis-py's retries.
-_CLUSTER_UNAVAILABLE = ClusterError | TryAgainError | SlotNotCoveredError
+_CLUSTER_UNAVAILABLE = StoreClusterError | StoreTryAgain | StoreSlotNotCovered
 
 
 def as_api_error(exc: BaseException) -> ApiError:
@@ -166,7 +170,7 @@ def as_api_error(exc: BaseException) -> ApiError:
         )
     if isinstance(exc, KobanError):
         return ApiError(502, KOBAN_ERROR, "Koban answered unexpectedly; nothing was changed.")
-    if isinstance(exc, RedisConnectionError | RedisTimeoutError | _CLUSTER_UNAVAILABLE):
+    if isinstance(exc, StoreConnectionError | StoreTimeoutError | _CLUSTER_UNAVAILABLE):
         return ApiError(
             503,
             STORE_UNAVAILABLE,

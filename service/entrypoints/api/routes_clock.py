@@ -30,7 +30,6 @@ from typing import Annotated, Any, TypeAlias
 import structlog
 from aiohttp import web
 from pydantic import Field, PlainValidator, WithJsonSchema, model_validator
-from redis.exceptions import RedisError
 
 from service.clock import TestClock
 from service.entrypoints.api.auth import Caller
@@ -55,6 +54,7 @@ from service.entrypoints.api.models import (
     parse_query,
 )
 from service.entrypoints.api.routes_lots import BASE
+from service.storage.errors import STORE_FAILURES
 from service.tenancy import Tenant
 from service.usecases.sandbox_clock import ClockBackwards, is_sandbox, refresh, refresh_all
 from service.usecases.ticking import ClockHook, advance_clock
@@ -201,7 +201,7 @@ def install_clock(app: web.Application, on_clock_advanced: ClockHook | None = No
         if not tenants:
             yield
             return
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(*STORE_FAILURES):
             await refresh_all(tenants)
 
         async def loop() -> None:
@@ -209,7 +209,7 @@ def install_clock(app: web.Application, on_clock_advanced: ClockHook | None = No
                 await asyncio.sleep(REFRESH_S)
                 try:
                     await refresh_all(tenants)
-                except (RedisError, OSError) as exc:  # the routes refresh again anyway
+                except STORE_FAILURES as exc:  # the routes refresh again anyway
                     log.warning("clock_refresh_failed", error=str(exc))
 
         task: asyncio.Task[Any] = asyncio.create_task(loop())
