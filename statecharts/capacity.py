@@ -1,7 +1,9 @@
-"""How many options a lot holds at most: the one test of a full lot.
+"""How many options a lot holds at most: the one test of a full lot (Koban's code 05).
 
-Koban's refusal 05, the chart's ``LOT_FULL`` guard, the pre-check's answer, the placement
-flow's reading of ``GetLotStatus`` and its reading of an ``Add`` refusal all ask this.
+Asked by the chart's ``full`` fact (`transitions.place_facts`, `place_option`), the
+webhook pre-check, the availability answer, the placement flow reading ``GetLotStatus``
+and an ``Add`` refusal (`drift.add_refusal_contradicts`). The chart refuses with
+``LOT_FULL`` (`lot_chart`), `errors.KOBAN_CODE` maps it to 05.
 """
 
 from __future__ import annotations

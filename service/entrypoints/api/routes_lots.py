@@ -37,6 +37,7 @@ from service.storage.redis_client import RedisClient
 from service.storage.redis_mux import MuxReader
 from service.usecases.sync import in_drift_tolerance, koban_occupancy
 from statecharts import transitions as tr
+from statecharts.capacity import lot_full
 from statecharts.decide import decide
 from statecharts.errors import ErrorCode, RuleViolation
 from statecharts.lot_chart import STATE_PATH
@@ -121,7 +122,7 @@ def allowed_actions(lot: Lot) -> list[Action]:
     )
     held = bool(lot.options)
     checks: list[tuple[Action, str, str, dict[str, bool | str]]] = [
-        ("place", place_config, "place", {"full": occupied >= 2}),
+        ("place", place_config, "place", {"full": lot_full(occupied)}),
         (
             "prolong",
             lot.config,
@@ -304,13 +305,14 @@ def availability(
 
 def _drift(local: int, lot: Lot | None, status: LotStatus, caller: Caller, now: int) -> bool:
     """Does Koban's GetLotStatus disagree with the lot as we hold it?"""
-    koban = -3 if status.result == 1 and status.max_rank >= 2 else status.result
+    theirs = koban_occupancy(status)
+    full = status.result == 1 and theirs is not None and lot_full(theirs)
+    koban = -3 if full else status.result
     if local == -4:  # RESV / BLOQUE / sold / custom: Koban reports no option (0)
         return koban not in (0, -4)
     if koban == local:
         return False
     ours = len(lot.options) if lot is not None else 0
-    theirs = koban_occupancy(status)
     # Right after a tick Koban may still report options we have expired: its lag.
     lag = theirs is not None and theirs > ours and in_drift_tolerance(caller.tenant, now)
     return not lag
