@@ -1,28 +1,9 @@
-"""Resolution of pending placement intents (SPEC §4 "unknown outcome").
+"""Resolving pending placement intents (an ``Add`` sent, no answer came back).
 
-An intent stays pending when ``ncOption/Add`` was sent but no answer came back. It holds
-its rank and counts toward the prospect's limit until resolved by one of:
-
-* Koban's option-placed webhook for that lot + third → :func:`confirm_from_webhook` (or,
-  inside the webhook's own transition, the pure :func:`webhook_resolution`): the intent
-  becomes the option with Koban's ``ExpDate`` as deadline (``deadlineSource: koban``);
-* :func:`resolve_pending` (scheduler), for intents older than ``intent_grace``: one
-  ``GetLotStatus`` per lot; the intent's rank occupied (``Result 1`` with ``MaxRank >=
-  rank``, or ``-3``) → placed (``placedAt`` = the intent's creation, ``deadlineSource:
-  estimated``); rank free → not placed (released). Koban unreachable and the intent older
-  than ``intent_ttl`` → dropped with a ``sync.drift_detected`` event and the lot queued for
-  reconciliation;
-* an operator: :func:`resolve_one` (``koban-options intents TENANT --resolve ID``), the
-  same judgement without the grace period.
-
-Every resolution is one transition: the placement's own events (``option.placed`` or a
-promotion after a release) together with ``koban.intent.resolved`` (data ``intentId``,
-``outcome`` placed|not_placed|dropped, ``rank``, ``thirdGuid``, ``partnerGuid``,
-``optionId`` when placed, ``actor``: ``reconcile``, or ``koban`` for the webhook).
-
-GetLotStatus counts options, not holders: an occupied rank is taken to be ours. A foreign
-option placed in Koban's UI at that rank meanwhile would be mistaken for ours; its own
-webhook then finds the lot full and reconciliation settles the count.
+By Koban's option-placed webhook (`confirm_from_webhook`, or `webhook_resolution` inside
+the webhook's own transition), by the scheduler for intents older than ``intent_grace``
+(`resolve_pending`: one ``GetLotStatus`` per lot), or by an operator (`resolve_one`). The
+judgement is `statecharts.intent_resolution`; docs/sync.md tells the rules.
 """
 
 from __future__ import annotations

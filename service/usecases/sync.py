@@ -1,28 +1,11 @@
-"""Stock sync (``ncDeal/GetUpdated``) and reconciliation (``ncOption/GetLotStatus``), SPEC §6.
+"""Stock sync (``ncDeal/GetUpdated``) and reconciliation (``ncOption/GetLotStatus``).
 
-Koban is the authority on a lot's status (§2.1). Two jobs keep the service in step:
-
-* :func:`sync_stock` pages through ``GetUpdated`` from the start time of the last
-  successful run (``kol:{t}:lastsync``; ``full=True`` starts from 0), imports unknown lots
-  and mirrors every status, recording ``sync.drift_detected`` when local state disagreed
-  (never on a first import). ``GetUpdated`` says ``OPTION`` but not how many options nor
-  whose: a lot Koban reports in OPTION while the service holds no option gets one opaque
-  placeholder (§2.2) and is queued for reconciliation, which reads the real count and
-  rank 1's ``EndDate``.
-* :func:`reconcile` re-reads, with ``GetLotStatus``, the lots queued in
-  ``kol:{t}:needsync`` (opaque ones first: drift seen by a flow, opaque placeholders,
-  lots a webhook created) and then a random sample of lots holding options, and fixes the
-  option count through the chart (placeholders added, options Koban no longer has
-  superseded, rank 1's deadline taken from ``EndDate``), each fix with its drift event in
-  the same transition. Calls go through the tenant's ``KobanClient``, whose limiter keeps
-  them within the tenant's rate limit.
-
-Koban expires on its own clock: within ``drift_tolerance`` after a tick it may still report
-options the service expired at that tick. In that window a lot on which Koban reports
-*more* options than the service is left alone (kept queued), never counted as drift.
-
-The helpers :func:`drift_event`, :func:`record_drift` and :func:`mark_needs_sync` are shared
-with ``service.usecases.flows`` and ``service.usecases.intents``.
+Koban is the authority on a lot's status. :func:`sync_stock` mirrors every status Koban
+reports changed since the last run (unknown lots imported, OPTION without a count as an
+opaque placeholder); :func:`reconcile` re-reads queued and sampled lots one by one and
+fixes their option count and rank 1's deadline through the chart. Disagreements are drift
+events in the same transition. :func:`record_drift` and :func:`mark_needs_sync` are shared
+with the flows and intents. docs/sync.md tells the rules.
 """
 
 from __future__ import annotations
