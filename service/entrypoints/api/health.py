@@ -1,41 +1,10 @@
-"""Operations routes (SPEC §5): ``/healthz``, ``/readyz`` and ``/metrics``, none with a token.
+"""Operations routes, none with a token: ``/readyz`` and ``/metrics`` (``/healthz`` is
+the app's own; `HealthOut` describes it).
 
-``install_health(app, redis, tenants)`` registers the last two and a per-app `Metrics`
-(``/healthz`` is registered by ``service.entrypoints.api.app``; `HealthOut` describes it); the
-request counter is fed by the API's middleware (`api.middleware`), after the error
-envelope is made (so it sees the final status of every answer, envelope included).
-
-* ``GET /healthz`` → 200 ``{"status": "ok"}`` while the process serves.
-* ``GET /readyz`` → 200 when Redis answers ``PING`` within `READY_TIMEOUT_S`, else 503;
-  both with ``{"status": "ready" | "unavailable", "redis": {"ok", "latencyMs",
-  "error"}, "scheduler"}``. ``scheduler`` is null until a scheduler writes its heartbeat
-  (the string key `SCHEDULER_HEARTBEAT_KEY`, UNIX seconds of its last beat); then it is
-  ``{"lastBeat", "ageSeconds", "lastTicks"}``, the last with each tenant's latest
-  processed tick (null before its first). The scheduler's age never makes the API unready: the
-  API serves without it (only expiry would lag, and reads apply lazy expiry anyway).
-* ``GET /metrics`` → Prometheus text from the app's own `CollectorRegistry` (never the
-  process-global one, so two apps in one process — tests — do not collide):
-
-  - ``koban_options_http_requests_total{route,method,status}`` and
-    ``koban_options_http_request_duration_seconds{route,method}``: ``route`` is the
-    route's template (``/v1/tenants/{tenant}/lots/{extcode}``), ``unmatched`` for 404s
-    and 405s without a route, and methods outside the usual seven are ``other``, so
-    client-chosen paths and methods never become label values;
-  - ``koban_options_koban_calls_total{tenant,method,outcome}``: the `KobanClient.calls`
-    counters of the app's clients (outcomes ``ok``, ``refused``, ``retry``,
-    ``unavailable``, ``outcome_unknown``, ``error``);
-  - ``koban_options_active_options{tenant}``: ZCARD of the tenant's expiry index, read at
-    scrape (options due but not yet swept still count; opaque placeholders without a
-    date are not in the index);
-  - ``koban_options_sweep_duration_seconds{tenant}``: a histogram the scheduler feeds
-    through `Metrics.observe_sweep` (``metrics_of(app).observe_sweep(tenant, s)``);
-  - ``koban_options_drift_detected_total{tenant}``: ``koban.sync.drift_detected`` events
-    read from the tenant's event stream at scrape, from the app's start on (at most
-    `DRIFT_SCAN_BUDGET` entries per tenant per scrape; the rest next time). Reading the
-    stream counts drift from every producer (webhooks, flows, sync, other processes);
-    every replica reports the same tenant-wide figure, so aggregate with ``max``;
-  - ``koban_options_redis_up``: 1 when the scrape's Redis reads succeeded, else 0 (the
-    Redis-fed figures then keep their previous values).
+``install_health(app, redis, tenants)`` registers them with a per-app `Metrics` (its own
+Prometheus registry); the request counters are fed by the API's middleware. Ready means
+Redis answers; the scheduler's heartbeat and last ticks are shown, never required.
+docs/operations.md lists the answers and every metric.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Option routes: listings (options across lots, a prospect's options and allowance) and
 the writes that go through Koban (place, prolong, cancel, pre-reserve, withdraw).
 
-Writes run through the tenant's `OptionFlows` (reserve → call Koban → confirm, §4) under
+Writes run through the tenant's `OptionFlows` (reserve → call Koban → confirm, docs/flows.md) under
 `idempotent`. A partner token acts only as its partner: it places and pre-reserves with
 its own ``partnerGuid`` (another one → 403), and prolongs, cancels or withdraws only what
 its partner placed (403 otherwise). For options addressed by rank, the prospect found at
