@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from statecharts import transitions as tr
@@ -60,7 +60,7 @@ class Seen:
     """What a step reads besides the lot, at the same attempt as the lot."""
 
     tombstones: tuple[Tombstone, ...] = ()
-    recent: tuple[RecentEvent, ...] = ()
+    recent: Iterable[RecentEvent] = ()  # the lot's last history entries, oldest first
     tombstones_read: bool = False  # False: `tombstones` was not read (see NeedTombstones)
 
 
@@ -196,7 +196,7 @@ def _ended_already(seen: Seen, deadline: int, rules: Rules) -> bool:
     return False
 
 
-def _reserved_before(recent: tuple[RecentEvent, ...], prereservation: str) -> bool:
+def _reserved_before(recent: Iterable[RecentEvent], prereservation: str) -> bool:
     """Whether the lot's recent history has a ``lot.reserved`` for this préréservation."""
     return any(
         kind == "lot.reserved" and data.get("prereservationGuid") == prereservation

@@ -6,6 +6,8 @@ préréservation that already reserved the lot does not reserve it again.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import orjson
 
 from service.storage.events import expand_data, history_entry
@@ -13,7 +15,7 @@ from service.storage.store import LotStore
 from statecharts.model import DomainEvent
 from statecharts.webhook_rules import RecentEvent
 
-__all__ = ["HISTORY_TAIL_BYTES", "already_recorded", "parse_tail", "recent_events"]
+__all__ = ["HISTORY_TAIL_BYTES", "RecentHistory", "already_recorded", "parse_tail", "recent_events"]
 
 # Enough of a lot's history for the last few dozen entries.
 HISTORY_TAIL_BYTES = 8192
@@ -32,13 +34,28 @@ def parse_tail(tail: bytes) -> tuple[RecentEvent, ...]:
     return tuple(out)
 
 
-async def recent_events(store: LotStore, extcode: str) -> tuple[RecentEvent, ...]:
+class RecentHistory:
+    """A history tail, parsed when first iterated: most webhooks never look at it."""
+
+    __slots__ = ("_entries", "_tail")
+
+    def __init__(self, tail: bytes) -> None:
+        self._tail = tail
+        self._entries: tuple[RecentEvent, ...] | None = None
+
+    def __iter__(self) -> Iterator[RecentEvent]:
+        if self._entries is None:
+            self._entries = parse_tail(self._tail)
+        return iter(self._entries)
+
+
+async def recent_events(store: LotStore, extcode: str) -> RecentHistory:
     """The lot's last history entries (about `HISTORY_TAIL_BYTES` of them)."""
     tail = await store.redis.getrange(store.keys.history(extcode), -HISTORY_TAIL_BYTES, -1)
-    return parse_tail(tail if isinstance(tail, bytes) else str(tail or "").encode())
+    return RecentHistory(tail if isinstance(tail, bytes) else str(tail or "").encode())
 
 
-def already_recorded(recent: tuple[RecentEvent, ...], event: DomainEvent) -> bool:
+def already_recorded(recent: Iterable[RecentEvent], event: DomainEvent) -> bool:
     """Whether `recent` holds this event (type and data, as stored)."""
     stored = orjson.loads(history_entry(event, 0, 0))
     wanted = (stored[2], expand_data(stored[4]))
