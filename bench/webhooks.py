@@ -58,22 +58,23 @@ async def main() -> None:
 
             started = time.perf_counter()
             for code in codes:
-                await base.place_local(code, "third-1", None, now)
+                await base.place_local(code, f"third-{code}", None, now)
             place_base = (time.perf_counter() - started) / N_LOTS
             started = time.perf_counter()
             for code in codes:
-                await base.cancel(code, 1, now, "third-1", actor="koban")
+                await base.cancel(code, 1, now, f"third-{code}", actor="koban")
             cancel_base = (time.perf_counter() - started) / N_LOTS
 
-            fields = {"Third_Guid": "third-1", "Rank": "1", "ExpDate": str(T0 + 2 * DAY)}
+            fields = {"Rank": "1", "ExpDate": str(T0 + 2 * DAY)}
             started = time.perf_counter()
             for code in codes:
-                form = OptionPlacedForm.model_validate({"Deal_Extcode": code, **fields})
+                placed = {"Deal_Extcode": code, "Third_Guid": f"third-{code}", **fields}
+                form = OptionPlacedForm.model_validate(placed)
                 await apply_webhook(tenant, "option-placed", form)
             place_hook = (time.perf_counter() - started) / N_LOTS
             started = time.perf_counter()
             for code in codes:
-                cancel = {"Deal_Extcode": code, "Third_Guid": "third-1", "Rank": "1"}
+                cancel = {"Deal_Extcode": code, "Third_Guid": f"third-{code}", "Rank": "1"}
                 form2 = OptionCancelledForm.model_validate(cancel)
                 await apply_webhook(tenant, "option-cancelled", form2)
             cancel_hook = (time.perf_counter() - started) / N_LOTS
