@@ -18,6 +18,7 @@ __all__ = [
     "drift_event",
     "in_drift_tolerance",
     "koban_occupancy",
+    "rank_verdict",
 ]
 
 DRIFT = "sync.drift_detected"
@@ -63,3 +64,25 @@ def add_refusal_contradicts(code: str | None, lot: Lot) -> bool:
     if code == "04":
         return lot.config != "prereserved"
     return False  # 01 / 03: counts on other lots, not this lot's state
+
+
+def rank_verdict(result: int, max_rank: int, rank: int, held: int) -> str | None:
+    """Koban's ``GetLotStatus`` (`result`, `max_rank`) read before an ``Add`` at `rank` on
+    a lot holding `held` options: None, go on; ``"wait"``, a placement of ours below that
+    rank is still on its way to Koban; otherwise why Koban would refuse: ``full`` |
+    ``prereserved`` | ``unknown`` | ``ahead`` (Koban holds an option we do not know, or has
+    not expired it yet) | ``behind`` (Koban holds fewer than the ranks below ours)."""
+    if result == -1:
+        return "unknown"
+    if result == -2:
+        return "prereserved"
+    k = koban_occupancy(result, max_rank)
+    if k is None:
+        return "unknown"
+    if lot_full(k):
+        return "full"
+    if k == rank - 1:
+        return None
+    if k > rank - 1:
+        return "ahead"
+    return "wait" if k >= held else "behind"

@@ -23,10 +23,9 @@ from service.koban import (
 )
 from service.storage.store import Counts, new_id
 from service.usecases.flow_common import FlowBase, KobanRefusal, Pending, Placed
-from service.usecases.sync import in_drift_tolerance, koban_occupancy, mark_needs_sync
+from service.usecases.sync import in_drift_tolerance, mark_needs_sync
 from statecharts import transitions as tr
-from statecharts.capacity import lot_full
-from statecharts.drift import add_refusal_contradicts, drift_event
+from statecharts.drift import add_refusal_contradicts, drift_event, rank_verdict
 from statecharts.errors import KOBAN_CODE, ErrorCode, RuleViolation
 from statecharts.model import DomainEvent, Lot, Option
 
@@ -114,7 +113,7 @@ class Placement(FlowBase):
             intent = tr.find_intent(lot, iid) if lot is not None else None
             if lot is None or intent is None:
                 return None, None
-            verdict = self._judge(status, lot, intent.rank, now)
+            verdict = rank_verdict(status.result, status.max_rank, intent.rank, len(lot.options))
             if verdict is None:
                 return intent.rank, raw
             if verdict != "wait":
@@ -125,25 +124,6 @@ class Placement(FlowBase):
                     f"rank {intent.rank - 1} of lot {extcode} is still being placed; retry",
                 )
             await asyncio.sleep(self.poll_s)
-
-    def _judge(self, status: LotStatus, lot: Lot, rank: int, now: int) -> str | None:
-        """None: go on with `rank`; "wait": a predecessor of ours is in flight; otherwise
-        the refusal kind: full | prereserved | unknown | ahead | behind."""
-        if status.result == -1:
-            return "unknown"
-        if status.result == -2:
-            return "prereserved"
-        k = koban_occupancy(status)
-        if k is None:
-            return "unknown"
-        if lot_full(k):
-            return "full"
-        if k == rank - 1:
-            return None
-        if k > rank - 1:
-            return "ahead"  # Koban holds an option we do not know (or has not expired it)
-        # Koban holds fewer options than the ranks below ours.
-        return "wait" if k >= len(lot.options) else "behind"
 
     async def _koban_disagrees(
         self,
