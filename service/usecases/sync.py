@@ -19,16 +19,19 @@ from service.storage.store import Counts
 from service.tenancy import Tenant
 from statecharts import drift
 from statecharts import transitions as tr
-from statecharts.decide import decide
 from statecharts.drift import drift_event as drift_event  # re-exported: a shared helper
 from statecharts.errors import ErrorCode, RuleViolation
-from statecharts.model import STATUS_OF_CONFIG, Actor, DomainEvent, Lot, Option
-from statecharts.ticks import ceil_tick
+from statecharts.model import STATUS_OF_CONFIG, Actor, DomainEvent, Lot
+from statecharts.reconcile import (
+    OPTIONED,
+    LotOutcome,
+    Verdict,
+    mirror_status,
+    reconcile_change,
+)
 
 Progress = Callable[[int, int], None]
 
-OPTIONED = ("one_option", "two_options")
-COUNTABLE = ("free", "one_option", "two_options")  # configurations whose options we reconcile
 
 # Koban's standard statuses → the chart's target configuration (OPTION is refined by count).
 _TARGET_OF_STATUS: dict[str, str] = {
@@ -84,35 +87,6 @@ def in_drift_tolerance(tenant: Tenant, now: int) -> bool:
     return drift.in_drift_tolerance(now, tenant.settings.drift_tolerance.fixed_seconds())
 
 
-def _optioned(n: int) -> str:
-    return ("free", "one_option", "two_options")[max(0, min(2, n))]
-
-
-def _set_config(lot: Lot, target: str) -> None:
-    """Move the lot to `target` through the chart's ``sync_status`` (Koban's word wins)."""
-    lot.config = decide(lot.config, "sync_status", {"target": target})
-    if lot.config != "custom":
-        lot.status = STATUS_OF_CONFIG[lot.config]
-
-
-def _sync_status_events(
-    lot: Lot,
-    target: str,
-    label: str,
-    now: int,
-    tenant: Tenant,
-    actor: Actor,
-    rank1_end: int | None = None,
-) -> list[DomainEvent]:
-    """``tr.sync_status`` without a ``lot.status_changed`` whose status did not change."""
-    events = tr.sync_status(lot, target, label, now, tenant.rules, actor, rank1_end=rank1_end)
-    return [
-        e
-        for e in events
-        if not (e.type == "lot.status_changed" and e.data.get("from") == e.data.get("to"))
-    ]
-
-
 # --------------------------------------------------------------------------- stock sync
 
 
@@ -156,13 +130,6 @@ def _new_lot(kl: KobanLot) -> Lot:
     )
 
 
-@dataclass(slots=True)
-class _LotOutcome:
-    kind: str  # imported | changed | unchanged | deferred
-    drift: bool = False
-    queue: bool = False  # reconcile it (opaque placeholders, deferred disagreement)
-
-
 def _import_events(lot: Lot, kl: KobanLot, now: int, tenant: Tenant) -> list[DomainEvent]:
     target, label = target_of(kl)
     events: list[DomainEvent] = []
@@ -185,55 +152,22 @@ def _import_events(lot: Lot, kl: KobanLot, now: int, tenant: Tenant) -> list[Dom
 
 def _mirror(
     lot: Lot, kl: KobanLot, now: int, started: int, tenant: Tenant
-) -> tuple[list[DomainEvent], _LotOutcome]:
+) -> tuple[list[DomainEvent], LotOutcome]:
     """The change fn of one lot of a GetUpdated page (the lot as of `now`)."""
     if lot.version == 0:
         events = _import_events(lot, kl, now, tenant)
-        return events, _LotOutcome("imported", queue=lot.config in OPTIONED)
+        return events, LotOutcome("imported", queue=lot.config in OPTIONED)
     target, label = target_of(kl)
-    n = len(lot.options)
-    if target == "one_option":
-        if lot.config in OPTIONED:
-            return [], _LotOutcome("unchanged")
-        if lot.config == "prereserved" and n:
-            target = _optioned(n)  # the préréservation ended; its options stand
-        elif (
-            lot.intents
-            or lot.modified_at >= started
-            or (lot.config == "free" and in_drift_tolerance(tenant, now))
-        ):
-            # Our own placement in flight, a local change newer than this page (Koban's
-            # side of it will show in the next run), or Koban still reporting options
-            # expired at the latest tick: let reconciliation judge.
-            return [], _LotOutcome("deferred", queue=True)
-    elif target == "free":
-        if lot.config == "free":
-            return [], _LotOutcome("unchanged")
-        if lot.config in OPTIONED and (lot.intents or lot.modified_at >= started):
-            return [], _LotOutcome("deferred", queue=True)
-    elif lot.config == target and (target != "custom" or lot.status == label):
-        return [], _LotOutcome("unchanged")
-    previous, options_before = lot.status, n
-    events = _sync_status_events(lot, target, label, now, tenant, "sync")
-    events.append(
-        drift_event(
-            now,
-            "sync",
-            "status",
-            localStatus=previous,
-            localOptions=options_before,
-            kobanStatus=label,
-        )
+    return mirror_status(
+        lot, target, label, now, started, tenant.rules, in_drift_tolerance(tenant, now)
     )
-    opaque = any(o.opaque for o in lot.options)
-    return events, _LotOutcome("changed", drift=True, queue=opaque or lot.config in OPTIONED)
 
 
 async def sync_lot(tenant: Tenant, kl: KobanLot, now: int, started: int | None = None) -> str:
     """Mirror one Koban lot (import or status); returns imported|changed|unchanged|deferred."""
     started = now if started is None else started
 
-    def change(lot: Lot, _counts: Counts) -> tuple[list[DomainEvent], _LotOutcome]:
+    def change(lot: Lot, _counts: Counts) -> tuple[list[DomainEvent], LotOutcome]:
         return _mirror(lot, kl, now, started, tenant)
 
     outcome = await tenant.store.mutate(kl.extcode, change, now=now, create=lambda: _new_lot(kl))
@@ -293,102 +227,6 @@ class ReconcileReport:
     outcomes: dict[str, str] = field(default_factory=dict)
 
 
-def _victims(options: list[Option], count: int, end: int | None) -> list[Option]:
-    """Which local options Koban no longer has: those whose expiry does not match rank 1's
-    EndDate first, then opaque placeholders, then the higher rank."""
-    end_tick = ceil_tick(end) if end is not None else None
-
-    def key(o: Option) -> tuple[bool, bool, int]:
-        return (o.expiry == end_tick, not o.opaque, -o.rank)
-
-    return sorted(options, key=key)[:count]
-
-
-@dataclass(slots=True)
-class _Verdict:
-    outcome: str  # agreed | fixed | deferred | drift | unknown_lot
-    keep_queued: bool = False
-
-
-def _reconcile_change(
-    lot: Lot, status: LotStatus, now: int, tenant: Tenant
-) -> tuple[list[DomainEvent], _Verdict]:
-    """Compare one lot (as of `now`) with Koban's GetLotStatus and fix it through the chart."""
-    koban = {"kobanResult": status.result, "kobanMaxRank": status.max_rank}
-    if status.end_date is not None:
-        koban["endDate"] = status.end_date
-    n = len(lot.options)
-    local = {"localStatus": lot.status, "localOptions": n}
-    if status.result == -1:
-        return [drift_event(now, "reconcile", "koban_unknown_lot", **local, **koban)], _Verdict(
-            "unknown_lot"
-        )
-    if lot.modified_at >= now or lot.intents:
-        # Changed since we asked Koban, or a placement of ours is in flight: next run.
-        return [], _Verdict("deferred", keep_queued=True)
-    tolerant = in_drift_tolerance(tenant, now)
-    if status.result == -2:
-        if lot.config == "prereserved":
-            return [], _Verdict("agreed")
-        if lot.config in COUNTABLE:
-            fixed = _sync_status_events(lot, "prereserved", "PRERESV", now, tenant, "reconcile")
-            fixed.append(drift_event(now, "reconcile", "status", **local, **koban))
-            return fixed, _Verdict("fixed")
-        return [drift_event(now, "reconcile", "status", **local, **koban)], _Verdict("drift")
-    k = koban_occupancy(status)
-    if k is None:  # an undocumented result: nothing we can mirror
-        return [], _Verdict("agreed")
-    if lot.config not in COUNTABLE:
-        if k == 0:
-            return [], _Verdict("agreed")
-        # Options on a lot we hold as pre-reserved/reserved/blocked/sold/custom: the status
-        # is the stock sync's business; record what we saw.
-        return [drift_event(now, "reconcile", "status", **local, **koban)], _Verdict("drift")
-    events: list[DomainEvent] = []
-    if k > n:
-        if tolerant:
-            return [], _Verdict("deferred", keep_queued=True)
-        events.extend(
-            _sync_status_events(
-                lot, _optioned(k), "OPTION", now, tenant, "reconcile", rank1_end=status.end_date
-            )
-        )
-        events.append(drift_event(now, "reconcile", "option_count", **local, **koban))
-    elif k < n:
-        victims = _victims(lot.options, n - k, status.end_date)
-        _set_config(lot, _optioned(k))
-        previous = local["localStatus"]
-        events.extend(tr.supersede_options(lot, victims, now, "reconcile", tenant.rules))
-        if lot.status != previous:
-            events.append(
-                DomainEvent(
-                    "lot.status_changed",
-                    now,
-                    {"from": previous, "to": lot.status, "actor": "reconcile"},
-                )
-            )
-        events.append(drift_event(now, "reconcile", "option_count", **local, **koban))
-    # Counts agree now: rank 1's deadline is Koban's EndDate (the expiry Koban applies).
-    first = lot.option_at(1)
-    end = status.end_date
-    if (
-        first is not None
-        and end is not None
-        and ceil_tick(end) > now
-        and ceil_tick(end) != first.expiry
-    ):
-        before = {"optionId": first.id, "deadline": first.deadline}
-        first.deadline = end
-        first.expiry = ceil_tick(end)
-        first.source = "koban"
-        if first.original_deadline is None:
-            first.original_deadline = end
-        events.append(drift_event(now, "reconcile", "deadline", **before, **koban))
-    if events:
-        return events, _Verdict("fixed")
-    return [], _Verdict("agreed")
-
-
 async def reconcile_lot(
     tenant: Tenant,
     koban: KobanClient,
@@ -416,8 +254,11 @@ async def reconcile_lot(
         await mark_needs_sync(tenant, extcode)
         return "deferred"
 
-    def change(lot: Lot, _counts: Counts) -> tuple[list[DomainEvent], tuple[_Verdict, bool]]:
-        events, verdict = _reconcile_change(lot, seen, now, tenant)
+    def change(lot: Lot, _counts: Counts) -> tuple[list[DomainEvent], tuple[Verdict, bool]]:
+        tolerant = in_drift_tolerance(tenant, now)
+        events, verdict = reconcile_change(
+            lot, seen.result, seen.max_rank, seen.end_date, now, tenant.rules, tolerant
+        )
         return events, (verdict, any(o.opaque for o in lot.options))
 
     verdict, opaque = await store.mutate(extcode, change, now=now)
