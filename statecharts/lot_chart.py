@@ -66,6 +66,7 @@ FACT_DOMAINS: dict[str, tuple[bool | str, ...]] = {
 }
 
 # Ordered refusals: the first fact with the given truth value refuses with its code.
+# `full` is `capacity.lot_full` of the lot's occupancy (Koban's 05), computed by the caller.
 _PLACE_REFUSALS: tuple[tuple[str, bool, ErrorCode], ...] = (
     ("full", True, ErrorCode.LOT_FULL),
     ("prospect_holds", True, ErrorCode.PROSPECT_ALREADY_HOLDS),

@@ -11,6 +11,7 @@ throw it away when the atomic write loses a race.
 
 from __future__ import annotations
 
+from statecharts.capacity import lot_full
 from statecharts.decide import decide as decide  # re-exported: the benchmark swaps engines here
 from statecharts.decide import verdict
 from statecharts.errors import ErrorCode, RuleViolation
@@ -98,6 +99,14 @@ def _end(
     return events
 
 
+def supersede_options(
+    lot: Lot, victims: list[Option], now: int, actor: Actor, rules: Rules
+) -> list[DomainEvent]:
+    """End `victims` as ``option.superseded`` (Koban no longer has them), ranks compacted:
+    reconciliation's fix when Koban counts fewer options than the lot holds."""
+    return _end(lot, victims, "superseded", now, actor, rules)
+
+
 # --- expiry (sweep and lazy reads) -------------------------------------------------------
 
 
@@ -179,7 +188,7 @@ def place_facts(
 ) -> dict[str, bool | str]:
     occupied = lot.occupied
     return {
-        "full": occupied >= 2,
+        "full": lot_full(occupied),
         "prospect_holds": holder in lot.holders(),
         "prospect_at_limit": prospect_count >= rules.max_options_per_prospect,
         "user_at_limit": rules.max_options_per_user is not None
@@ -292,7 +301,7 @@ def place_option(
     Koban is the authority here: prospect/user limits are not re-checked, but the chart
     still refuses a lot that cannot hold one more option.
     """
-    facts = {"full": lot.occupied >= 2}
+    facts = {"full": lot_full(lot.occupied)}
     target = decide(lot.config, "place", facts)
     taken = {o.rank for o in lot.options} | {i.rank for i in lot.intents}
     if rank is None or rank in {o.rank for o in lot.options}:

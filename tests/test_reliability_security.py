@@ -60,11 +60,11 @@ from service.entrypoints.api import build_api_app
 from service.entrypoints.api.context import FlowSettings
 from service.entrypoints.api.logging import configure_logging
 from service.entrypoints.api.openapi import operations
+from service.entrypoints.koban_webhooks import TOKEN_HEADER, redact_token
 from service.koban import KobanClient
 from service.sandbox import Fault, SandboxState, build_sandbox_app
 from service.storage.store import LotStore
 from service.tenancy import Tenant, Tenants
-from service.usecases.koban_webhooks import TOKEN_HEADER, redact_token
 from statecharts.ticks import to_iso
 from tests.conftest import _free_port as free_port
 from tests.conftest import delete_tenant_keys, make_rules

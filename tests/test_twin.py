@@ -76,6 +76,7 @@ from redis.asyncio import Redis
 from service.bootstrap import rules_from
 from service.clock import FixedClock
 from service.config import TenantSettings
+from service.entrypoints.koban_webhooks import add_webhook_routes
 from service.koban import KobanClient, KobanError
 from service.sandbox import (
     WEBHOOK_KINDS,
@@ -87,7 +88,6 @@ from service.sandbox import (
 from service.storage.store import LotStore
 from service.tenancy import Tenant, Tenants
 from service.usecases.flows import KobanRefusal, OptionFlows, Placed
-from service.usecases.koban_webhooks import add_webhook_routes
 from service.usecases.sweep import expire_due
 from service.usecases.sync import reconcile, sync_stock
 from statecharts import transitions as tr

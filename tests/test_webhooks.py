@@ -17,9 +17,9 @@ from redis.asyncio import Redis
 from service.bootstrap import rules_from
 from service.clock import FixedClock
 from service.config import TenantSettings
+from service.entrypoints.koban_webhooks import TOKEN_HEADER, add_webhook_routes, redact_token
 from service.storage.store import LotStore
 from service.tenancy import Tenant, Tenants
-from service.usecases.koban_webhooks import TOKEN_HEADER, add_webhook_routes, redact_token
 from service.usecases.sweep import expire_due
 from statecharts.model import Lot
 

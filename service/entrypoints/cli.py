@@ -24,14 +24,16 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import orjson
-from redis.exceptions import RedisError
 
 from service.bootstrap import KobanConfigError, build_tenants, koban_session, missing_keys
 from service.config import ENV_PREFIX, ConfigError, Settings, load_settings
 from service.entrypoints import diagram, run_file
 from service.entrypoints.run_file import RunInfo
 from service.koban import KobanClient, KobanError, KobanUnavailable
-from service.storage.redis_client import RedisClient, connect
+from service.storage.errors import STORE_FAILURES
+from service.storage.event_stream import StreamTail
+from service.storage.heartbeat import ping
+from service.storage.redis_client import connect
 from service.tenancy import Tenant, Tenants
 from service.usecases.intents import list_pending, resolve_one
 from service.usecases.sandbox_clock import is_sandbox, refresh_all
@@ -139,7 +141,7 @@ async def _with_tenants(settings: Settings, action: Callable[[Tenants], Awaitabl
         return await action(tenants)
     except BrokenPipeError:
         raise  # our reader went away (`| head`): not Redis's fault
-    except (RedisError, OSError) as exc:
+    except STORE_FAILURES as exc:
         print(f"koban-options: Redis unavailable at {url}: {exc}", file=sys.stderr)
         return UNAVAILABLE
     finally:
@@ -277,11 +279,10 @@ async def _tail(tenant_name: str, from_start: bool, as_json: bool) -> int:
 
     async def follow(tenants: Tenants) -> int:
         tenant = tenants[tenant_name]
-        redis = tenant.store.redis
-        key = tenant.store.keys.events
+        tail = StreamTail.of(tenant.store)
         # A concrete position, taken before the header is printed: whatever is appended
         # after the header shows up (``$`` would only start counting at the first read).
-        last = "0-0" if from_start else await _stream_last_id(redis, key)
+        last = "0-0" if from_start else await tail.last_id()
         if not as_json:
             now = tenant.clock.now()
             print(
@@ -297,33 +298,21 @@ async def _tail(tenant_name: str, from_start: bool, as_json: bool) -> int:
             loop.add_signal_handler(sig, stop.set)
         try:
             while not stop.is_set():
-                # BLOCK stays under the client's socket timeout, which would cut it short.
-                replies: Any = await redis.xread({key: last}, block=1000, count=100)
-                for _, entries in replies:
-                    for entry_id, fields in entries:
-                        last = entry_id
-                        e = orjson.loads(fields[b"ce"])
-                        if as_json:
-                            _print_json(e)
-                            continue
-                        who = e["data"].get("thirdGuid") or ""
-                        line = f"{e['time']}  {e['subject']:<14} {e['type']:<28} {who}"
-                        print(line, flush=True)
+                # The wait stays under the client's socket timeout, which would cut it short.
+                for entry_id, e in await tail.read(last, 100, 1000):
+                    last = entry_id
+                    if as_json:
+                        _print_json(e)
+                        continue
+                    who = e["data"].get("thirdGuid") or ""
+                    line = f"{e['time']}  {e['subject']:<14} {e['type']:<28} {who}"
+                    print(line, flush=True)
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
         return OK
 
     return await _with_tenants(setup.settings, follow)
-
-
-async def _stream_last_id(redis: RedisClient, key: str) -> str:
-    """The id of the stream's newest entry (``0-0`` when it is empty)."""
-    newest: Any = await redis.xrevrange(key, count=1)
-    if not newest:
-        return "0-0"
-    entry_id = newest[0][0]
-    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 
 # --------------------------------------------------------------------------- api, daemons
@@ -353,9 +342,9 @@ async def _scheduler() -> int:
     url = _redis_url(settings)
     redis = connect(url)
     try:
-        await redis.ping()
+        await ping(redis)
         return await run_daemon(build_tenants(settings, redis), redis, batch=settings.sweep_batch)
-    except (RedisError, OSError) as exc:
+    except STORE_FAILURES as exc:
         print(f"koban-options: Redis unavailable at {url}: {exc}", file=sys.stderr)
         return UNAVAILABLE
     finally:
@@ -375,7 +364,7 @@ async def _scheduler_check(as_json: bool) -> int:
     error: str | None = None
     try:
         age = await heartbeat_age(redis)
-    except (RedisError, OSError) as exc:
+    except STORE_FAILURES as exc:
         error = f"Redis unavailable at {url}: {exc}"
     finally:
         await redis.aclose()

@@ -26,14 +26,15 @@ from pathlib import Path
 
 from aiohttp import web
 from pydantic import SecretStr
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from service.config import ApiToken, Settings, TenantSettings
 from service.entrypoints import run_file
 from service.entrypoints.run_file import RunInfo
 from service.sandbox import SandboxState, WebhookSender, build_sandbox_app, populate
 from service.sandbox.webhooks import OPTION_CHECK, WEBHOOK_KINDS, TokenPlace
+from service.storage.errors import STORE_FAILURES
+from service.storage.heartbeat import ping
+from service.storage.redis_client import connect
 from service.tenancy import Tenant
 
 __all__ = ["DEV", "Banner", "DevDefaults", "RedisChild", "dev_settings", "run_all"]
@@ -96,11 +97,11 @@ class RedisChild:
                     f"koban-options run: redis-server exited (see {self.directory / 'redis.log'})"
                 )
             if self.socket.exists():
-                client = Redis(unix_socket_path=str(self.socket))
+                client = connect(self.url)
                 try:
-                    await client.ping()
+                    await ping(client)
                     return
-                except (RedisError, OSError):
+                except STORE_FAILURES:
                     pass
                 finally:
                     await client.aclose()

@@ -31,7 +31,7 @@ from service.bootstrap import KobanFactory
 from service.clock import Clock, SystemClock
 from service.entrypoints.api.health import Metrics
 from service.koban import KobanClient
-from service.storage.keys import SCHEDULER_HEARTBEAT_KEY
+from service.storage.heartbeat import beat, read_heartbeat
 from service.storage.redis_client import RedisClient
 from service.storage.retention import trim_events
 from service.tenancy import Tenant, Tenants
@@ -126,12 +126,12 @@ async def retention_job(tenant: Tenant, now: int) -> int:
 
 
 async def heartbeat_job(redis: RedisClient, now: float) -> None:
-    await redis.set(SCHEDULER_HEARTBEAT_KEY, repr(now), ex=HEARTBEAT_TTL_S)
+    await beat(redis, now, HEARTBEAT_TTL_S)
 
 
 async def heartbeat_age(redis: RedisClient, now: float | None = None) -> float | None:
     """Seconds since the last heartbeat of any daemon; None when there is none."""
-    raw = await redis.get(SCHEDULER_HEARTBEAT_KEY)
+    raw = await read_heartbeat(redis)
     if raw is None:
         return None
     try:

@@ -95,3 +95,8 @@ def expand_history_entry(tenant: str, extcode: str, entry: bytes) -> dict[str, A
     sequence, version, type_, time, short = orjson.loads(entry)
     data = {_LONG.get(k, k): v for k, v in short.items()}
     return _envelope(tenant, extcode, type_, time, sequence, version, _wire_data(data))
+
+
+def expand_data(short: dict[str, Any]) -> dict[str, Any]:
+    """A stored history entry's data with the long key names."""
+    return {_LONG.get(k, k): v for k, v in short.items()}

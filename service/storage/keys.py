@@ -111,3 +111,39 @@ def prospect_field(holder: str) -> str:
 
 
 API_USER_FIELD = "u:api"
+
+
+# --- members and patterns of the tenant-wide indexes (added with the layers work) -------
+
+
+def glob_escape(text: str) -> str:
+    """`text` matched literally by a Redis MATCH pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def tombstone_prefix(extcode: str, third: str) -> str:
+    """The start of every tombstone member of (lot, third): ``extcode|third|deadline|id``."""
+    return f"{extcode}|{third}|"
+
+
+def tombstone_pattern(extcode: str, third: str) -> str:
+    """A MATCH pattern for the tombstone members of (lot, third)."""
+    return glob_escape(extcode) + "|" + glob_escape(third) + "|*"
+
+
+def intent_member(extcode: str, intent_id: str) -> str:
+    """A member of the pending-intents index: ``extcode/intent_id``."""
+    return f"{extcode}/{intent_id}"
+
+
+def split_intent_member(member: bytes | str) -> tuple[str, str]:
+    """(extcode, intent_id) of a pending-intents member."""
+    text = member.decode() if isinstance(member, bytes) else member
+    extcode, _, intent_id = text.rpartition("/")
+    return extcode, intent_id
+
+
+def idempotency_key(keys: TenantKeys, scope_digest: str) -> str:
+    """String: a write's remembered answer (or in-flight marker) under an Idempotency-Key;
+    `scope_digest` is the hex SHA-256 of its scope (token, method, path, key)."""
+    return f"{keys.prefix}idem:{scope_digest}"

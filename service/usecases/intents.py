@@ -1,46 +1,38 @@
-"""Resolution of pending placement intents (SPEC §4 "unknown outcome").
+"""Resolving pending placement intents (an ``Add`` sent, no answer came back).
 
-An intent stays pending when ``ncOption/Add`` was sent but no answer came back. It holds
-its rank and counts toward the prospect's limit until resolved by one of:
-
-* Koban's option-placed webhook for that lot + third → :func:`confirm_from_webhook` (or,
-  inside the webhook's own transition, the pure :func:`webhook_resolution`): the intent
-  becomes the option with Koban's ``ExpDate`` as deadline (``deadlineSource: koban``);
-* :func:`resolve_pending` (scheduler), for intents older than ``intent_grace``: one
-  ``GetLotStatus`` per lot; the intent's rank occupied (``Result 1`` with ``MaxRank >=
-  rank``, or ``-3``) → placed (``placedAt`` = the intent's creation, ``deadlineSource:
-  estimated``); rank free → not placed (released). Koban unreachable and the intent older
-  than ``intent_ttl`` → dropped with a ``sync.drift_detected`` event and the lot queued for
-  reconciliation;
-* an operator: :func:`resolve_one` (``koban-options intents TENANT --resolve ID``), the
-  same judgement without the grace period.
-
-Every resolution is one transition: the placement's own events (``option.placed`` or a
-promotion after a release) together with ``koban.intent.resolved`` (data ``intentId``,
-``outcome`` placed|not_placed|dropped, ``rank``, ``thirdGuid``, ``partnerGuid``,
-``optionId`` when placed, ``actor``: ``reconcile``, or ``koban`` for the webhook).
-
-GetLotStatus counts options, not holders: an occupied rank is taken to be ours. A foreign
-option placed in Koban's UI at that rank meanwhile would be mistaken for ours; its own
-webhook then finds the lot full and reconciliation settles the count.
+By Koban's option-placed webhook (`confirm_from_webhook`, or `webhook_resolution` inside
+the webhook's own transition), by the scheduler for intents older than ``intent_grace``
+(`resolve_pending`: one ``GetLotStatus`` per lot), or by an operator (`resolve_one`). The
+judgement is `statecharts.intent_resolution`; docs/sync.md tells the rules.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
-from typing import Literal, cast
 
 from service.koban import KobanClient, KobanError, KobanUnavailable, LotStatus
-from service.storage.codec import decode_lot
+from service.storage import intents as index
 from service.storage.store import Counts, new_id
+from service.storage.sync_state import load_lots, mark_needs_sync
 from service.tenancy import Tenant
-from service.usecases.sync import drift_event, koban_occupancy, mark_needs_sync
+from statecharts import intent_resolution as resolution_rules
 from statecharts import transitions as tr
+from statecharts.drift import koban_occupancy
 from statecharts.errors import ErrorCode, RuleViolation
-from statecharts.model import Actor, DomainEvent, Intent, Lot, Option, Rules
+from statecharts.intent_resolution import Outcome, Resolution, rank_outcome, settle
+from statecharts.model import Actor, DomainEvent, Lot, Rules
 
-Outcome = Literal["placed", "not_placed", "dropped"]
+__all__ = [
+    "Outcome",
+    "PendingIntent",
+    "Resolution",
+    "confirm_from_webhook",
+    "find_intent_lot",
+    "list_pending",
+    "resolve_one",
+    "resolve_pending",
+    "webhook_resolution",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,60 +45,13 @@ class PendingIntent:
     created_at: int
 
 
-@dataclass(frozen=True, slots=True)
-class Resolution:
-    extcode: str
-    intent_id: str
-    outcome: Outcome
-    rank: int
-    third: str
-    option: Option | None = None
-
-
-def _member(extcode: str, intent_id: str) -> str:
-    return f"{extcode}/{intent_id}"
-
-
-def _split(member: bytes | str) -> tuple[str, str]:
-    text = member.decode() if isinstance(member, bytes) else member
-    extcode, _, intent_id = text.rpartition("/")
-    return extcode, intent_id
-
-
-def _resolved_event(
-    intent: Intent, outcome: Outcome, now: int, actor: Actor, option: Option | None = None
-) -> DomainEvent:
-    data: dict[str, object] = {
-        "intentId": intent.id,
-        "outcome": outcome,
-        "rank": intent.rank,
-        "thirdGuid": intent.holder,
-        "partnerGuid": intent.partner,
-    }
-    if option is not None:
-        data["optionId"] = option.id
-    data["actor"] = actor
-    return DomainEvent("intent.resolved", now, data)
-
-
 # --------------------------------------------------------------------------- listing
 
 
 async def list_pending(tenant: Tenant, older_than: int | None = None) -> list[PendingIntent]:
     """Pending intents, oldest first (only those created at or before `older_than`)."""
-    store = tenant.store
-    top: float | str = "+inf" if older_than is None else older_than
-    members = await store.redis.zrangebyscore(store.keys.intents, "-inf", top)
-    if not members:
-        return []
-    pairs = [_split(cast(bytes, m)) for m in members]
-    codes = sorted({code for code, _ in pairs})
-    raws = await store.redis.mget([store.keys.lot(code) for code in codes])
-    lots = {
-        code: decode_lot(code, cast(bytes, raw))
-        for code, raw in zip(codes, raws, strict=True)
-        if raw
-    }
+    pairs = await index.pending_members(tenant.store, older_than)
+    lots = await load_lots(tenant.store, sorted({code for code, _ in pairs}))
     out: list[PendingIntent] = []
     for code, iid in pairs:
         lot = lots.get(code)
@@ -122,12 +67,7 @@ async def list_pending(tenant: Tenant, older_than: int | None = None) -> list[Pe
 
 async def find_intent_lot(tenant: Tenant, intent_id: str) -> str | None:
     """The extcode of a pending intent, from its id alone (the operator's ``--resolve ID``)."""
-    store = tenant.store
-    async for member, _score in store.redis.zscan_iter(store.keys.intents, match=f"*/{intent_id}"):
-        code, iid = _split(member)
-        if iid == intent_id:
-            return code
-    return None
+    return await index.find_intent_lot(tenant.store, intent_id)
 
 
 # --------------------------------------------------------------------------- judging
@@ -135,53 +75,16 @@ async def find_intent_lot(tenant: Tenant, intent_id: str) -> str | None:
 
 def _judge(status: LotStatus, rank: int) -> Outcome:
     """Is the intent's `rank` occupied in Koban?"""
-    occupied = koban_occupancy(status)
+    occupied = koban_occupancy(status.result, status.max_rank)
     if occupied is None and status.result == -2:
         occupied = status.max_rank  # pre-reserved: trust MaxRank when Koban gives it
-    return "placed" if occupied is not None and occupied >= rank else "not_placed"
+    return rank_outcome(occupied, rank)
 
 
-def _settle(
-    lot: Lot,
-    intent_id: str,
-    outcome: Outcome,
-    now: int,
-    rules: Rules,
-    *,
-    actor: Actor,
-    placed_at: int | None = None,
-    koban_deadline: int | None = None,
-    status: LotStatus | None = None,
-) -> tuple[list[DomainEvent], Resolution | None]:
-    """The transition resolving one intent of `lot` (mutated in place)."""
-    intent = tr.find_intent(lot, intent_id)
-    if intent is None:
-        return [], None
-    seen = copy.copy(intent)
-    events: list[DomainEvent] = []
-    option: Option | None = None
-    if outcome == "placed":
-        trial = copy.deepcopy(lot)
-        oid = new_id()
-        when = intent.created_at if placed_at is None else placed_at
-        try:
-            tr.confirm_placement(trial, intent_id, oid, when, rules, koban_deadline, actor)
-        except RuleViolation:
-            outcome = "dropped"  # the lot cannot hold it any more (e.g. synced to RESV)
-        else:
-            events = tr.confirm_placement(lot, intent_id, oid, when, rules, koban_deadline, actor)
-            option = next(o for o in lot.options if o.id == oid)
-    if outcome != "placed":
-        events = tr.release_intent(lot, intent_id, now, rules)
-    if outcome == "dropped":
-        data: dict[str, object] = {"intentId": intent_id, "rank": seen.rank}
-        data["thirdGuid"] = seen.holder
-        if status is not None:
-            data["kobanResult"] = status.result
-            data["kobanMaxRank"] = status.max_rank
-        events.append(drift_event(now, actor, "intent_unresolved", **data))
-    events.append(_resolved_event(seen, outcome, now, actor, option))
-    return events, Resolution(lot.extcode, intent_id, outcome, seen.rank, seen.holder, option)
+def _koban_data(status: LotStatus | None) -> dict[str, object] | None:
+    if status is None:
+        return None
+    return {"kobanResult": status.result, "kobanMaxRank": status.max_rank}
 
 
 async def _apply(
@@ -202,28 +105,29 @@ async def _apply(
             intent = tr.find_intent(lot, intent_id)
             if intent is not None:
                 judged = _judge(status, intent.rank)
-        return _settle(
+        return settle(
             lot,
             intent_id,
             judged,
             now,
             tenant.rules,
+            option_id=new_id(),
             actor=actor,
             koban_deadline=koban_deadline,
-            status=status,
+            koban=_koban_data(status),
         )
 
     try:
         resolution = await tenant.store.mutate(extcode, change, now=now)
     except RuleViolation as exc:
         if exc.code is ErrorCode.LOT_UNKNOWN:
-            await tenant.store.redis.zrem(tenant.store.keys.intents, _member(extcode, intent_id))
+            await index.forget_intent(tenant.store, extcode, intent_id)
             return None
         raise
     if resolution is not None and resolution.outcome == "dropped":
-        await mark_needs_sync(tenant, extcode)
+        await mark_needs_sync(tenant.store, extcode)
     if status is not None and status.result == -1:
-        await mark_needs_sync(tenant, extcode)
+        await mark_needs_sync(tenant.store, extcode)
     return resolution
 
 
@@ -289,19 +193,8 @@ def webhook_resolution(
     now: int,
     rules: Rules,
 ) -> tuple[list[DomainEvent], Resolution] | None:
-    """For the option-placed webhook's own change fn: when `third` has a pending intent on
-    `lot`, confirm it (deadline = Koban's ExpDate, ``deadlineSource: koban``; placedAt =
-    the intent's creation ≈ the DateOption we sent) and return its events, which include
-    ``koban.intent.resolved``; None when there is no such intent (handle the webhook as
-    a placement made in Koban)."""
-    intent = next((i for i in lot.intents if i.holder == third), None)
-    if intent is None:
-        return None
-    events, resolution = _settle(
-        lot, intent.id, "placed", now, rules, actor="koban", koban_deadline=exp_date
-    )
-    assert resolution is not None
-    return events, resolution
+    """`statecharts.intent_resolution.webhook_resolution` with a fresh option id."""
+    return resolution_rules.webhook_resolution(lot, third, exp_date, now, rules, option_id=new_id())
 
 
 async def confirm_from_webhook(

@@ -34,12 +34,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import orjson
 
 from service.storage.codec import decode_lot
-from service.storage.monotonic import raise_to, read_int
+from service.storage.expiry_index import (
+    lots_expiring_at,
+    next_expiry,
+    notice_cursor,
+    raise_notice_cursor,
+)
+from service.storage.lot_reads import raw_lots
 from service.storage.store import LotStore, StoreConflict, view
 from statecharts import transitions as tr
 from statecharts.model import DomainEvent
@@ -158,7 +164,7 @@ def generic_notice_transition(
 async def _decide(
     store: LotStore, codes: Sequence[str], upto: int
 ) -> tuple[list[list[Any]], list[tuple[str, int]]]:
-    raws = cast(list[bytes | None], await store.redis.mget([store.keys.lot(c) for c in codes]))
+    raws = await raw_lots(store, list(codes))
     transitions: list[list[Any]] = []
     decided: list[tuple[str, int]] = []
     for code, raw in zip(codes, raws, strict=True):
@@ -226,10 +232,8 @@ async def send_notices(
     notice = store.rules.expiring_notice
     if notice <= 0:
         return report
-    redis = store.redis
-    keys = store.keys
     high = upto + notice if through is None else min(upto + notice, through)
-    cursor = await read_int(redis, keys.notice_cursor)
+    cursor = await notice_cursor(store)
     low = cursor if cursor is not None else upto
     if high <= low:
         return report
@@ -237,16 +241,12 @@ async def send_notices(
     while True:
         # One score at a time: every member of it is read at once, so an entry removed by
         # a concurrent sweep cannot make a page skip another.
-        first = await redis.zrangebyscore(
-            keys.expiries, f"({low}", high, start=0, num=1, withscores=True
-        )
-        if not first:
+        score = await next_expiry(store, low, high)
+        if score is None:
             break
-        score = int(first[0][1])
-        members = cast(list[bytes], await redis.zrangebyscore(keys.expiries, score, score))
-        report.scanned += len(members)
-        codes = list(dict.fromkeys(m.rsplit(b"/", 1)[0].decode() for m in members))
+        scanned, codes = await lots_expiring_at(store, score)
+        report.scanned += scanned
         await _notice_lots(store, codes, upto, report, batch)
         low = score
-    await raise_to(redis, keys.notice_cursor, high - NOTICE_LAG_S)
+    await raise_notice_cursor(store, high - NOTICE_LAG_S)
     return report

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from service.clock import TestClock
-from service.storage.monotonic import raise_to, read_int
+from service.storage.tenant_state import clock_offset, raise_clock_offset
 from service.tenancy import Tenant
 
 __all__ = ["ClockBackwards", "advance_offset", "is_sandbox", "refresh", "refresh_all"]
@@ -44,7 +44,7 @@ async def refresh(tenant: Tenant) -> int:
     tenant's now."""
     clock = _clock(tenant)
     store = tenant.store
-    stored = await read_int(store.redis, store.keys.clock_offset)
+    stored = await clock_offset(store)
     if stored is not None:
         clock.adopt(stored)
     return clock.now()
@@ -65,5 +65,5 @@ async def advance_offset(tenant: Tenant, instant: int) -> int:
     clock = _clock(tenant)
     store = tenant.store
     wanted = max(clock.offset, instant - clock.base.now())
-    clock.adopt(await raise_to(store.redis, store.keys.clock_offset, wanted))
+    clock.adopt(await raise_clock_offset(store, wanted))
     return clock.now()

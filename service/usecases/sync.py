@@ -1,50 +1,37 @@
-"""Stock sync (``ncDeal/GetUpdated``) and reconciliation (``ncOption/GetLotStatus``), SPEC §6.
+"""Stock sync (``ncDeal/GetUpdated``) and reconciliation (``ncOption/GetLotStatus``).
 
-Koban is the authority on a lot's status (§2.1). Two jobs keep the service in step:
-
-* :func:`sync_stock` pages through ``GetUpdated`` from the start time of the last
-  successful run (``kol:{t}:lastsync``; ``full=True`` starts from 0), imports unknown lots
-  and mirrors every status, recording ``sync.drift_detected`` when local state disagreed
-  (never on a first import). ``GetUpdated`` says ``OPTION`` but not how many options nor
-  whose: a lot Koban reports in OPTION while the service holds no option gets one opaque
-  placeholder (§2.2) and is queued for reconciliation, which reads the real count and
-  rank 1's ``EndDate``.
-* :func:`reconcile` re-reads, with ``GetLotStatus``, the lots queued in
-  ``kol:{t}:needsync`` (opaque ones first: drift seen by a flow, opaque placeholders,
-  lots a webhook created) and then a random sample of lots holding options, and fixes the
-  option count through the chart (placeholders added, options Koban no longer has
-  superseded, rank 1's deadline taken from ``EndDate``), each fix with its drift event in
-  the same transition. Calls go through the tenant's ``KobanClient``, whose limiter keeps
-  them within the tenant's rate limit.
-
-Koban expires on its own clock: within ``drift_tolerance`` after a tick it may still report
-options the service expired at that tick. In that window a lot on which Koban reports
-*more* options than the service is left alone (kept queued), never counted as drift.
-
-The helpers :func:`drift_event`, :func:`record_drift` and :func:`mark_needs_sync` are shared
-with ``service.usecases.flows`` and ``service.usecases.intents``.
+Koban is the authority on a lot's status. :func:`sync_stock` mirrors every status Koban
+reports changed since the last run (unknown lots imported, OPTION without a count as an
+opaque placeholder); :func:`reconcile` re-reads queued and sampled lots one by one and
+fixes their option count and rank 1's deadline through the chart. Disagreements are drift
+events in the same transition. :func:`record_drift` and :func:`mark_needs_sync` are shared
+with the flows and intents. docs/sync.md tells the rules.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import cast
 
 from service.koban import KobanClient, KobanError, KobanLot, KobanUnavailable, LotStatus
-from service.storage.codec import decode_lot
+from service.storage import sync_state
 from service.storage.store import Counts
 from service.tenancy import Tenant
+from statecharts import drift
 from statecharts import transitions as tr
-from statecharts.decide import decide
+from statecharts.drift import drift_event as drift_event  # re-exported: a shared helper
 from statecharts.errors import ErrorCode, RuleViolation
-from statecharts.model import STATUS_OF_CONFIG, Actor, DomainEvent, Lot, Option
-from statecharts.ticks import ceil_tick, latest_tick
+from statecharts.model import STATUS_OF_CONFIG, Actor, DomainEvent, Lot
+from statecharts.reconcile import (
+    OPTIONED,
+    LotOutcome,
+    Verdict,
+    mirror_status,
+    reconcile_change,
+)
 
 Progress = Callable[[int, int], None]
 
-OPTIONED = ("one_option", "two_options")
-COUNTABLE = ("free", "one_option", "two_options")  # configurations whose options we reconcile
 
 # Koban's standard statuses → the chart's target configuration (OPTION is refined by count).
 _TARGET_OF_STATUS: dict[str, str] = {
@@ -64,23 +51,13 @@ def last_sync_key(tenant: Tenant) -> str:
     return tenant.store.keys.last_sync
 
 
-def drift_event(now: int, actor: Actor, reason: str, **data: object) -> DomainEvent:
-    """A ``koban.sync.drift_detected`` event: `reason` says what disagreed."""
-    payload: dict[str, object] = {"reason": reason}
-    payload.update(data)
-    payload["actor"] = actor
-    return DomainEvent("sync.drift_detected", now, payload)
-
-
 async def mark_needs_sync(tenant: Tenant, *extcodes: str) -> None:
     """Queue lots for the reconciler."""
-    if extcodes:
-        await tenant.store.redis.sadd(tenant.store.keys.needs_sync, *extcodes)
+    await sync_state.mark_needs_sync(tenant.store, *extcodes)
 
 
 async def needs_sync(tenant: Tenant) -> set[str]:
-    raw = await tenant.store.redis.smembers(tenant.store.keys.needs_sync)
-    return {m.decode() if isinstance(m, bytes) else str(m) for m in raw}
+    return await sync_state.needs_sync(tenant.store)
 
 
 async def record_drift(
@@ -101,50 +78,13 @@ async def record_drift(
 
 
 def koban_occupancy(status: LotStatus) -> int | None:
-    """How many options Koban reports on the lot; None when the answer does not say
-    (-1 unknown lot; -2 pre-reserved, whose MaxRank the doc does not define)."""
-    if status.result == 0:
-        return 0
-    if status.result == -3:
-        return 2
-    if status.result == 1:
-        return 2 if status.max_rank >= 2 else 1
-    return None
+    """How many options Koban's GetLotStatus reports (`statecharts.drift.koban_occupancy`)."""
+    return drift.koban_occupancy(status.result, status.max_rank)
 
 
 def in_drift_tolerance(tenant: Tenant, now: int) -> bool:
-    """True within `drift_tolerance` after the latest tick (Koban may lag on expiry)."""
-    tolerance = tenant.settings.drift_tolerance.fixed_seconds()
-    return now - latest_tick(now) < tolerance
-
-
-def _optioned(n: int) -> str:
-    return ("free", "one_option", "two_options")[max(0, min(2, n))]
-
-
-def _set_config(lot: Lot, target: str) -> None:
-    """Move the lot to `target` through the chart's ``sync_status`` (Koban's word wins)."""
-    lot.config = decide(lot.config, "sync_status", {"target": target})
-    if lot.config != "custom":
-        lot.status = STATUS_OF_CONFIG[lot.config]
-
-
-def _sync_status_events(
-    lot: Lot,
-    target: str,
-    label: str,
-    now: int,
-    tenant: Tenant,
-    actor: Actor,
-    rank1_end: int | None = None,
-) -> list[DomainEvent]:
-    """``tr.sync_status`` without a ``lot.status_changed`` whose status did not change."""
-    events = tr.sync_status(lot, target, label, now, tenant.rules, actor, rank1_end=rank1_end)
-    return [
-        e
-        for e in events
-        if not (e.type == "lot.status_changed" and e.data.get("from") == e.data.get("to"))
-    ]
+    """True within the tenant's `drift_tolerance` after the latest tick."""
+    return drift.in_drift_tolerance(now, tenant.settings.drift_tolerance.fixed_seconds())
 
 
 # --------------------------------------------------------------------------- stock sync
@@ -190,13 +130,6 @@ def _new_lot(kl: KobanLot) -> Lot:
     )
 
 
-@dataclass(slots=True)
-class _LotOutcome:
-    kind: str  # imported | changed | unchanged | deferred
-    drift: bool = False
-    queue: bool = False  # reconcile it (opaque placeholders, deferred disagreement)
-
-
 def _import_events(lot: Lot, kl: KobanLot, now: int, tenant: Tenant) -> list[DomainEvent]:
     target, label = target_of(kl)
     events: list[DomainEvent] = []
@@ -219,55 +152,22 @@ def _import_events(lot: Lot, kl: KobanLot, now: int, tenant: Tenant) -> list[Dom
 
 def _mirror(
     lot: Lot, kl: KobanLot, now: int, started: int, tenant: Tenant
-) -> tuple[list[DomainEvent], _LotOutcome]:
+) -> tuple[list[DomainEvent], LotOutcome]:
     """The change fn of one lot of a GetUpdated page (the lot as of `now`)."""
     if lot.version == 0:
         events = _import_events(lot, kl, now, tenant)
-        return events, _LotOutcome("imported", queue=lot.config in OPTIONED)
+        return events, LotOutcome("imported", queue=lot.config in OPTIONED)
     target, label = target_of(kl)
-    n = len(lot.options)
-    if target == "one_option":
-        if lot.config in OPTIONED:
-            return [], _LotOutcome("unchanged")
-        if lot.config == "prereserved" and n:
-            target = _optioned(n)  # the préréservation ended; its options stand
-        elif (
-            lot.intents
-            or lot.modified_at >= started
-            or (lot.config == "free" and in_drift_tolerance(tenant, now))
-        ):
-            # Our own placement in flight, a local change newer than this page (Koban's
-            # side of it will show in the next run), or Koban still reporting options
-            # expired at the latest tick: let reconciliation judge.
-            return [], _LotOutcome("deferred", queue=True)
-    elif target == "free":
-        if lot.config == "free":
-            return [], _LotOutcome("unchanged")
-        if lot.config in OPTIONED and (lot.intents or lot.modified_at >= started):
-            return [], _LotOutcome("deferred", queue=True)
-    elif lot.config == target and (target != "custom" or lot.status == label):
-        return [], _LotOutcome("unchanged")
-    previous, options_before = lot.status, n
-    events = _sync_status_events(lot, target, label, now, tenant, "sync")
-    events.append(
-        drift_event(
-            now,
-            "sync",
-            "status",
-            localStatus=previous,
-            localOptions=options_before,
-            kobanStatus=label,
-        )
+    return mirror_status(
+        lot, target, label, now, started, tenant.rules, in_drift_tolerance(tenant, now)
     )
-    opaque = any(o.opaque for o in lot.options)
-    return events, _LotOutcome("changed", drift=True, queue=opaque or lot.config in OPTIONED)
 
 
 async def sync_lot(tenant: Tenant, kl: KobanLot, now: int, started: int | None = None) -> str:
     """Mirror one Koban lot (import or status); returns imported|changed|unchanged|deferred."""
     started = now if started is None else started
 
-    def change(lot: Lot, _counts: Counts) -> tuple[list[DomainEvent], _LotOutcome]:
+    def change(lot: Lot, _counts: Counts) -> tuple[list[DomainEvent], LotOutcome]:
         return _mirror(lot, kl, now, started, tenant)
 
     outcome = await tenant.store.mutate(kl.extcode, change, now=now, create=lambda: _new_lot(kl))
@@ -293,9 +193,8 @@ async def sync_stock(
     backwards to absorb clock skew with Koban (re-reading a lot is harmless).
     `progress(done, total)` is called after each lot.
     """
-    redis = tenant.store.redis
-    raw = cast(bytes | None, await redis.get(last_sync_key(tenant)))
-    since = 0 if full or raw is None else max(0, int(raw) - overlap)
+    last = await sync_state.last_sync(tenant.store)
+    since = 0 if full or last is None else max(0, last - overlap)
     report = SyncReport(since=since, started=now, full=full)
     done = 0
     async for page in koban.get_updated(since, page_size=page_size):
@@ -310,7 +209,7 @@ async def sync_stock(
             done += 1
             if progress is not None:
                 progress(done, max(page.length, done))
-    await redis.set(last_sync_key(tenant), str(now))
+    await sync_state.set_last_sync(tenant.store, now)
     return report
 
 
@@ -326,102 +225,6 @@ class ReconcileReport:
     drift: int = 0
     failed: int = 0
     outcomes: dict[str, str] = field(default_factory=dict)
-
-
-def _victims(options: list[Option], count: int, end: int | None) -> list[Option]:
-    """Which local options Koban no longer has: those whose expiry does not match rank 1's
-    EndDate first, then opaque placeholders, then the higher rank."""
-    end_tick = ceil_tick(end) if end is not None else None
-
-    def key(o: Option) -> tuple[bool, bool, int]:
-        return (o.expiry == end_tick, not o.opaque, -o.rank)
-
-    return sorted(options, key=key)[:count]
-
-
-@dataclass(slots=True)
-class _Verdict:
-    outcome: str  # agreed | fixed | deferred | drift | unknown_lot
-    keep_queued: bool = False
-
-
-def _reconcile_change(
-    lot: Lot, status: LotStatus, now: int, tenant: Tenant
-) -> tuple[list[DomainEvent], _Verdict]:
-    """Compare one lot (as of `now`) with Koban's GetLotStatus and fix it through the chart."""
-    koban = {"kobanResult": status.result, "kobanMaxRank": status.max_rank}
-    if status.end_date is not None:
-        koban["endDate"] = status.end_date
-    n = len(lot.options)
-    local = {"localStatus": lot.status, "localOptions": n}
-    if status.result == -1:
-        return [drift_event(now, "reconcile", "koban_unknown_lot", **local, **koban)], _Verdict(
-            "unknown_lot"
-        )
-    if lot.modified_at >= now or lot.intents:
-        # Changed since we asked Koban, or a placement of ours is in flight: next run.
-        return [], _Verdict("deferred", keep_queued=True)
-    tolerant = in_drift_tolerance(tenant, now)
-    if status.result == -2:
-        if lot.config == "prereserved":
-            return [], _Verdict("agreed")
-        if lot.config in COUNTABLE:
-            fixed = _sync_status_events(lot, "prereserved", "PRERESV", now, tenant, "reconcile")
-            fixed.append(drift_event(now, "reconcile", "status", **local, **koban))
-            return fixed, _Verdict("fixed")
-        return [drift_event(now, "reconcile", "status", **local, **koban)], _Verdict("drift")
-    k = koban_occupancy(status)
-    if k is None:  # an undocumented result: nothing we can mirror
-        return [], _Verdict("agreed")
-    if lot.config not in COUNTABLE:
-        if k == 0:
-            return [], _Verdict("agreed")
-        # Options on a lot we hold as pre-reserved/reserved/blocked/sold/custom: the status
-        # is the stock sync's business; record what we saw.
-        return [drift_event(now, "reconcile", "status", **local, **koban)], _Verdict("drift")
-    events: list[DomainEvent] = []
-    if k > n:
-        if tolerant:
-            return [], _Verdict("deferred", keep_queued=True)
-        events.extend(
-            _sync_status_events(
-                lot, _optioned(k), "OPTION", now, tenant, "reconcile", rank1_end=status.end_date
-            )
-        )
-        events.append(drift_event(now, "reconcile", "option_count", **local, **koban))
-    elif k < n:
-        victims = _victims(lot.options, n - k, status.end_date)
-        _set_config(lot, _optioned(k))
-        previous = local["localStatus"]
-        events.extend(tr._end(lot, victims, "superseded", now, "reconcile", tenant.rules))
-        if lot.status != previous:
-            events.append(
-                DomainEvent(
-                    "lot.status_changed",
-                    now,
-                    {"from": previous, "to": lot.status, "actor": "reconcile"},
-                )
-            )
-        events.append(drift_event(now, "reconcile", "option_count", **local, **koban))
-    # Counts agree now: rank 1's deadline is Koban's EndDate (the expiry Koban applies).
-    first = lot.option_at(1)
-    end = status.end_date
-    if (
-        first is not None
-        and end is not None
-        and ceil_tick(end) > now
-        and ceil_tick(end) != first.expiry
-    ):
-        before = {"optionId": first.id, "deadline": first.deadline}
-        first.deadline = end
-        first.expiry = ceil_tick(end)
-        first.source = "koban"
-        if first.original_deadline is None:
-            first.original_deadline = end
-        events.append(drift_event(now, "reconcile", "deadline", **before, **koban))
-    if events:
-        return events, _Verdict("fixed")
-    return [], _Verdict("agreed")
 
 
 async def reconcile_lot(
@@ -441,46 +244,42 @@ async def reconcile_lot(
     """
     store = tenant.store
     if await store.load(extcode) is None:
-        await store.redis.srem(store.keys.needs_sync, extcode)
+        await sync_state.unmark_needs_sync(store, extcode)
         return "missing"
     if status is None:
         status = await koban.get_lot_status(extcode)
     seen = status
-    if await store.redis.exists(store.keys.lot_writes(extcode)):
+    if await sync_state.lot_write_in_flight(store, extcode):
         # A Prolong/Undo/Preresv/Desist of ours is in flight: Koban's answer may predate it.
         await mark_needs_sync(tenant, extcode)
         return "deferred"
 
-    def change(lot: Lot, _counts: Counts) -> tuple[list[DomainEvent], tuple[_Verdict, bool]]:
-        events, verdict = _reconcile_change(lot, seen, now, tenant)
+    def change(lot: Lot, _counts: Counts) -> tuple[list[DomainEvent], tuple[Verdict, bool]]:
+        tolerant = in_drift_tolerance(tenant, now)
+        events, verdict = reconcile_change(
+            lot, seen.result, seen.max_rank, seen.end_date, now, tenant.rules, tolerant
+        )
         return events, (verdict, any(o.opaque for o in lot.options))
 
     verdict, opaque = await store.mutate(extcode, change, now=now)
     if verdict.keep_queued or opaque:
         await mark_needs_sync(tenant, extcode)
     else:
-        await store.redis.srem(store.keys.needs_sync, extcode)
+        await sync_state.unmark_needs_sync(store, extcode)
     return verdict.outcome
 
 
 async def _candidates(tenant: Tenant, limit: int) -> list[str]:
     """Queued lots (opaque ones first), then a random sample of lots holding options."""
     store = tenant.store
-    redis = store.redis
-    queued_raw = await redis.srandmember(store.keys.needs_sync, limit * 4)
-    queued = [m.decode() if isinstance(m, bytes) else str(m) for m in queued_raw or []]
-    lots: list[tuple[bool, str]] = []
-    if queued:
-        raws = await redis.mget([store.keys.lot(code) for code in queued])
-        for code, raw in zip(queued, raws, strict=True):
-            lot = decode_lot(code, cast(bytes, raw)) if raw is not None else None
-            lots.append((not (lot is not None and any(o.opaque for o in lot.options)), code))
-    ordered = [code for _, code in sorted(lots, key=lambda x: x[0])][:limit]
+    queued = await sync_state.queued_sample(store, limit * 4)
+    lots = await sync_state.load_lots(store, queued)
+    ranked = [
+        (not (code in lots and any(o.opaque for o in lots[code].options)), code) for code in queued
+    ]
+    ordered = [code for _, code in sorted(ranked, key=lambda x: x[0])][:limit]
     if len(ordered) < limit:
-        sample = await redis.zrandmember(store.keys.expiries, limit * 2)
-        for member in sample or []:
-            text = member.decode() if isinstance(member, bytes) else str(member)
-            code = text.rsplit("/", 1)[0]
+        for code in await sync_state.expiring_sample(store, limit * 2):
             if code not in ordered:
                 ordered.append(code)
             if len(ordered) >= limit:

@@ -1,9 +1,9 @@
 """One stock sync at a time per tenant, whoever starts it (API, scheduler, CLI).
 
-`claim_sync` takes the tenant's sync lease (`kol:{t}:sync:lease`, real-time TTL renewed
-while the run lasts, so a crashed run frees it within a minute) or raises `SyncInProgress`;
-`SyncClaim.run` then runs `service.usecases.sync.sync_stock` and records the run's summary in
-`kol:{t}:sync:run` (state ``running`` → ``succeeded`` | ``failed``), which
+`claim_sync` takes the tenant's sync lease (real-time TTL renewed while the run lasts, so
+a crashed run frees it within a minute) or raises `SyncInProgress`; `SyncClaim.run` then
+runs `service.usecases.sync.sync_stock` and records the run's summary (state ``running``
+→ ``succeeded`` | ``failed``), which
 ``GET /v1/tenants/{t}/sync`` shows. Claiming and running are apart so the API can answer
 409 at once and run the sync in the background.
 """
@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, cast
-
-import orjson
+from typing import Literal
 
 from service.koban import KobanClient, KobanError, KobanUnavailable
 from service.storage.lease import Lease
+from service.storage.leases import sync_lease
+from service.storage.tenant_state import load_sync_run, save_sync_run
 from service.tenancy import Tenant
 from service.usecases.sync import Progress, SyncReport, sync_stock
 
@@ -56,11 +56,8 @@ class SyncRun:
 
 
 async def last_run(tenant: Tenant) -> SyncRun | None:
-    raw = cast(bytes | None, await tenant.store.redis.get(tenant.store.keys.sync_run))
-    if raw is None:
-        return None
-    data: dict[str, Any] = orjson.loads(raw)
-    return SyncRun(**data)
+    data = await load_sync_run(tenant.store)
+    return None if data is None else SyncRun(**data)
 
 
 class SyncClaim:
@@ -71,8 +68,7 @@ class SyncClaim:
         self.lease = lease
 
     async def _record(self, run: SyncRun) -> None:
-        store = self.tenant.store
-        await store.redis.set(store.keys.sync_run, orjson.dumps(asdict(run)))
+        await save_sync_run(self.tenant.store, asdict(run))
 
     async def run(
         self, koban: KobanClient, now: int, *, full: bool = False, progress: Progress | None = None
@@ -101,7 +97,7 @@ class SyncClaim:
 
 
 async def claim_sync(tenant: Tenant, ttl_ms: int = SYNC_LEASE_TTL_MS) -> SyncClaim:
-    lease = Lease(tenant.store.redis, tenant.store.keys.sync_lease, ttl_ms)
+    lease = sync_lease(tenant.store, ttl_ms)
     if not await lease.acquire():
         raise SyncInProgress(f"a stock sync of tenant {tenant.name} is already running")
     return SyncClaim(tenant, lease)

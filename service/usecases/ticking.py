@@ -42,8 +42,8 @@ from typing import Literal
 
 import structlog
 
-from service.storage.lease import Lease
-from service.storage.monotonic import raise_to, read_int
+from service.storage.leases import tick_lease
+from service.storage.tenant_state import count_due, last_tick, raise_last_tick
 from service.tenancy import Tenant
 from service.usecases.notices import send_notices
 from service.usecases.sandbox_clock import ClockBackwards, advance_offset, refresh
@@ -92,8 +92,7 @@ class TickReport:
 
 async def last_processed(tenant: Tenant) -> int | None:
     """The latest tick processed for the tenant (None before the first)."""
-    store = tenant.store
-    return await read_int(store.redis, store.keys.ticked)
+    return await last_tick(tenant.store)
 
 
 async def _done(tenant: Tenant, tick: int) -> bool:
@@ -132,7 +131,7 @@ async def process_tick(
     store = tenant.store
     if await _done(tenant, tick):
         return TickReport(tenant.name, tick, "already_done")
-    lease = Lease(store.redis, store.keys.tick_lease(tick), lease_ttl_ms)
+    lease = tick_lease(store, tick, lease_ttl_ms)
     waited = False
     while not await lease.acquire():
         waited = True
@@ -155,14 +154,14 @@ async def process_tick(
             started_at=time.time(),
             lateness_s=tenant.clock.now() - tick,
         )
-        report.due = int(await store.redis.zcount(store.keys.expiries, "-inf", tick))
+        report.due = await count_due(store, tick)
         # Notices of options expiring by this tick first (normally none: they were given
         # at earlier ticks), the expiries, then the notices of the window ahead.
         first = await send_notices(store, tick, through=tick)
         sweep = await expire_due(store, tick, batch=batch)
         report.swept_at = time.time()
         ahead = await send_notices(store, tick)
-        await raise_to(store.redis, store.keys.ticked, tick)
+        await raise_last_tick(store, tick)
         report.duration_s = time.perf_counter() - started
     report.sweep = sweep
     report.expired = sweep.expired

@@ -1,17 +1,10 @@
 """Composition of the API app: tenants, tokens, Koban clients, middlewares and routes.
 
-``build_api_app(settings_or_tenants, redis, ...)`` returns an aiohttp application serving
-
-* the internal API under ``/v1/tenants/{t}/…`` (routes_lots, routes_options, routes_events,
-  routes_sync, routes_clock);
-* Koban's webhooks under ``/koban/{t}/…`` (`koban_webhooks`), unless ``webhooks=False``;
-* ``GET /healthz`` (no token).
-
-One middleware (service.entrypoints.api.middleware): request id, error envelope, metrics and the
-access log line. The Koban HTTP session is created in the app's ``cleanup_ctx`` (so it
-lives on the serving event loop and is closed on shutdown), with one `KobanClient` and one
-`OptionFlows` per tenant that has Koban credentials (``koban_factory`` makes them; the
-default builds them from the tenant's settings).
+``build_api_app(settings_or_tenants, redis, ...)`` serves the internal API under
+``/v1/tenants/{t}/…``, Koban's webhooks under ``/koban/{t}/…`` (unless ``webhooks=False``)
+and ``GET /healthz``. One middleware: request id, error envelope, metrics, access log. The
+Koban HTTP session lives in the app's ``cleanup_ctx`` (on the serving loop, closed on
+shutdown), with a `KobanClient` and an `OptionFlows` per tenant with Koban credentials.
 """
 
 from __future__ import annotations
@@ -46,9 +39,9 @@ from service.entrypoints.api.routes_lots import routes as lot_routes
 from service.entrypoints.api.routes_openapi import install_openapi
 from service.entrypoints.api.routes_options import routes as option_routes
 from service.entrypoints.api.routes_sync import install_sync
+from service.entrypoints.koban_webhooks import add_webhook_routes
 from service.storage.redis_client import RedisClient
 from service.tenancy import Tenants
-from service.usecases.koban_webhooks import add_webhook_routes
 from service.usecases.ticking import ClockHook
 
 __all__ = ["REDIS_KEY", "build_api_app"]

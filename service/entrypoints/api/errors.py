@@ -1,20 +1,12 @@
-"""The one error envelope of the API (`api.middleware` answers every failure with it).
+"""The one error envelope of the API: ``{"errorCode", "message", "kobanCode", "source",
+"requestId", "errors": [{"field", "message"}]}``.
 
-Body: ``{"errorCode", "message", "kobanCode", "source", "requestId", "errors": [{"field",
-"message"}]}``. ``source`` is set for business refusals only: ``"koban"`` when Koban
-refused (the exception carries ``source == "koban"``), ``"local"`` when the service's own
-rules did; it is null for every other failure. ``kobanCode`` is Koban's code for a Koban
-refusal, or the Koban code a local refusal stands for.
-
-Mapping (`error_response`): `ApiError` as given; `RuleViolation` → its HTTP status and
-code; pydantic `ValidationError` → 422 ``VALIDATION_FAILED``; Koban unreachable → 503
-``KOBAN_UNAVAILABLE`` (Retry-After); a Koban write whose outcome is unknown → 502
-``KOBAN_OUTCOME_UNKNOWN``; another unexpected Koban answer → 502 ``KOBAN_ERROR``; Redis
-unreachable (a cluster down or moving the slot, past redis-py's retries), or a lot too
-contended to write → 503 ``STORE_UNAVAILABLE`` (Retry-After);
-no route → 404 ``NOT_FOUND``; wrong method → 405 ``METHOD_NOT_ALLOWED``; a body over the
-limit → 400 ``MALFORMED_REQUEST``; anything else → 500 ``INTERNAL_ERROR`` (logged with its
-traceback; never the answer to bad input).
+``source`` is ``"koban"`` or ``"local"`` for business refusals (null otherwise);
+``kobanCode`` is Koban's code, or the one a local refusal stands for. `error_response`
+maps: `RuleViolation` → its status; validation → 422; Koban unreachable → 503, outcome
+unknown / unexpected answer → 502; the store unreachable or a lot too contended → 503
+``STORE_UNAVAILABLE``; no route 404, wrong method 405, body too large 400; anything else
+→ 500 ``INTERNAL_ERROR``, logged with its traceback (never the answer to bad input).
 """
 
 from __future__ import annotations
@@ -26,12 +18,16 @@ import orjson
 import structlog
 from aiohttp import web
 from pydantic import ValidationError
-from redis.exceptions import ClusterError, SlotNotCoveredError, TryAgainError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.entrypoints.api.logging import request_id_of
 from service.koban import KobanError, KobanOutcomeUnknown, KobanUnavailable
+from service.storage.errors import (
+    StoreClusterError,
+    StoreConnectionError,
+    StoreSlotNotCovered,
+    StoreTimeoutError,
+    StoreTryAgain,
+)
 from service.storage.store import StoreConflict
 from statecharts.errors import RuleViolation
 
@@ -136,7 +132,7 @@ def field_errors(exc: ValidationError) -> list[dict[str, str]]:
 
 # A Redis Cluster answering "not now": down, a slot unserved, or redirections and TRYAGAIN
 # (a slot being moved) past redis-py's retries.
-_CLUSTER_UNAVAILABLE = ClusterError | TryAgainError | SlotNotCoveredError
+_CLUSTER_UNAVAILABLE = StoreClusterError | StoreTryAgain | StoreSlotNotCovered
 
 
 def as_api_error(exc: BaseException) -> ApiError:
@@ -166,7 +162,7 @@ def as_api_error(exc: BaseException) -> ApiError:
         )
     if isinstance(exc, KobanError):
         return ApiError(502, KOBAN_ERROR, "Koban answered unexpectedly; nothing was changed.")
-    if isinstance(exc, RedisConnectionError | RedisTimeoutError | _CLUSTER_UNAVAILABLE):
+    if isinstance(exc, StoreConnectionError | StoreTimeoutError | _CLUSTER_UNAVAILABLE):
         return ApiError(
             503,
             STORE_UNAVAILABLE,

@@ -1,41 +1,10 @@
-"""Operations routes (SPEC §5): ``/healthz``, ``/readyz`` and ``/metrics``, none with a token.
+"""Operations routes, none with a token: ``/readyz`` and ``/metrics`` (``/healthz`` is
+the app's own; `HealthOut` describes it).
 
-``install_health(app, redis, tenants)`` registers the last two and a per-app `Metrics`
-(``/healthz`` is registered by ``service.entrypoints.api.app``; `HealthOut` describes it); the
-request counter is fed by the API's middleware (`api.middleware`), after the error
-envelope is made (so it sees the final status of every answer, envelope included).
-
-* ``GET /healthz`` → 200 ``{"status": "ok"}`` while the process serves.
-* ``GET /readyz`` → 200 when Redis answers ``PING`` within `READY_TIMEOUT_S`, else 503;
-  both with ``{"status": "ready" | "unavailable", "redis": {"ok", "latencyMs",
-  "error"}, "scheduler"}``. ``scheduler`` is null until a scheduler writes its heartbeat
-  (the string key `SCHEDULER_HEARTBEAT_KEY`, UNIX seconds of its last beat); then it is
-  ``{"lastBeat", "ageSeconds", "lastTicks"}``, the last with each tenant's latest
-  processed tick (null before its first). The scheduler's age never makes the API unready: the
-  API serves without it (only expiry would lag, and reads apply lazy expiry anyway).
-* ``GET /metrics`` → Prometheus text from the app's own `CollectorRegistry` (never the
-  process-global one, so two apps in one process — tests — do not collide):
-
-  - ``koban_options_http_requests_total{route,method,status}`` and
-    ``koban_options_http_request_duration_seconds{route,method}``: ``route`` is the
-    route's template (``/v1/tenants/{tenant}/lots/{extcode}``), ``unmatched`` for 404s
-    and 405s without a route, and methods outside the usual seven are ``other``, so
-    client-chosen paths and methods never become label values;
-  - ``koban_options_koban_calls_total{tenant,method,outcome}``: the `KobanClient.calls`
-    counters of the app's clients (outcomes ``ok``, ``refused``, ``retry``,
-    ``unavailable``, ``outcome_unknown``, ``error``);
-  - ``koban_options_active_options{tenant}``: ZCARD of the tenant's expiry index, read at
-    scrape (options due but not yet swept still count; opaque placeholders without a
-    date are not in the index);
-  - ``koban_options_sweep_duration_seconds{tenant}``: a histogram the scheduler feeds
-    through `Metrics.observe_sweep` (``metrics_of(app).observe_sweep(tenant, s)``);
-  - ``koban_options_drift_detected_total{tenant}``: ``koban.sync.drift_detected`` events
-    read from the tenant's event stream at scrape, from the app's start on (at most
-    `DRIFT_SCAN_BUDGET` entries per tenant per scrape; the rest next time). Reading the
-    stream counts drift from every producer (webhooks, flows, sync, other processes);
-    every replica reports the same tenant-wide figure, so aggregate with ``max``;
-  - ``koban_options_redis_up``: 1 when the scrape's Redis reads succeeded, else 0 (the
-    Redis-fed figures then keep their previous values).
+``install_health(app, redis, tenants)`` registers them with a per-app `Metrics` (its own
+Prometheus registry); the request counters are fed by the API's middleware. Ready means
+Redis answers; the scheduler's heartbeat and last ticks are shown, never required.
+docs/operations.md lists the answers and every metric.
 """
 
 from __future__ import annotations
@@ -47,7 +16,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, cast
 
-import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -56,12 +24,16 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 from pydantic import AliasGenerator, BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
-from redis.exceptions import RedisError
 
 from service.entrypoints.api.context import FLOWS_KEY
 from service.entrypoints.api.errors import json_response
 from service.entrypoints.api.models import Instant, dump
 from service.koban import KobanClient
+from service.storage.errors import STORE_FAILURES, STORE_FAILURES_OR_TIMEOUT
+from service.storage.event_stream import event_types_after
+from service.storage.expiry_index import active_counts
+from service.storage.heartbeat import last_ticks as read_last_ticks
+from service.storage.heartbeat import ping, read_heartbeat
 from service.storage.keys import SCHEDULER_HEARTBEAT_KEY
 from service.storage.redis_client import RedisClient
 from service.tenancy import Tenants
@@ -252,23 +224,15 @@ class Metrics:
             try:
                 async with asyncio.timeout(SCRAPE_TIMEOUT_S):
                     await self._refresh()
-            except (RedisError, OSError, TimeoutError):
+            except STORE_FAILURES_OR_TIMEOUT:
                 self.redis_up.set(0)
             else:
                 self.redis_up.set(1)
 
     async def _refresh(self) -> None:
-        by_client: dict[int, list[str]] = {}
-        for name, tenant in self.tenants.items():  # one pipeline per Redis client
-            by_client.setdefault(id(tenant.store.redis), []).append(name)
-        for names in by_client.values():
-            redis = self.tenants[names[0]].store.redis
-            async with redis.pipeline(transaction=False) as pipe:
-                for name in names:
-                    pipe.zcard(self.tenants[name].store.keys.expiries)
-                counts = await pipe.execute()
-            for name, count in zip(names, counts, strict=True):
-                self.active.labels(tenant=name).set(int(count))
+        counts = await active_counts({name: t.store for name, t in self.tenants.items()})
+        for name, count in counts.items():
+            self.active.labels(tenant=name).set(count)
         for name in self.tenants:
             await self._count_drift(name)
 
@@ -278,15 +242,10 @@ class Metrics:
         seen = 0
         found = 0
         while seen < DRIFT_SCAN_BUDGET:
-            entries = cast(
-                list[tuple[bytes, dict[bytes, bytes]]],
-                await store.redis.xrange(
-                    store.keys.events, min="(" + after, max="+", count=DRIFT_SCAN_BATCH
-                ),
-            )
-            for entry_id, fields in entries:
-                after = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-                if _event_type(fields.get(b"ce")) == DRIFT_EVENT_TYPE:
+            entries = await event_types_after(store, after, DRIFT_SCAN_BATCH)
+            for entry_id, kind in entries:
+                after = entry_id
+                if kind == DRIFT_EVENT_TYPE:
                     found += 1
             seen += len(entries)
             if len(entries) < DRIFT_SCAN_BATCH:
@@ -297,17 +256,6 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def _event_type(raw: bytes | None) -> str | None:
-    if raw is None:
-        return None
-    try:
-        event = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    kind = event.get("type") if isinstance(event, dict) else None
-    return kind if isinstance(kind, str) else None
 
 
 METRICS_KEY = web.AppKey("api_metrics", Metrics)
@@ -327,10 +275,10 @@ async def _ping(redis: RedisClient) -> RedisCheckOut:
     started = time.perf_counter()
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
-            await redis.ping()
+            await ping(redis)
     except TimeoutError:
         return RedisCheckOut(ok=False, latency_ms=None, error="timeout")
-    except (RedisError, OSError) as exc:
+    except STORE_FAILURES as exc:
         return RedisCheckOut(ok=False, latency_ms=None, error=type(exc).__name__)
     latency = round((time.perf_counter() - started) * 1000, 2)
     return RedisCheckOut(ok=True, latency_ms=latency, error=None)
@@ -340,12 +288,9 @@ async def _scheduler(redis: RedisClient, tenants: Tenants) -> SchedulerOut | Non
     names = sorted(tenants)
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
-            raw = await redis.get(SCHEDULER_HEARTBEAT_KEY)
-            async with redis.pipeline(transaction=False) as pipe:  # one slot per tenant
-                for name in names:
-                    pipe.get(tenants[name].store.keys.ticked)
-                ticked = await pipe.execute()
-    except (RedisError, OSError, TimeoutError):
+            raw = await read_heartbeat(redis)
+            ticked = await read_last_ticks(redis, [tenants[name].store for name in names])
+    except STORE_FAILURES_OR_TIMEOUT:
         return None
     if raw is None:
         return None

@@ -1,20 +1,11 @@
 """Structured logs (structlog) and the request id every line and response carries.
 
-``configure_logging`` sets structlog up once per process: JSON lines by default, a
-console renderer for a person. Every request gets an id — the caller's ``X-Request-ID``
-when it is a sane token, else a fresh one — bound into structlog's context variables for
-the whole request (every log line of the request carries ``request_id``), stored on the
-request, and echoed on every response (errors and 404s included; a handler that streams
-its answer sets the header itself before it starts). One ``http_request`` line per
-request, with the query's ``token`` redacted (`log_access`). All of this runs in the API's
-one middleware, `service.entrypoints.api.middleware.api_middleware`.
-
-aiohttp logs through the standard library, and some of its records quote a request line
-or a URL: the access log (``%r``), a request line too long for its parser (the first bytes
-of the URL, in the exception's text, at ERROR: printed to stderr even when nothing is
-configured). `RedactTokens` rewrites such records (message and exception text) through
-`koban_webhooks.redact_token`; it is installed on aiohttp's loggers when this module is
-imported (so before any app serves) and again by `configure_logging`.
+``configure_logging`` sets structlog up once per process (JSON lines, or a console
+renderer). Every request gets an id (the caller's sane ``X-Request-ID``, else a fresh one),
+bound into every log line of the request and echoed on every response; one
+``http_request`` line per request (`log_access`). `RedactTokens` rewrites aiohttp's own
+records that quote a URL (access log, over-long request lines) through `redact_token`, so
+a webhook secret never reaches a log; it is installed on import and by `configure_logging`.
 """
 
 from __future__ import annotations
@@ -38,7 +29,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from service.usecases.koban_webhooks import redact_token
+from service.entrypoints.koban_webhooks import redact_token
 
 __all__ = [
     "REQUEST_ID",

@@ -25,9 +25,9 @@ from service.entrypoints.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from service.entrypoints.api.idempotency import MAX_KEY_LENGTH, REPLAYED_HEADER
 from service.entrypoints.api.logging import REQUEST_ID_HEADER
 from service.entrypoints.api.openapi import FORM, JSON, Operation, operation_of
+from service.entrypoints.koban_webhooks import TOKEN_HEADER, TOKEN_QUERY
 from service.koban import webhook_forms as forms
 from service.koban.webhook_forms import MAX_IDENTIFIER
-from service.usecases.koban_webhooks import TOKEN_HEADER, TOKEN_QUERY
 
 __all__ = ["ErrorOut", "WebhookErrorOut", "build_openapi"]
 

@@ -1,22 +1,12 @@
-"""Sandbox test clocks (SPEC §8), like Stripe's: ``GET|POST /v1/tenants/{t}/clock``.
+"""Sandbox test clocks, like Stripe's: ``GET|POST /v1/tenants/{t}/clock``.
 
-* ``GET`` (read scope) → ``{"now", "nextTick", "offsetSeconds"}``: the tenant's test clock
-  (real time plus an offset that only grows), refreshed from Redis first.
-* ``POST`` (admin scope: moving time expires options for every client of the tenant) with
-  exactly one of ``{"advanceTo": "<ISO-8601 instant with offset>"}`` or ``{"advanceBy":
-  "<ISO-8601 duration>"}`` (calendar parts on the wall clock of the tenant's zone, as
-  lifetimes) → before answering 200, every tick passed is processed in order through the
-  daemon's own code path (`service.usecases.ticking.advance_clock` → `process_tick`), then
-  ``{"now", "ticksRun": [ISO…]}``. Backwards → ``422 CLOCK_BACKWARDS``; more than
-  `MAX_ADVANCE_S` at once → ``422 VALIDATION_FAILED`` (move it in several steps); a tenant
-  without a test clock → ``403 CLOCK_NOT_SANDBOX`` (both methods). Accepts
-  ``Idempotency-Key`` like every write.
-
-`install_clock(app, on_clock_advanced)` registers the routes, loads the sandbox tenants'
-clocks at start-up and refreshes them every `REFRESH_S` in the background (an advance made
-through another process reaches this one's reads); `on_clock_advanced(tenant, now)`, when
-given, is called after each move (``run`` makes the tenant's Koban sandbox follow).
-Real-time TTLs (idempotency, leases, heartbeat) never follow a test clock.
+``GET`` → ``{"now", "nextTick", "offsetSeconds"}`` (real time plus an offset that only
+grows, refreshed from Redis first). ``POST`` (admin) with one of ``advanceTo`` (an instant)
+or ``advanceBy`` (an ISO-8601 duration, calendar parts on the tenant's zone) processes every
+tick passed through the daemon's own path (`ticking.advance_clock`) before answering
+``{"now", "ticksRun"}``; backwards → 422 ``CLOCK_BACKWARDS``, beyond `MAX_ADVANCE_S` → 422,
+no test clock → 403 ``CLOCK_NOT_SANDBOX``. `install_clock` also refreshes the clocks every
+`REFRESH_S` (a move made by another process). Real-time TTLs never follow a test clock.
 """
 
 from __future__ import annotations
@@ -30,7 +20,6 @@ from typing import Annotated, Any, TypeAlias
 import structlog
 from aiohttp import web
 from pydantic import Field, PlainValidator, WithJsonSchema, model_validator
-from redis.exceptions import RedisError
 
 from service.clock import TestClock
 from service.entrypoints.api.auth import Caller
@@ -57,6 +46,7 @@ from service.entrypoints.api.models import (
 )
 from service.entrypoints.api.openapi import AUTH_ERRORS, READ, Operation, Reply, documented, merge
 from service.entrypoints.api.routes_lots import BASE
+from service.storage.errors import STORE_FAILURES
 from service.tenancy import Tenant
 from service.usecases.sandbox_clock import ClockBackwards, is_sandbox, refresh, refresh_all
 from service.usecases.ticking import ClockHook, advance_clock
@@ -244,7 +234,7 @@ def install_clock(app: web.Application, on_clock_advanced: ClockHook | None = No
         if not tenants:
             yield
             return
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(*STORE_FAILURES):
             await refresh_all(tenants)
 
         async def loop() -> None:
@@ -252,7 +242,7 @@ def install_clock(app: web.Application, on_clock_advanced: ClockHook | None = No
                 await asyncio.sleep(REFRESH_S)
                 try:
                     await refresh_all(tenants)
-                except (RedisError, OSError) as exc:  # the routes refresh again anyway
+                except STORE_FAILURES as exc:  # the routes refresh again anyway
                     log.warning("clock_refresh_failed", error=str(exc))
 
         task: asyncio.Task[Any] = asyncio.create_task(loop())

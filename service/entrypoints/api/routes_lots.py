@@ -38,14 +38,16 @@ from service.entrypoints.api.openapi import (
     merge,
     rules,
 )
-from service.entrypoints.api.paging import Position, decode_cursor, encode_cursor, page_after
+from service.entrypoints.api.paging import Position, decode_cursor, encode_cursor
 from service.koban import LotStatus
 from service.storage.codec import decode_lot
-from service.storage.keys import API_USER_FIELD, prospect_field
+from service.storage.lot_reads import raw_lot_with_counts, raw_lots
+from service.storage.paging import lots_after
 from service.storage.redis_client import RedisClient
 from service.storage.redis_mux import MuxReader
 from service.usecases.sync import in_drift_tolerance, koban_occupancy
 from statecharts import transitions as tr
+from statecharts.capacity import lot_full
 from statecharts.decide import decide
 from statecharts.errors import ErrorCode, RuleViolation
 from statecharts.lot_chart import STATE_PATH
@@ -130,7 +132,7 @@ def allowed_actions(lot: Lot) -> list[Action]:
     )
     held = bool(lot.options)
     checks: list[tuple[Action, str, str, dict[str, bool | str]]] = [
-        ("place", place_config, "place", {"full": occupied >= 2}),
+        ("place", place_config, "place", {"full": lot_full(occupied)}),
         (
             "prolong",
             lot.config,
@@ -335,13 +337,14 @@ def availability(
 
 def _drift(local: int, lot: Lot | None, status: LotStatus, caller: Caller, now: int) -> bool:
     """Does Koban's GetLotStatus disagree with the lot as we hold it?"""
-    koban = -3 if status.result == 1 and status.max_rank >= 2 else status.result
+    theirs = koban_occupancy(status)
+    full = status.result == 1 and theirs is not None and lot_full(theirs)
+    koban = -3 if full else status.result
     if local == -4:  # RESV / BLOQUE / sold / custom: Koban reports no option (0)
         return koban not in (0, -4)
     if koban == local:
         return False
     ours = len(lot.options) if lot is not None else 0
-    theirs = koban_occupancy(status)
     # Right after a tick Koban may still report options we have expired: its lag.
     lag = theirs is not None and theirs > ours and in_drift_tolerance(caller.tenant, now)
     return not lag
@@ -370,19 +373,10 @@ async def get_availability(request: web.Request) -> web.Response:
     rules = tenant.rules
     third = query.third_guid
     counted = _counted(rules, third)
-    prospect = user = 0
-    key = store.keys.lot(extcode)
     fast = request.app.get(FAST_READS)
-    if not counted:
-        # No count can change the answer (no prospect, no per-user limit): the lot alone.
-        (raw,) = await store.run_reads(fast, ("GET", key))
-    else:
-        fields = [API_USER_FIELD] + ([prospect_field(third)] if third else [])
-        raw, values = await store.run_reads(
-            fast, ("GET", key), ("HMGET", store.keys.counts, *fields)
-        )
-        user = int(values[0] or 0)
-        prospect = int(values[1] or 0) if third else 0
+    # Without a count that can change the answer (no prospect, no per-user limit): the lot
+    # alone.
+    raw, user, prospect = await raw_lot_with_counts(store, extcode, fast, third, counted)
     answers = request.app.get(ANSWERS)
     if answers is not None and koban is None and third is None and raw is not None:
         body = remembered_body(answers, tenant.name, extcode, raw, rules, now, user)
@@ -466,10 +460,6 @@ def install_fast_reads(app: web.Application, redis: RedisClient) -> None:
 # --------------------------------------------------------------------------- listing
 
 
-async def mget_lots(redis: RedisClient, keys: list[str]) -> list[bytes | None]:
-    return cast(list[bytes | None], await redis.mget(keys)) if keys else []
-
-
 def _status_filter(text: str | None) -> set[str] | None:
     if text is None:
         return None
@@ -506,8 +496,8 @@ async def list_lots(request: web.Request) -> web.Response:
     scanned = 0
     exhausted = False
     while len(items) < query.limit and scanned < SCAN_BUDGET:
-        batch = await page_after(store.redis, store.keys.lots, position, SCAN_BATCH)
-        raws = await mget_lots(store.redis, [store.keys.lot(code) for code, _ in batch])
+        batch = await lots_after(store, position, SCAN_BATCH)
+        raws = await raw_lots(store, [code for code, _ in batch])
         consumed = 0
         for (code, score), raw in zip(batch, raws, strict=True):
             consumed += 1

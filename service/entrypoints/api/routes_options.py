@@ -1,7 +1,7 @@
 """Option routes: listings (options across lots, a prospect's options and allowance) and
 the writes that go through Koban (place, prolong, cancel, pre-reserve, withdraw).
 
-Writes run through the tenant's `OptionFlows` (reserve → call Koban → confirm, §4) under
+Writes run through the tenant's `OptionFlows` (reserve → call Koban → confirm, docs/flows.md) under
 `idempotent`. A partner token acts only as its partner: it places and pre-reserves with
 its own ``partnerGuid`` (another one → 403), and prolongs, cancels or withdraws only what
 its partner placed (403 otherwise). For options addressed by rank, the prospect found at
@@ -49,10 +49,12 @@ from service.entrypoints.api.openapi import (
     merge,
     rules,
 )
-from service.entrypoints.api.paging import Position, decode_cursor, encode_cursor, page_after
-from service.entrypoints.api.routes_lots import BASE, LOT, lot_out, mget_lots, option_out, read_lot
+from service.entrypoints.api.paging import Position, decode_cursor, encode_cursor
+from service.entrypoints.api.routes_lots import BASE, LOT, lot_out, option_out, read_lot
 from service.koban import KobanError
 from service.storage.codec import decode_lot
+from service.storage.lot_reads import intent_lots, raw_lots
+from service.storage.paging import expiries_after
 from service.tenancy import Tenant
 from service.usecases.flows import Placed
 from statecharts import transitions as tr
@@ -101,9 +103,9 @@ async def _options_after(
     """The next `count` entries of the expiry index, each with its lot and active option
     (None when the entry is stale or lazily expired); True when the index is exhausted."""
     store = tenant.store
-    batch = await page_after(store.redis, store.keys.expiries, position, count)
+    batch = await expiries_after(store, position, count)
     codes = sorted({member.rpartition("/")[0] for member, _ in batch})
-    raws = await mget_lots(store.redis, [store.keys.lot(c) for c in codes])
+    raws = await raw_lots(store, codes)
     lots: dict[str, Lot] = {}
     for code, raw in zip(codes, raws, strict=True):
         if raw is not None:
@@ -191,9 +193,8 @@ async def get_prospect(request: web.Request) -> web.Response:
     counted = (await store.counts(third)).prospect
     # Pending placements (few) from the intents index.
     pending: list[dict[str, Any]] = []
-    members = cast(list[bytes], await store.redis.zrange(store.keys.intents, 0, -1))
-    codes = sorted({m.decode().rpartition("/")[0] for m in members})
-    raws = await mget_lots(store.redis, [store.keys.lot(c) for c in codes])
+    codes = await intent_lots(store)
+    raws = await raw_lots(store, codes)
     for code, raw in zip(codes, raws, strict=True):
         if raw is None:
             continue
