@@ -15,7 +15,7 @@ the bare handler's rate on this 2-core machine: the run says which one it used).
   ¼ two options); ``availability_ratio`` = availability_rps / hello_rps;
 * ``place_*``: ``POST …/lots/{extcode}/options`` through the sandbox, each request a
   distinct free lot and a distinct prospect (lots imported by ``koban-options sync``);
-* ``availability_p99_during_sweep_ms``: the availability p99 while ``expire_due`` runs in
+* ``availability_p99_during_sweep_ms``: the availability p99 while ``sweep_expiries`` runs in
   another process over SWEEP options due at one tick, on the same tenant and Redis.
 
 hello, the two diagnostic floors (hello + one GET through redis-py / through MuxReader),
@@ -217,11 +217,11 @@ async def _serve_sandbox(port: int, lots: int) -> None:
 
 
 async def _sweep_worker(tick: int) -> None:
-    """Wait for a line on stdin, run expire_due(tick) on the bench tenant, print JSON."""
+    """Wait for a line on stdin, run sweep_expiries(tick) on the bench tenant, print JSON."""
     from service.bootstrap import build_tenants
     from service.config import load_settings
     from service.storage.redis_client import connect
-    from service.usecases.sweep import expire_due
+    from service.usecases.sweep import sweep_expiries
 
     settings = load_settings()
     redis = connect(os.environ["KOBAN_OPTIONS_REDIS_URL"])
@@ -231,7 +231,7 @@ async def _sweep_worker(tick: int) -> None:
         print("READY", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         started = time.perf_counter()
-        report = await expire_due(store, tick)
+        report = await sweep_expiries(store, tick)
         seconds = time.perf_counter() - started
         print(json.dumps({"expired": report.expired, "seconds": seconds}), flush=True)
     finally:
@@ -694,7 +694,7 @@ def availability_during_sweep(
     api_url: str,
     pids: dict[str, int],
 ) -> tuple[Result, float]:
-    """Availability load from the moment a sweep worker starts `expire_due` until it ends."""
+    """Availability load from the moment a sweep worker starts `sweep_expiries` until it ends."""
     worker = subprocess.Popen(
         [py, "-m", "bench.http", "sweep", str(tick)],
         cwd=tmp,
@@ -954,7 +954,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("sandbox", help="(child) the Koban sandbox with bench stock")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--lots", type=int, required=True)
-    p = sub.add_parser("sweep", help="(child) expire_due on the bench tenant after a line")
+    p = sub.add_parser("sweep", help="(child) sweep_expiries on the bench tenant after a line")
     p.add_argument("tick", type=int)
     p = sub.add_parser("loadgen", help="(child) the Python load generator")
     p.add_argument("url")

@@ -1,9 +1,10 @@
 """`make bench` (core): the sweep's speed and Redis memory per lot.
 
-(a) expire_due over N_DUE options due at one tick among N_LOTS stored lots;
-(b) the same sweep with one python-statemachine object built per decision (the chart run
-    directly instead of its compiled table), on N_BASE options, in the same process;
-(c) Redis memory per free lot and per lot holding two options, as SPEC §11 defines it:
+(a) sweep_expiries over N_DUE options due at one tick among N_LOTS stored lots;
+(b) the same sweep with one python-statemachine object built per decision (the `CHART`
+    engine: the chart run directly instead of its compiled table), on N_BASE options, in
+    the same process;
+(c) Redis memory per free lot and per lot holding two options:
     (used_memory after loading N lots - before) / N, indexes included.
 
 Everything runs against a private redis-server started here (never the machine's 6379),
@@ -26,11 +27,12 @@ from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
 
+from service.storage.commit_script import Transition
 from service.storage.redis_client import connect
 from service.storage.store import LotStore, View, view
-from service.usecases.sweep import expire_due
-from statecharts import lot_chart
+from service.usecases.sweep import sweep_expiries
 from statecharts import transitions as tr
+from statecharts.decide import CHART
 from statecharts.model import DomainEvent, Lot, Rules
 from statecharts.ticks import parse_duration
 from tests.conftest import start_redis_server
@@ -63,7 +65,7 @@ async def load(store: LotStore, codes: Iterable[str], holders: int, placed_at: i
     codes = list(codes)
     inflight: asyncio.Future[Any] | None = None
     for start in range(0, len(codes), LOAD_BATCH):
-        batch: list[list[Any]] = []
+        batch: list[Transition] = []
         for code in codes[start : start + LOAD_BATCH]:
             lot = Lot(code, program="P1")
             events = [DomainEvent("lot.imported", T0, {"program": "P1", "actor": "sync"})]
@@ -91,7 +93,7 @@ async def load(store: LotStore, codes: Iterable[str], holders: int, placed_at: i
         print(file=sys.stderr)
 
 
-async def _commit(store: LotStore, batch: list[list[Any]]) -> tuple[int, Any]:
+async def _commit(store: LotStore, batch: list[Transition]) -> tuple[int, Any]:
     return len(batch), await store.commit(batch, mode="each")
 
 
@@ -137,19 +139,14 @@ async def run(redis_url: str) -> None:
     print(f"  loaded in {time.perf_counter() - t:.1f} s", flush=True)
     tick = T0 + 2 * 86400
     t = time.perf_counter()
-    report = await expire_due(store, tick)
+    report = await sweep_expiries(store, tick)
     sweep_s = time.perf_counter() - t
     assert report.expired == N_DUE, report
 
     # (b) the same sweep deciding with a chart object built per decision
-    compiled = tr.decide
-    tr.decide = lot_chart.run_chart
-    try:
-        t = time.perf_counter()
-        base = await expire_due(store, tick + 1800)
-        base_s = time.perf_counter() - t
-    finally:
-        tr.decide = compiled
+    t = time.perf_counter()
+    base = await sweep_expiries(store, tick + 1800, engine=CHART)
+    base_s = time.perf_counter() - t
     assert base.expired == N_BASE, base
     await redis.aclose()
 

@@ -102,6 +102,7 @@ from service.koban.webhook_forms import (
     WebhookForm,
 )
 from service.storage.events import history_entry
+from service.storage.keys import glob_escape as _glob_escape
 from service.storage.store import Counts, LotStore, StoreConflict, new_id
 from service.tenancy import Tenant, Tenants
 from service.usecases.echoes import take_echo
@@ -561,10 +562,6 @@ OPTION_CHECK = "option-check"
 
 
 # --------------------------------------------------------------------------- reading
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 async def _tombstones(store: LotStore, extcode: str, third: str, since: int) -> list[Tombstone]:
