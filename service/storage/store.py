@@ -5,8 +5,8 @@ that follows from it, and its CloudEvents, guarded by the lot's revision. Writer
 lock: they read, let the chart decide, and commit; when another writer got there first the
 commit is refused and the writer re-reads and re-decides. Indexes and counts are derived by
 diffing the lot before and after, so they cannot drift from the lots. The hot path goes
-through `LotStore.fast` when one is set (a `MuxReader`: the same commands, the same
-answers, a cheaper transport).
+through `LotStore.fast` when one is set (a `MuxReader`, installed by the API's
+`install_fast_reads`: the same commands, the same answers, a cheaper transport).
 """
 
 from __future__ import annotations
