@@ -104,12 +104,12 @@ def fast_expiry(
     if t is None:
         return None
     own = store.rules.rank2_clock == "own"
-    return planned(
+    return fast_plan(
         t, own, decisions or ExpiryDecisions(), code, raw, tick, history, store.history_cap
     )
 
 
-def planned(
+def fast_plan(
     t: Templates,
     own: bool,
     decisions: ExpiryDecisions,

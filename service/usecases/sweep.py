@@ -30,7 +30,7 @@ from service.storage.store import LotStore, view
 from service.storage.sweep_script import LUA_SWEEP, MAX_BATCH, Plan, apply_command
 from service.usecases.event_templates import EXPIRED, PROMOTED, templates
 from service.usecases.expiry_plans import generic_expiry, plan_of
-from service.usecases.fast_expiry import ExpiryDecisions, planned
+from service.usecases.fast_expiry import ExpiryDecisions, fast_plan
 from statecharts.decide import COMPILED, DecisionEngine
 
 READ_AHEAD = 2  # chunks read ahead of the one being decided
@@ -276,7 +276,7 @@ class _Sweeper:
                 continue
             plan: Plan | None = None
             if t is not None:
-                plan = planned(t, own, decisions, code, raw, tick, history, cap)
+                plan = fast_plan(t, own, decisions, code, raw, tick, history, cap)
             if plan is not None:
                 report.fast += 1
             else:
