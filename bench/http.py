@@ -233,7 +233,7 @@ def figures_of(best: dict[str, Result]) -> list[Figure]:
 
 
 def availability_during_sweep(stack: Stack, tick: int, loadgen: LoadGen) -> tuple[Result, float]:
-    """Availability load from the moment a sweep worker starts `expire_due` until it ends."""
+    """Availability load from the moment a sweep worker starts `sweep_expiries` until it ends."""
     pids = stack.pids
     worker = subprocess.Popen(
         [sys.executable, "-m", "bench.http", "sweep", str(tick)],
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("sandbox", help="(child) the Koban sandbox with bench stock")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--lots", type=int, required=True)
-    p = sub.add_parser("sweep", help="(child) expire_due on the bench tenant after a line")
+    p = sub.add_parser("sweep", help="(child) sweep_expiries on the bench tenant after a line")
     p.add_argument("tick", type=int)
     p = sub.add_parser("loadgen", help="(child) the Python load generator")
     p.add_argument("url")

@@ -87,11 +87,11 @@ async def serve_sandbox(port: int, lots: int) -> None:
 
 
 async def sweep_worker(tick: int) -> None:
-    """Wait for a line on stdin, run expire_due(tick) on the bench tenant, print JSON."""
+    """Wait for a line on stdin, run sweep_expiries(tick) on the bench tenant, print JSON."""
     from service.bootstrap import build_tenants
     from service.config import load_settings
     from service.storage.redis_client import connect
-    from service.usecases.sweep import expire_due
+    from service.usecases.sweep import sweep_expiries
 
     settings = load_settings()
     redis = connect(os.environ["KOBAN_OPTIONS_REDIS_URL"])
@@ -101,7 +101,7 @@ async def sweep_worker(tick: int) -> None:
         print("READY", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         started = time.perf_counter()
-        report = await expire_due(store, tick)
+        report = await sweep_expiries(store, tick)
         seconds = time.perf_counter() - started
         print(json.dumps({"expired": report.expired, "seconds": seconds}), flush=True)
     finally:

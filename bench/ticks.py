@@ -1,17 +1,12 @@
 """`make bench` (scheduler): how late a tick's expiries land, through the sandbox test clock.
 
-N_TICKS consecutive ticks each have N_DUE options due (one option per lot, every lot loaded
-through the store's own commit path). A sandbox tenant's test clock is then advanced one
-tick at a time with `service.usecases.ticking.advance_clock` — the code path of ``POST …/clock``
-and of the daemon: `process_tick` with its lease, the expiring notices (PT2H: each tick
-also gives the notices of the options due four ticks later) and the sweep.
-
-Per tick, the figure is the time from the start of the tick's processing (lease taken) to
-its last expiry written (the sweep's last chunk landed): `tick_lateness_p99_ms` over the
-N_TICKS ticks (target ≤ 1 s). `tick_processing_p99_ms` adds what comes after the expiries
-(the notices of the window ahead, the record). One client process, Redis on loopback, a
-private redis-server started here (never the machine's 6379). Sizes: KOBAN_BENCH_TICKS
-(20), KOBAN_BENCH_TICK_DUE (10 000).
+N_TICKS consecutive ticks each have N_DUE options due (one option per lot, loaded through
+the store's own commit path). A sandbox tenant's clock is advanced one tick at a time with
+`service.usecases.ticking.advance_clock`, the daemon's code path (lease, expiring notices
+PT2H, sweep). `tick_lateness_p99_ms`: from the tick's lease taken to its last expiry
+written (target ≤ 1 s); `tick_processing_p99_ms` adds what follows (the notices ahead,
+the record). One client process, a private redis-server on loopback. Sizes:
+KOBAN_BENCH_TICKS (20), KOBAN_BENCH_TICK_DUE (10 000).
 """
 
 from __future__ import annotations

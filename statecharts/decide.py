@@ -1,16 +1,22 @@
 """Fast decisions from the compiled lot chart (a dict lookup instead of a chart run).
 
 ``decide`` answers exactly what ``lot_chart.run_chart`` answers (proved for every
-configuration, event and fact combination by ``tests/test_compiled_table.py``).
+configuration, event and fact combination by ``tests/test_compiled_table.py``). Code that
+decides in bulk (the sweep) takes a `DecisionEngine`: `COMPILED`, or `CHART` (a chart
+object per decision, the benchmark's baseline).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from .compiled import TABLE
 from .errors import ErrorCode, RuleViolation
-from .lot_chart import CONFIGS, FACTS
+from .lot_chart import CONFIGS, FACTS, run_chart
+
+Decide = Callable[[str, str, Mapping[str, bool | str] | None], str]
+"""``decide(config, event, facts)``: the target configuration, or RuleViolation."""
 
 _CONFIGS = frozenset(CONFIGS)
 _NO_FACTS: dict[str, tuple[bool | str, ...]] = {
@@ -46,3 +52,17 @@ def verdict(
     if row is None:
         raise ValueError(f"fact values out of domain for {event!r}: {values!r}")
     return row
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionEngine:
+    """Who answers the chart's questions for code that asks many of them."""
+
+    decide: Decide
+    # Whether a caller may remember answers by their arguments instead of asking again
+    # (both engines are pure; the baseline must pay for every decision to be one).
+    rememberable: bool
+
+
+COMPILED = DecisionEngine(decide, rememberable=True)
+CHART = DecisionEngine(run_chart, rememberable=False)

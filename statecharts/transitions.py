@@ -12,8 +12,7 @@ throw it away when the atomic write loses a race.
 from __future__ import annotations
 
 from statecharts.capacity import lot_full
-from statecharts.decide import decide as decide  # re-exported: the benchmark swaps engines here
-from statecharts.decide import verdict
+from statecharts.decide import Decide, decide, verdict
 from statecharts.errors import ErrorCode, RuleViolation
 from statecharts.model import (
     STATUS_OF_CONFIG,
@@ -36,7 +35,7 @@ OPTIONED = ("one_option", "two_options")
 
 
 def option_data(o: Option, actor: Actor, **extra: object) -> dict[str, object]:
-    """The `data` of every option event (§3); instants stay integers until the wire."""
+    """The `data` of every option event; instants stay integers until the wire."""
     data: dict[str, object] = {
         "optionId": o.id,
         "rank": o.rank,
@@ -63,14 +62,16 @@ def _optioned_config(n: int) -> str:
     return ("free", "one_option", "two_options")[n]
 
 
-def _compact_ranks(lot: Lot, when: int, actor: Actor, rules: Rules) -> list[DomainEvent]:
+def _compact_ranks(
+    lot: Lot, when: int, actor: Actor, rules: Rules, decide: Decide = decide
+) -> list[DomainEvent]:
     """Keep ranks dense from 1 over options and intents; promotion of rank 2 happens here."""
     events: list[DomainEvent] = []
     # A pending intent for rank 1 keeps it: rank 2 is promoted only when rank 1 is gone.
     if lot.option_at(1) is None and all(i.rank != 1 for i in lot.intents):
         second = lot.option_at(2)
         if second is not None:
-            decide(lot.config, "promote")
+            decide(lot.config, "promote", None)
             second.rank = 1
             restarted = rules.rank2_clock == "restart"
             if restarted:
@@ -110,8 +111,11 @@ def supersede_options(
 # --- expiry (sweep and lazy reads) -------------------------------------------------------
 
 
-def expire_due(lot: Lot, now: int, rules: Rules, actor: Actor = "sweep") -> list[DomainEvent]:
-    """Expire every option whose effective expiry is <= now, tick by tick, in order.
+def expire_due(
+    lot: Lot, now: int, rules: Rules, actor: Actor = "sweep", *, decide: Decide = decide
+) -> list[DomainEvent]:
+    """Expire every option of one lot whose effective expiry is <= now, tick by tick, in
+    order (the tenant-wide sweep over the expiry index is `service.usecases.sweep`).
 
     Each expiry event carries its own tick as time. Both ranks due at one tick both expire
     (nothing is promoted in between); a rank 2 promoted at one tick may itself be due at a
@@ -132,10 +136,10 @@ def expire_due(lot: Lot, now: int, rules: Rules, actor: Actor = "sweep") -> list
             lot.options.remove(o)
             events.append(DomainEvent("option.expired", tick, option_data(o, actor)))
         _set_config(lot, target)
-        events.extend(_compact_ranks(lot, tick, actor, rules))
+        events.extend(_compact_ranks(lot, tick, actor, rules, decide))
 
 
-# --- expiring notices (§3) -----------------------------------------------------------------
+# --- expiring notices ----------------------------------------------------------------------
 
 
 def notice_due_at(o: Option, rules: Rules) -> int | None:
@@ -215,7 +219,7 @@ def reserve_placement(
     prospect_count: int,
     user_count: int,
 ) -> Intent:
-    """Step 1 of §4: check the rules against state + pending intents and hold the next rank."""
+    """Placement step 1: check the rules against state + pending intents, hold the next rank."""
     facts = place_facts(lot, holder, rank, prospect_count, user_count, rules)
     decide(_place_config(lot), "place", facts)
     intent = Intent(intent_id, lot.occupied + 1, holder, partner, now)
@@ -243,7 +247,7 @@ def find_intent(lot: Lot, intent_id: str) -> Intent | None:
 
 
 def release_intent(lot: Lot, intent_id: str, now: int, rules: Rules) -> list[DomainEvent]:
-    """Step 3 of §4 when Koban refused (or never got the call): drop the reservation.
+    """Placement step 3 when Koban refused (or never got the call): drop the reservation.
 
     Unknown intents are ignored (a replayed release). A rank 2 option waiting behind the
     released rank 1 is promoted.
@@ -264,7 +268,7 @@ def confirm_placement(
     koban_deadline: int | None = None,
     actor: Actor = "api",
 ) -> list[DomainEvent]:
-    """Step 3 of §4 when Koban placed it: the intent becomes an option at its rank."""
+    """Placement step 3 when Koban placed it: the intent becomes an option at its rank."""
     intent = find_intent(lot, intent_id)
     if intent is None:
         raise RuleViolation(ErrorCode.OPTION_NOT_FOUND, f"no pending intent {intent_id}")
@@ -363,7 +367,7 @@ def prolong_option(
     rules: Rules,
     actor: Actor = "api",
 ) -> list[DomainEvent]:
-    """Prolong once; `until` becomes the deadline and must give a later tick (§2.2)."""
+    """Prolong once; `until` becomes the deadline and must give a later tick."""
     option, matches = _addressed(lot, rank, holder_hint)
     cap = None
     if option is not None and rules.max_prolongation is not None:
@@ -490,10 +494,10 @@ def sync_status(
     actor: Actor = "sync",
     rank1_end: int | None = None,
 ) -> list[DomainEvent]:
-    """Koban's status wins (§2.1): any state to any other, sold included.
+    """Koban's status wins: any state to any other, sold included.
 
     Options that the new state cannot hold end `superseded`; a lot Koban reports in OPTION
-    with fewer local options than it says gets opaque placeholders (§2.2).
+    with fewer local options than it says gets opaque placeholders.
     """
     previous = lot.status
     events: list[DomainEvent] = []

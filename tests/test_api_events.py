@@ -425,7 +425,7 @@ async def test_every_event_type_written_is_a_valid_cloud_event(api: Api) -> None
     # expired (+ promoted) by the sweep: its own batched writer
     await store.place_local("L2", "p3", None, now)
     await store.place_local("L2", "p4", None, now + 120)
-    await sweep.expire_due(store, ceil_tick(now + 2 * DAY))
+    await sweep.sweep_expiries(store, ceil_tick(now + 2 * DAY))
     # converted + prereserved; superseded + reserved
     await store.place_local("L3", "p5", None, now)
     await store.place_local("L3", "p6", None, now)

@@ -42,7 +42,7 @@ from service.storage.retention import trim_events
 from service.storage.store import LotStore
 from service.usecases.intents import resolve_pending
 from service.usecases.notices import send_notices
-from service.usecases.sweep import expire_due
+from service.usecases.sweep import sweep_expiries
 from service.usecases.sync import mark_needs_sync, reconcile
 from service.usecases.sync_runs import claim_sync
 from service.usecases.ticking import process_tick
@@ -383,7 +383,7 @@ async def _reshard_during_commits(
         move.abandon()
     cancelled = await store.cancel("A", 1, t0 + 60)  # MOVED: the client follows the slot
     assert cancelled.holder == "p1"
-    report = await expire_due(store, ceil_tick(t0 + 3 * DAY))
+    report = await sweep_expiries(store, ceil_tick(t0 + 3 * DAY))
     assert report.expired == 1  # B's option, swept on the slot's new master
     await check_tenant(store)
     assert set(tenant_keys(redis_cluster, tenant)) == {move.target}

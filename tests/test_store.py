@@ -12,8 +12,9 @@ from redis.asyncio import Redis
 
 from service.storage.redis_mux import MuxReader
 from service.storage.store import ChangeFn, Counts, LotStore
+from service.storage.sweep_script import Plan
 from service.usecases import sweep as sweep_module
-from service.usecases.sweep import expire_due
+from service.usecases.sweep import sweep_expiries
 from statecharts import transitions as tr
 from statecharts.errors import ErrorCode, RuleViolation
 from statecharts.model import DomainEvent, Lot, Rules
@@ -253,9 +254,9 @@ async def test_tick_boundaries(store: LotStore, deadline: str, expiry: str) -> N
     at_tick = await store.read("A1", ts(expiry))
     assert just_before is not None and just_before.options
     assert at_tick is not None and not at_tick.options and at_tick.config == "free"
-    report = await expire_due(store, ts(expiry) - 1)
+    report = await sweep_expiries(store, ts(expiry) - 1)
     assert report.expired == 0
-    report = await expire_due(store, ts(expiry))
+    report = await sweep_expiries(store, ts(expiry))
     assert report.expired == 1
     events = await stream(store)
     assert events[-1]["type"] == "koban.option.expired"
@@ -305,7 +306,7 @@ async def test_prolongation_once_later_only_on_a_tick(redis: Redis, tenant: str)
         await store.prolong("A1", 2, exactly_on_tick + 3600, T0)
     assert code_of(e) is ErrorCode.OPTION_NOT_FOUND and e.value.koban_code == "01"
     assert (await store.read("A1", exactly_on_tick - 1)).options  # type: ignore[union-attr]
-    report = await expire_due(store, exactly_on_tick)
+    report = await sweep_expiries(store, exactly_on_tick)
     assert report.expired == 1
 
 
@@ -319,7 +320,7 @@ async def test_promotion_modes(redis: Redis, tenant: str, clock: str) -> None:
     first = await store.place_local("A1", "p1", None, T0)
     second = await store.place_local("A1", "p2", None, T0 + 3600)  # due one hour later
     assert first.expiry is not None and second.expiry is not None
-    report = await expire_due(store, first.expiry)
+    report = await sweep_expiries(store, first.expiry)
     assert (report.expired, report.promoted) == (1, 1)
     lot = await store.load("A1")
     assert lot is not None and lot.config == "one_option"
@@ -340,7 +341,7 @@ async def test_both_ranks_due_at_one_tick_both_expire(store: LotStore) -> None:
     await lots(store, "A1")
     await store.place_local("A1", "p1", None, T0 + 60)
     await store.place_local("A1", "p2", None, T0 + 120)  # same tick (10:30 two days on)
-    report = await expire_due(store, T0 + 2 * 86400 + 1800)
+    report = await sweep_expiries(store, T0 + 2 * 86400 + 1800)
     assert (report.expired, report.promoted) == (2, 0)
     assert (await types(store))[-2:] == ["koban.option.expired", "koban.option.expired"]
     lot = await store.load("A1")
@@ -381,7 +382,7 @@ async def test_prereservation_converts_own_option_and_keeps_others(store: LotSto
     assert (await store.counts("p2")).prospect == 1
     # the remaining option is ordinary: it can be prolonged and expires on its tick
     await store.prolong("A1", 1, T0 + 3 * 86400, T0)
-    assert (await expire_due(store, T0 + 3 * 86400)).expired == 1
+    assert (await sweep_expiries(store, T0 + 3 * 86400)).expired == 1
     lot = await store.load("A1")
     assert lot is not None and lot.config == "prereserved" and not lot.options
 
@@ -468,8 +469,8 @@ async def test_expire_due_twice_gives_one_event_per_option(store: LotStore) -> N
     for i, code in enumerate(codes):
         await store.place_local(code, f"p{i}", None, T0 + (i % 3) * 1800)
     tick = T0 + 2 * 86400 + 3600
-    first = await expire_due(store, tick, batch=7)
-    second = await expire_due(store, tick, batch=7)
+    first = await sweep_expiries(store, tick, batch=7)
+    second = await sweep_expiries(store, tick, batch=7)
     assert first.expired == 30 and first.batches >= 5
     assert second.expired == 0 and second.batches == 0
     expired = [e for e in await stream(store) if e["type"] == "koban.option.expired"]
@@ -497,7 +498,7 @@ async def test_sweep_crash_between_batches_loses_nothing(
 
     async def crashing_send(
         self: sweep_module._Sweeper,
-        plans: list[sweep_module.Plan],
+        plans: list[Plan],
         command: bytes | None = None,
     ) -> None:
         nonlocal calls
@@ -508,11 +509,11 @@ async def test_sweep_crash_between_batches_loses_nothing(
 
     monkeypatch.setattr(sweep_module._Sweeper, "send_apply", crashing_send)
     with pytest.raises(ConnectionError):
-        await expire_due(store, tick, batch=3)
+        await sweep_expiries(store, tick, batch=3)
     remaining = await store.redis.zcard(store.keys.expiries)
     assert (20 - remaining) % 3 == 0 and remaining < 20  # whole chunks landed, no part of one
     monkeypatch.setattr(sweep_module._Sweeper, "send_apply", real_send)
-    report = await expire_due(store, tick, batch=3)
+    report = await sweep_expiries(store, tick, batch=3)
     assert report.expired == remaining
     expired = [e for e in await stream(store) if e["type"] == "koban.option.expired"]
     assert len(expired) == 20
@@ -530,7 +531,7 @@ async def test_sweep_and_api_writes_race_without_duplicates(store: LotStore) -> 
         for i, code in enumerate(codes):
             await store.place_local(code, f"q{i}", None, tick)
 
-    await asyncio.gather(expire_due(store, tick, batch=5), writer())
+    await asyncio.gather(sweep_expiries(store, tick, batch=5), writer())
     expired = [e for e in await stream(store) if e["type"] == "koban.option.expired"]
     assert len(expired) == 40
     for code in codes:
@@ -546,7 +547,7 @@ async def test_sweep_repairs_a_tampered_index(store: LotStore) -> None:
     tick = T0 + 3600
     # an entry for a lot that does not exist, and one with a wrong (too early) score
     await store.redis.zadd(store.keys.expiries, {"GONE/x": tick, f"A1/{option.id}": tick})
-    report = await expire_due(store, tick)
+    report = await sweep_expiries(store, tick)
     assert report.expired == 0 and report.repaired == 2
     index = dict(await store.redis.zrange(store.keys.expiries, 0, -1, withscores=True))
     assert index == {f"A1/{option.id}".encode(): float(later)}

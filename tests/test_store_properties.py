@@ -20,7 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 
 from service.storage.redis_client import connect
 from service.storage.store import LotStore
-from service.usecases.sweep import expire_due
+from service.usecases.sweep import sweep_expiries
 from statecharts.errors import RuleViolation
 from statecharts.ticks import latest_tick
 from tests.conftest import delete_tenant_keys, make_rules
@@ -116,7 +116,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule()
     def sweep(self) -> None:
-        self.run(expire_due(self.store, latest_tick(self.now), batch=2))
+        self.run(sweep_expiries(self.store, latest_tick(self.now), batch=2))
 
     @invariant()
     def sound(self) -> None:

@@ -296,7 +296,7 @@ async def test_a_slow_sweep_keeps_its_lease(t: Tenant, monkeypatch: pytest.Monke
     import service.usecases.ticking as ticking
 
     tick = ts("2026-11-23T10:00:00Z")
-    real = ticking.expire_due
+    real = ticking.sweep_expiries
     seen: list[bytes | None] = []
 
     async def slow(store: Any, upto: int, batch: int = 500) -> Any:
@@ -304,7 +304,7 @@ async def test_a_slow_sweep_keeps_its_lease(t: Tenant, monkeypatch: pytest.Monke
         seen.append(await store.redis.get(store.keys.tick_lease(upto)))
         return await real(store, upto, batch=batch)
 
-    monkeypatch.setattr(ticking, "expire_due", slow)
+    monkeypatch.setattr(ticking, "sweep_expiries", slow)
     report = await process_tick(t, tick, lease_ttl_ms=150)
     assert report.outcome == "processed"
     assert seen[0] is not None  # renewed while the sweep ran
@@ -322,7 +322,7 @@ async def test_a_cancelled_tick_hands_its_lease_back_and_records_nothing(
         started.set()
         await asyncio.sleep(3600)
 
-    monkeypatch.setattr(ticking, "expire_due", stuck)
+    monkeypatch.setattr(ticking, "sweep_expiries", stuck)
     task = asyncio.create_task(process_tick(t, tick))
     await started.wait()
     task.cancel()
@@ -410,7 +410,7 @@ async def test_stop_waits_for_the_running_tick_then_logs_one_summary_line(
 ) -> None:
     import service.usecases.ticking as ticking
 
-    real = ticking.expire_due
+    real = ticking.sweep_expiries
     entered = asyncio.Event()
 
     async def slowish(store: Any, upto: int, batch: int = 500) -> Any:
@@ -423,7 +423,7 @@ async def test_stop_waits_for_the_running_tick_then_logs_one_summary_line(
     clock.set(tick)
     daemon = _daemon(t, intervals=Intervals(heartbeat_s=3600))
     await t.store.redis.set(t.store.keys.ticked, tick - 1800)
-    monkeypatch.setattr(ticking, "expire_due", slowish)
+    monkeypatch.setattr(ticking, "sweep_expiries", slowish)
     [job] = [j for j in await _jobs(daemon) if j.id.startswith("tick:")]
     running = asyncio.create_task(daemon.run_job(job))
     await entered.wait()
@@ -448,7 +448,7 @@ async def test_stop_hands_a_tick_back_after_the_grace_period(
     tick = ts("2026-11-23T10:00:00Z")
     clock.set(tick)
     daemon = _daemon(t, shutdown_grace_s=0.2)
-    monkeypatch.setattr(ticking, "expire_due", stuck)
+    monkeypatch.setattr(ticking, "sweep_expiries", stuck)
     [job] = [j for j in await _jobs(daemon) if j.id.startswith("tick:")]
     running = asyncio.create_task(daemon.run_job(job))
     await entered.wait()

@@ -12,7 +12,7 @@ also on loopback, same secret) and the service tenant share one `FixedClock` and
   through their webhooks;
 * clock moves: short waits and jumps across :00 / :30 ticks. At every tick passed, in
   order, the sandbox runs its ticks (option-expired webhooks) and the service runs its
-  sweep `expire_due(store, tick)`, in a random order;
+  sweep `sweep_expiries(store, tick)`, in a random order;
 * now and then an incremental stock sync and a reconciliation pass, which must find no
   drift.
 
@@ -88,7 +88,7 @@ from service.sandbox import (
 from service.storage.store import LotStore
 from service.tenancy import Tenant, Tenants
 from service.usecases.flows import KobanRefusal, OptionFlows, Placed
-from service.usecases.sweep import expire_due
+from service.usecases.sweep import sweep_expiries
 from service.usecases.sync import reconcile, sync_stock
 from statecharts import transitions as tr
 from statecharts.errors import ErrorCode, RuleViolation
@@ -476,11 +476,11 @@ class Twin:
         for tick in ticks_between(start, target):
             self.clock.set(tick)
             if self.rng.random() < 0.5:
-                await expire_due(self.store, tick)
+                await sweep_expiries(self.store, tick)
                 await self.sandbox_ticks()
             else:
                 await self.sandbox_ticks()
-                await expire_due(self.store, tick)
+                await sweep_expiries(self.store, tick)
             self.note(f"tick {tick}")
             self.stats["ticks"] += 1
             await self.settle()

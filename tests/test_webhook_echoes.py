@@ -30,7 +30,7 @@ from redis.asyncio import Redis
 
 from service.sandbox.webhooks import TOKEN_HEADER
 from service.usecases.echoes import ECHO_TTL_S
-from service.usecases.sweep import expire_due
+from service.usecases.sweep import sweep_expiries
 from service.usecases.sync import needs_sync
 from statecharts.ticks import latest_tick, to_iso
 from tests.invariants import check_tenant
@@ -138,14 +138,14 @@ async def test_a_late_koban_expiry_leaves_the_prospects_new_option(stack: Stack)
     # Two days later both sides expire it at its tick; Koban's webhook is held back.
     stack.clock.set(T0 + 2 * DAY + 1800)
     stack.koban.catch_up()
-    await expire_due(stack.store, latest_tick(stack.clock.now()))
+    await sweep_expiries(stack.store, latest_tick(stack.clock.now()))
     (expired,) = recorded(stack, "option_expired")
     again = await stack.place(L1, P1)
     assert again.status == 201
     # Another tick passes: the new option was placed before Koban's latest tick now.
     stack.clock.set(T0 + 2 * DAY + 3600)
     stack.koban.catch_up()
-    await expire_due(stack.store, latest_tick(stack.clock.now()))
+    await sweep_expiries(stack.store, latest_tick(stack.clock.now()))
     await deliver(stack, "option_expired", expired)
     lot = await stack.store.load(L1)
     assert lot is not None and [o.id for o in lot.options] == [again.body["optionId"]]
@@ -194,7 +194,7 @@ async def test_the_sweep_keeps_an_awaited_echo(stack: Stack) -> None:
     assert lot is not None and [(e.kind, e.third) for e in lot.echoes] == [("option_cancelled", P2)]
     stack.clock.set(T0 + 2 * DAY + 1800)
     stack.koban.catch_up()
-    await expire_due(stack.store, latest_tick(stack.clock.now()))
+    await sweep_expiries(stack.store, latest_tick(stack.clock.now()))
     lot = await stack.store.load(L1)
     assert lot is not None and lot.options == []
     assert [(e.kind, e.third) for e in lot.echoes] == [("option_cancelled", P2)]

@@ -20,7 +20,7 @@ from service.config import TenantSettings
 from service.entrypoints.koban_webhooks import TOKEN_HEADER, add_webhook_routes, redact_token
 from service.storage.store import LotStore
 from service.tenancy import Tenant, Tenants
-from service.usecases.sweep import expire_due
+from service.usecases.sweep import sweep_expiries
 from statecharts.model import Lot
 
 SECRET = "s3cret-webhook-token"
@@ -323,7 +323,7 @@ async def test_a_prolongation_refused_locally_is_applied_with_drift(env: Env) ->
 async def test_expired_after_the_local_sweep_is_a_no_op(env: Env) -> None:
     env.clock.set(T0 - 3600)
     await env.hook("option-placed", **placed(exp=T0 - 60))  # effective expiry T0
-    await expire_due(env.store, T0)
+    await sweep_expiries(env.store, T0)
     before = await env.types()
     assert before[-1] == "option.expired"
     env.clock.set(T0 + 120)

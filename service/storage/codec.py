@@ -12,8 +12,22 @@ import orjson
 
 from statecharts.model import STATUS_OF_CONFIG, Echo, Intent, Lot, Option, Prereservation
 
+# A stored option is a JSON array; its slots, in this order (the one place that says it):
+OPT_ID = 0
+OPT_RANK = 1
+OPT_HOLDER = 2  # the third's guid; None for an opaque placeholder
+OPT_PARTNER = 3
+OPT_PLACED_AT = 4
+OPT_DEADLINE = 5
+OPT_EXPIRY = 6  # the effective expiry, a tick; None when unknown
+OPT_PROLONGED = 7  # 0 / 1
+OPT_KOBAN_SOURCE = 8  # 1: the deadline is Koban's; 0: estimated
+OPT_ORIGINAL_DEADLINE = 9
+OPT_VIA_API = 10  # 0 / 1
+OPT_NOTICED = 11  # 0 / 1; appended later: arrays written before it have 11 slots
 
-def _opt(o: Option) -> list[Any]:
+
+def encode_option(o: Option) -> list[Any]:
     return [
         o.id,
         o.rank,
@@ -30,23 +44,28 @@ def _opt(o: Option) -> list[Any]:
     ]
 
 
-def _unopt(a: list[Any]) -> Option:
+def decode_option(a: list[Any]) -> Option:
     # Positional, in the field order of `Option` (a test round-trips every field): keywords
-    # cost ≈ 1 µs more an option, on the hottest read.
+    # cost measurably more, and this is the hottest read.
     return Option(
-        a[0],  # id
-        a[1],  # rank
-        a[2],  # holder
-        a[3],  # partner
-        a[4],  # placed_at
-        a[5],  # deadline
-        a[6],  # expiry
-        bool(a[7]),  # prolonged
-        "koban" if a[8] else "estimated",  # source
-        a[9],  # original_deadline
-        bool(a[10]),  # via_api
-        len(a) > 11 and bool(a[11]),  # noticed (appended later: older arrays have 11)
+        a[OPT_ID],
+        a[OPT_RANK],
+        a[OPT_HOLDER],
+        a[OPT_PARTNER],
+        a[OPT_PLACED_AT],
+        a[OPT_DEADLINE],
+        a[OPT_EXPIRY],
+        bool(a[OPT_PROLONGED]),
+        "koban" if a[OPT_KOBAN_SOURCE] else "estimated",
+        a[OPT_ORIGINAL_DEADLINE],
+        bool(a[OPT_VIA_API]),
+        len(a) > OPT_NOTICED and bool(a[OPT_NOTICED]),
     )
+
+
+def is_noticed(a: list[Any]) -> bool:
+    """Whether a stored option has had its expiring notice."""
+    return len(a) > OPT_NOTICED and bool(a[OPT_NOTICED])
 
 
 def encode_lot(lot: Lot) -> bytes:
@@ -54,7 +73,7 @@ def encode_lot(lot: Lot) -> bytes:
     if lot.status != _default_status(lot.config):
         d["s"] = lot.status
     if lot.options:
-        d["o"] = [_opt(o) for o in lot.options]
+        d["o"] = [encode_option(o) for o in lot.options]
     if lot.intents:
         d["i"] = [[i.id, i.rank, i.holder, i.partner, i.created_at] for i in lot.intents]
     if lot.prereservation is not None:
@@ -83,7 +102,7 @@ def decode_lot(extcode: str, raw: bytes) -> Lot:
         version=d["v"],
         sequence=d["q"],
         rev=int(raw[:bar]),
-        options=[_unopt(a) for a in d.get("o", ())],
+        options=[decode_option(a) for a in d.get("o", ())],
         intents=[Intent(*a) for a in d.get("i", ())],
         prereservation=Prereservation(*r) if r else None,
         echoes=[Echo(*a) for a in d.get("e", ())],

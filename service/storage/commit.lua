@@ -1,16 +1,18 @@
 -- One atomic step for one or many lot transitions (state + indexes + counts + events).
+-- Packed by service/storage/commit_script.py (`flatten`).
 --
 -- KEYS: 1 counts hash, 2 expiry zset, 3 lots zset, 4 tombstones zset, 5 intents zset,
 --       6 event stream; on a Redis Cluster also, per transition t, its lot key (5 + 2t)
---       and history key (6 + 2t). On one server lot and history keys are built here from
---       ARGV[3], the tenant's key prefix "kol:{tenant}:" (every key shares the tenant's
---       hash tag, hence its cluster slot; passing them would cost more than the transition
---       itself). A cluster needs them declared: it checks before the call that every key
---       is served here and not being migrated (TRYAGAIN / ASK otherwise, nothing written),
---       whereas an undeclared key that moved away fails the script after some writes.
+--       and history key (6 + 2t). On one server lot and history keys are the extcodes
+--       appended to ARGV[3] and ARGV[4], `TenantKeys.lot_prefix` and `history_prefix`
+--       (service/storage/keys.py; every key shares the tenant's hash tag, hence its
+--       cluster slot; passing them would cost more than the transition itself). A cluster
+--       needs them declared: it checks before the call that every key is served here and
+--       not being migrated (TRYAGAIN / ASK otherwise, nothing written), whereas an
+--       undeclared key that moved away fails the script after some writes.
 -- ARGV: 1 mode ("all": every transition or none; "each": apply the transitions whose
---       revision still matches, skip the others), 2 history cap, 3 key prefix, then per
---       transition, flat:
+--       revision still matches, skip the others), 2 history cap, 3 lot key prefix,
+--       4 history key prefix, then per transition, flat:
 --   expected_rev, new_value, extcode, lot_score ("" = leave),
 --   n, member...                 expiry index removals
 --   n, (score, member)...        expiry index additions
@@ -24,12 +26,13 @@
 -- Returns: mode "all": {"ok"} | {"rev", t} | {"limit", field};
 --          mode "each": a list with 1 (applied) or 0 (revision moved) per transition.
 
-local mode, cap, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local mode, cap = ARGV[1], tonumber(ARGV[2])
+local lot_prefix, history_prefix = ARGV[3], ARGV[4]
 local declared = #KEYS > 6
 
 -- Decode the flat arguments into one table per transition; sections are slices of ARGV.
 local trs = {}
-local pos = 4
+local pos = 5
 local function section(width)
   local count = tonumber(ARGV[pos])
   local out = {}
@@ -62,7 +65,7 @@ local function apply(list)
   local hist_keys, hist_add = {}, {}
   for _, tr in ipairs(list) do
     local code = tr[3]
-    lots[#lots + 1] = declared and KEYS[5 + 2 * tr[13]] or prefix .. 'l:' .. code
+    lots[#lots + 1] = declared and KEYS[5 + 2 * tr[13]] or lot_prefix .. code
     lots[#lots + 1] = tr[2]
     if tr[4] ~= '' then
       scored[#scored + 1] = tr[4]
@@ -89,7 +92,7 @@ local function apply(list)
     local ev = tr[11]
     for i = 1, #ev do redis.call('XADD', KEYS[6], '*', 'ce', ev[i]) end
     if #tr[12] > 0 then
-      hist_keys[#hist_keys + 1] = declared and KEYS[6 + 2 * tr[13]] or prefix .. 'h:' .. code
+      hist_keys[#hist_keys + 1] = declared and KEYS[6 + 2 * tr[13]] or history_prefix .. code
       hist_add[#hist_add + 1] = table.concat(tr[12], '\n')
     end
   end
@@ -120,7 +123,7 @@ local function apply(list)
 end
 
 local lot_keys = {}
-for t = 1, #trs do lot_keys[t] = declared and KEYS[5 + 2 * t] or prefix .. 'l:' .. trs[t][3] end
+for t = 1, #trs do lot_keys[t] = declared and KEYS[5 + 2 * t] or lot_prefix .. trs[t][3] end
 local current = redis.call('MGET', unpack(lot_keys))
 local function rev_of(value)
   if not value then return 0 end

@@ -1,5 +1,5 @@
--- Shared by commit.lua and sweep.lua (service/storage/scripts.py puts it ahead of each): what both
--- must do the same way, so that the sweep leaves Redis exactly as commit.lua does.
+-- Shared by commit.lua and sweep.lua (service/storage/scripts.py puts it ahead of each):
+-- what both must do the same way, so that the sweep leaves Redis exactly as commit.lua does.
 
 -- A command over a list of arguments (after `key`, when given), at most 6000 per call
 -- (Lua's stack limit): called once per chunk, not once per lot, because per-call
@@ -17,8 +17,8 @@ local function call_many(cmd, key, args)
 end
 
 -- A lot's history (entries joined by "\n") cut to its last `cap` entries. commit.lua trims
--- with it; the sweep trims in Python (`sweep.trim_history`, the same rule: the sweep's
--- equality tests compare the two scripts' results).
+-- with it; the sweep trims in Python (`sweep_script.trim_history`, the same rule: the
+-- sweep's equality tests compare the two scripts' results).
 local function trim_history(h, cap)
   if #h <= cap * 48 then return h end  -- no entry is shorter than 48 bytes
   local starts, pos = {1}, 1

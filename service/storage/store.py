@@ -4,15 +4,9 @@ A transition is one atomic step (``commit.lua``): the lot's new value, every ind
 that follows from it, and its CloudEvents, guarded by the lot's revision. Writers never
 lock: they read, let the chart decide, and commit; when another writer got there first the
 commit is refused and the writer re-reads and re-decides. Indexes and counts are derived by
-diffing the lot before and after, so they cannot drift from the lots.
-
-The hot path — `load`/`read`, `counts`, and `mutate`'s read and commit — goes through
-`LotStore.fast` when one is set (`service.entrypoints.api.routes_lots.install_fast_reads`, as
-`koban-options api` serves): a `MuxReader`, one shared connection whose commands from every
-request of a loop iteration leave in one write, ≈ 5 µs of CPU per command here against
-≈ 65–75 µs through redis-py. The same commands, the same answers: only the transport
-differs. A commit resent after a lost connection is one redis-py's retries could send too;
-`mutate` recognises it (the lot then holds exactly what the refused commit wrote).
+diffing the lot before and after, so they cannot drift from the lots. The hot path goes
+through `LotStore.fast` when one is set (a `MuxReader`, installed by the API's
+`install_fast_reads`: the same commands, the same answers, a cheaper transport).
 """
 
 from __future__ import annotations
@@ -26,32 +20,16 @@ from typing import Any, TypeVar, cast
 from redis.asyncio.cluster import RedisCluster
 
 from service.storage.codec import decode_lot, encode_lot
+from service.storage.commit_script import LUA_COMMIT, Transition, flatten
 from service.storage.events import cloud_event, expand_history_entry, history_entry
 from service.storage.keys import API_USER_FIELD, TenantKeys, prospect_field
 from service.storage.redis_client import RedisClient
 from service.storage.redis_mux import Command, MuxReader
-from service.storage.scripts import lua_script
 from statecharts import transitions as tr
 from statecharts.errors import ErrorCode, RuleViolation
 from statecharts.model import DomainEvent, Intent, Lot, Option, Rules
 
 T = TypeVar("T")
-
-LUA_COMMIT = lua_script("commit.lua")
-
-
-_WIDTHS = (1, 2, 3, 2, 1, 2, 1, 1)
-
-
-def flatten(mode: str, cap: int, prefix: str, transitions: Sequence[list[Any]]) -> list[Any]:
-    """``commit.lua``'s flat arguments: each section of a transition prefixed by its count."""
-    args: list[Any] = [mode, cap, prefix]
-    for t in transitions:
-        args.extend(t[:4])
-        for part, width in zip(t[4:], _WIDTHS, strict=True):
-            args.append(len(part) // width)
-            args.extend(part)
-    return args
 
 
 def new_id() -> str:
@@ -158,7 +136,7 @@ class LotStore:
         return decode_lot(extcode, raw) if raw is not None else None
 
     async def read(self, extcode: str, now: int) -> Lot | None:
-        """The lot as of `now`: lazy expiry applied in memory (§2.2), nothing written."""
+        """The lot as of `now`: lazy expiry applied in memory, nothing written."""
         return (await self.read_with_raw(extcode, now))[0]
 
     async def read_with_raw(self, extcode: str, now: int) -> tuple[Lot | None, bytes | None]:
@@ -205,7 +183,7 @@ class LotStore:
         events: Sequence[DomainEvent],
         now: int,
         limits: Mapping[str, int] | None = None,
-    ) -> list[Any]:
+    ) -> Transition:
         """One transition for ``commit.lua``, from the lot's view before the change.
 
         Stamps `new` in place: next revision, and when there are events the next version
@@ -226,7 +204,7 @@ class LotStore:
         deltas = after.counts.copy()
         deltas.subtract(before.counts)
         limits = limits or {}
-        return [
+        return Transition(
             before.rev,
             encode_lot(new),
             code,
@@ -249,14 +227,14 @@ class LotStore:
             [x for m, t in after.intents.items() if m not in before.intents for x in (t, m)],
             stream,
             history,
-        ]
+        )
 
-    async def commit(self, transitions: Sequence[list[Any]], mode: str = "all") -> Any:
+    async def commit(self, transitions: Sequence[Transition], mode: str = "all") -> Any:
         k = self.keys
         keys = [k.counts, k.expiries, k.lots, k.tombstones, k.intents, k.events]
         if self.cluster:  # each transition's lot and history keys, declared (commit.lua)
-            keys += [key for t in transitions for key in (k.lot(t[2]), k.history(t[2]))]
-        args = flatten(mode, self.history_cap, k.prefix, transitions)
+            keys += [key for t in transitions for key in (k.lot(t.extcode), k.history(t.extcode))]
+        args = flatten(mode, self.history_cap, k, transitions)
         fast = self.fast
         if fast is not None:
             return await fast.evalsha(self._commit.sha, LUA_COMMIT, keys, args)
@@ -353,10 +331,10 @@ class LotStore:
             reply = await self.commit([transition])
             if reply[0] == b"ok":
                 if written is not None:
-                    written.append(transition[1])
+                    written.append(transition.value)
                 return result
             # b"rev": another writer won; b"limit": a count moved; both: re-read, re-decide.
-            attempted = (transition[1], result)
+            attempted = (transition.value, result)
         raise StoreConflict(f"lot {extcode}: too many concurrent writers")
 
     # --- the business operations (each one transition) ------------------------------------
@@ -411,7 +389,8 @@ class LotStore:
         intent_id: str | None = None,
         written: list[bytes] | None = None,
     ) -> Intent:
-        """§4 step 1: the rules against state + intents; holds the rank and the allowance.
+        """Placement step 1: the rules against state + intents; holds the rank and the
+        allowance.
         `written`: as `mutate`'s (the lot's value holding the intent)."""
         iid = intent_id or new_id()
 
@@ -439,7 +418,7 @@ class LotStore:
         koban_deadline: int | None = None,
         option_id: str | None = None,
     ) -> Option:
-        """§4 step 3, Koban placed it: the intent becomes the option."""
+        """Placement step 3, Koban placed it: the intent becomes the option."""
         oid = option_id or new_id()
 
         def change(lot: Lot, _: Counts) -> tuple[list[DomainEvent], Option]:
@@ -457,7 +436,7 @@ class LotStore:
         return await self.mutate(extcode, change, now=now)
 
     async def release_intent(self, extcode: str, intent_id: str, now: int) -> bool:
-        """§4 step 3, Koban refused: the reservation is dropped."""
+        """Placement step 3, Koban refused: the reservation is dropped."""
 
         def change(lot: Lot, _: Counts) -> tuple[list[DomainEvent], bool]:
             known = tr.find_intent(lot, intent_id) is not None

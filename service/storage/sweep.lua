@@ -2,19 +2,21 @@
 -- exactly as commit.lua (mode "each") applies the same transitions, but all or nothing and
 -- with every command batched across the chunk: per lot, only its stream entries cost a
 -- call of their own (the per-call overhead of Lua, not the work, dominated the old path).
+-- Packed by service/storage/sweep_script.py (`apply_command`).
 --
 -- KEYS: 1 counts hash, 2 expiry zset, 3 lots zset, 4 tombstones zset, 5 event stream;
 --       on a Redis Cluster also the n lot keys, then the n history keys (6 .. 5 + 2n).
---       On one server lot and history keys are built here from ARGV[1], the tenant's key
---       prefix "kol:{tenant}:", as commit.lua does (fewer bytes to send). A cluster needs
---       them declared: it checks before the call that every key is served here and not
---       being migrated (TRYAGAIN / ASK otherwise, nothing written), whereas an undeclared
---       key that moved away fails the script half-way, after some of its writes.
--- ARGV: 1 key prefix, 2 the tick (score of the lots modified and of the tombstones),
---   3 n, then n extcodes, n expected prefixes "<rev>|" of the lots' current values, n new
---   lot values, n new histories (each lot's whole history: the sweep read it with the lot
---   and appended and trimmed as commit.lua does; only a write that bumps the lot's
---   revision changes a history, so the revision check covers it too),
+--       On one server lot and history keys are the extcodes appended to ARGV[1] and
+--       ARGV[2], `TenantKeys.lot_prefix` and `history_prefix` (service/storage/keys.py),
+--       as commit.lua does (fewer bytes to send). A cluster needs them declared: it checks
+--       before the call that every key is served here and not being migrated (TRYAGAIN /
+--       ASK otherwise, nothing written), whereas an undeclared key that moved away fails
+--       the script half-way, after some of its writes.
+-- ARGV: 1 lot key prefix, 2 history key prefix, 3 the tick (score of the lots modified and
+--   of the tombstones), 4 n, then n extcodes, n expected prefixes "<rev>|" of the lots'
+--   current values, n new lot values, n new histories (each lot's whole history: the
+--   sweep read it with the lot and appended and trimmed as commit.lua does; only a write
+--   that bumps the lot's revision changes a history, so the revision check covers it too),
 --   then sections, each a count of items followed by the items:
 --     member...           expiry index removals
 --     (score, member)...  expiry index additions
@@ -24,19 +26,21 @@
 -- Returns {} when applied; otherwise the positions (1-based) of the lots whose revision
 -- moved, and nothing was written (the sweep drops those lots and resubmits the others).
 
-local prefix, tick, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local lot_prefix, history_prefix = ARGV[1], ARGV[2]
+local tick, n = ARGV[3], tonumber(ARGV[4])
+local at = 4  -- ARGV[at + i]: the i-th extcode; the other per-lot lists follow, n apart
 local declared = #KEYS > 5
 local lot_keys = {}
 if declared then
   for i = 1, n do lot_keys[i] = KEYS[5 + i] end
 else
-  for i = 1, n do lot_keys[i] = prefix .. 'l:' .. ARGV[3 + i] end
+  for i = 1, n do lot_keys[i] = lot_prefix .. ARGV[at + i] end
 end
 
 local current = redis.call('MGET', unpack(lot_keys))
 local moved = {}
 for i = 1, n do
-  local value, want = current[i], ARGV[3 + n + i]
+  local value, want = current[i], ARGV[at + n + i]
   if not value or string.find(value, want, 1, true) ~= 1 then moved[#moved + 1] = i end
 end
 if #moved > 0 then return moved end
@@ -52,21 +56,21 @@ local history_keys = {}
 if declared then
   for i = 1, n do history_keys[i] = KEYS[5 + n + i] end
 else
-  for i = 1, n do history_keys[i] = prefix .. 'h:' .. ARGV[3 + i] end
+  for i = 1, n do history_keys[i] = history_prefix .. ARGV[at + i] end
 end
 local values, scored = {}, {}
 for i = 1, n do
   values[4 * i - 3] = lot_keys[i]
-  values[4 * i - 2] = ARGV[3 + 2 * n + i]
+  values[4 * i - 2] = ARGV[at + 2 * n + i]
   values[4 * i - 1] = history_keys[i]
-  values[4 * i] = ARGV[3 + 3 * n + i]
+  values[4 * i] = ARGV[at + 3 * n + i]
   scored[2 * i - 1] = tick
-  scored[2 * i] = ARGV[3 + i]
+  scored[2 * i] = ARGV[at + i]
 end
 call_many('MSET', nil, values)
 call_many('ZADD', KEYS[3], scored)
 
-local pos = 4 + 4 * n
+local pos = at + 1 + 4 * n
 local function section(width)
   local first = pos + 1
   local last = pos + tonumber(ARGV[pos]) * width

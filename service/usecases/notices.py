@@ -1,32 +1,14 @@
-"""Expiring notices (SPEC §3): ``koban.option.expiring``, `expiring_notice` (a tenant
-setting, default PT2H) before an option's expiry tick, once per option.
+"""Expiring notices: ``option.expiring``, `expiring_notice` (a tenant setting) before an
+option's expiry tick, once per option (the option is marked `noticed`; the lot's version
+is bumped). The data change is `statecharts.transitions.expiring_notices` (pure).
 
-A notice is a transition of its own: the option is marked `noticed`, the lot's version is
-bumped and ``option.expiring`` is published with the option's data (actor ``sweep``), its
-``time`` the notice's due instant (effective expiry − `expiring_notice`, or the placement
-when later). The data change is `statecharts.transitions.expiring_notices` (pure).
-
-Finding them without scanning every option each minute: a per-tenant cursor
-(`TenantKeys.notice_cursor`, only moves forward) holds the highest expiry already
-scanned. A run up to the instant `u` reads the expiry index over ``(cursor, u + notice]``,
-one score (a tick) at a time, reads those lots in batches, gives the notices due by `u`,
-commits each batch through ``commit.lua`` (each lot guarded by its revision: a lot that
-changed meanwhile is read and decided again, so two runs never send one notice twice), and
-then raises the cursor. Lots are decided on their stored JSON (`notice_transition`: a
-notice changes no index nor count), proved equal to the generic path by a test.
-
-Options that appear later with an expiry the cursor has passed (placed, placed by webhook,
-promoted with a restarted clock, prolonged into the window, a deadline learned from Koban)
-get their notice from the transition that put them there (`LotStore.mutate` and the
-transitions check ``expiry − notice ≤ now``).
-
-The cursor is left `NOTICE_LAG_S` behind ``u + notice``: a transition decided just before
-`u` (its ``now`` a moment earlier) and committed after this run read the index would
-otherwise fall between the two checks; the next run reads that stretch again (lots whose
-options are all noticed cost one JSON parse).
-
-With no cursor yet (a fresh install) the first run starts at `u`: options expiring at or
-before the first run's instant get no notice.
+A per-tenant cursor (`TenantKeys.notice_cursor`, only moves forward) holds the highest
+expiry already scanned: a run up to `u` reads the expiry index over ``(cursor, u +
+notice]``, decides those lots on their stored JSON (`notice_transition`), commits them in
+batches through ``commit.lua`` (revision-guarded: a lot that changed is decided again),
+then raises the cursor, `NOTICE_LAG_S` behind, so a transition decided just before `u`
+and committed after the read is not missed. Options placed or moved behind the cursor get
+their notice from the transition that put them there (`LotStore.mutate`).
 """
 
 from __future__ import annotations
@@ -38,7 +20,21 @@ from typing import Any
 
 import orjson
 
-from service.storage.codec import decode_lot
+from service.storage.codec import (
+    OPT_DEADLINE,
+    OPT_EXPIRY,
+    OPT_HOLDER,
+    OPT_ID,
+    OPT_KOBAN_SOURCE,
+    OPT_NOTICED,
+    OPT_PARTNER,
+    OPT_PLACED_AT,
+    OPT_PROLONGED,
+    OPT_RANK,
+    decode_lot,
+    is_noticed,
+)
+from service.storage.commit_script import Transition
 from service.storage.expiry_index import (
     lots_expiring_at,
     next_expiry,
@@ -78,29 +74,29 @@ class NoticeReport:
 def _option_data(a: list[Any]) -> dict[str, object]:
     """`transitions.option_data` of a stored option array (same keys, same values)."""
     return {
-        "optionId": a[0],
-        "rank": a[1],
-        "thirdGuid": a[2],
-        "partnerGuid": a[3],
-        "placedAt": a[4],
-        "deadline": a[5],
-        "effectiveExpiry": a[6],
-        "deadlineSource": "koban" if a[8] else "estimated",
-        "prolonged": bool(a[7]),
+        "optionId": a[OPT_ID],
+        "rank": a[OPT_RANK],
+        "thirdGuid": a[OPT_HOLDER],
+        "partnerGuid": a[OPT_PARTNER],
+        "placedAt": a[OPT_PLACED_AT],
+        "deadline": a[OPT_DEADLINE],
+        "effectiveExpiry": a[OPT_EXPIRY],
+        "deadlineSource": "koban" if a[OPT_KOBAN_SOURCE] else "estimated",
+        "prolonged": bool(a[OPT_PROLONGED]),
         "actor": "sweep",
     }
 
 
 def notice_transition(
     store: LotStore, code: str, raw: bytes, upto: int
-) -> tuple[list[Any], int] | None:
+) -> tuple[Transition, int] | None:
     """The notice transition of a stored lot, straight from its JSON (None: nothing owed).
 
     A notice touches no index, count or configuration: only the option's flag, the lot's
     version, sequence and modification time, and its events. Proved equal to
     `generic_notice_transition` (decode, `transitions.expiring_notices`,
-    `LotStore.transition`) by tests/test_notices.py; ~4x cheaper, which matters when a
-    tick gives tens of thousands of notices.
+    `LotStore.transition`) by tests/test_notices.py; several times cheaper, which matters
+    when a tick gives tens of thousands of notices.
     """
     notice = store.rules.expiring_notice
     if notice <= 0:
@@ -110,46 +106,34 @@ def notice_transition(
     owed = [
         a
         for a in d.get("o", ())
-        if not (len(a) > 11 and a[11]) and a[6] is not None and a[6] - notice <= upto
+        if not is_noticed(a) and a[OPT_EXPIRY] is not None and a[OPT_EXPIRY] - notice <= upto
     ]
     if not owed:
         return None
-    owed.sort(key=lambda a: a[1])
+    owed.sort(key=lambda a: a[OPT_RANK])
     rev, version, sequence = int(raw[:bar]), d["v"] + 1, d["q"]
     stream: list[bytes] = []
     history: list[bytes] = []
     modified = d.get("m", 0)
     for i, a in enumerate(owed, 1):
-        if len(a) > 11:
-            a[11] = 1
-        else:
+        if len(a) > OPT_NOTICED:
+            a[OPT_NOTICED] = 1
+        else:  # an array written before the slot existed: OPT_NOTICED is the next one
             a.append(1)
-        when = max(a[6] - notice, a[4])
+        when = max(a[OPT_EXPIRY] - notice, a[OPT_PLACED_AT])
         modified = max(modified, when)
         event = DomainEvent("option.expiring", when, _option_data(a))
         stream.append(store.event(code, event, sequence + i, version))
         history.append(store.history_line(event, sequence + i, version))
     d["v"], d["q"], d["m"] = version, sequence + len(owed), modified
-    transition = [
-        rev,
-        b"%d|" % (rev + 1) + orjson.dumps(d),
-        code,
-        modified,
-        [],
-        [],
-        [],
-        [],
-        [],
-        [],
-        stream,
-        history,
-    ]
+    value = b"%d|" % (rev + 1) + orjson.dumps(d)
+    transition = Transition(rev, value, code, modified, [], [], [], [], [], [], stream, history)
     return transition, len(owed)
 
 
 def generic_notice_transition(
     store: LotStore, code: str, raw: bytes, upto: int
-) -> tuple[list[Any], int] | None:
+) -> tuple[Transition, int] | None:
     """The same through the data model: the reference `notice_transition` is proved
     against."""
     lot = decode_lot(code, raw)
@@ -163,9 +147,9 @@ def generic_notice_transition(
 
 async def _decide(
     store: LotStore, codes: Sequence[str], upto: int
-) -> tuple[list[list[Any]], list[tuple[str, int]]]:
+) -> tuple[list[Transition], list[tuple[str, int]]]:
     raws = await raw_lots(store, list(codes))
-    transitions: list[list[Any]] = []
+    transitions: list[Transition] = []
     decided: list[tuple[str, int]] = []
     for code, raw in zip(codes, raws, strict=True):
         found = notice_transition(store, code, raw, upto) if raw is not None else None
@@ -227,7 +211,8 @@ async def send_notices(
 
     `through` limits the run to options expiring at or before it: a tick's processing
     gives those first (their notice must precede their expiry) and the window ahead after
-    its sweep."""
+    its sweep. With no cursor yet (a fresh install) the first run starts at `upto`:
+    options expiring at or before the first run's instant get no notice."""
     report = NoticeReport(upto)
     notice = store.rules.expiring_notice
     if notice <= 0:

@@ -15,7 +15,8 @@ and the sandbox test clocks all go through `process_tick` (SPEC §8).
 3. sends the expiring notices due by the tick of options expiring at or before it
    (`service.usecases.notices`; normally none, earlier ticks gave them), so that in a catch-up or a
    test-clock jump an option's notice precedes its expiry;
-4. runs `service.usecases.sweep.expire_due(store, tick)` (each event's ``time`` is its own tick);
+4. runs `service.usecases.sweep.sweep_expiries(store, tick)` (each event's ``time`` is its
+   own tick);
 5. sends the other notices due by the tick (the window ahead: options expiring within
    `expiring_notice` after it), after the expiries, which are what the tick is late for;
 6. records the tick as processed (a script keeps the maximum: the record only moves
@@ -47,7 +48,7 @@ from service.storage.tenant_state import count_due, last_tick, raise_last_tick
 from service.tenancy import Tenant
 from service.usecases.notices import send_notices
 from service.usecases.sandbox_clock import ClockBackwards, advance_offset, refresh
-from service.usecases.sweep import SweepReport, expire_due
+from service.usecases.sweep import SweepReport, sweep_expiries
 from statecharts.ticks import TICK_SECONDS, latest_tick, ticks_between, to_iso
 
 __all__ = [
@@ -158,7 +159,7 @@ async def process_tick(
         # Notices of options expiring by this tick first (normally none: they were given
         # at earlier ticks), the expiries, then the notices of the window ahead.
         first = await send_notices(store, tick, through=tick)
-        sweep = await expire_due(store, tick, batch=batch)
+        sweep = await sweep_expiries(store, tick, batch=batch)
         report.swept_at = time.time()
         ahead = await send_notices(store, tick)
         await raise_last_tick(store, tick)
