@@ -2,6 +2,9 @@
 
 All keys of a tenant share the hash tag ``{tenant}`` so that they live in one Redis Cluster
 slot: a tenant's transition (lot, counts, indexes, events) is one atomic step on one node.
+On one server, ``commit.lua`` and ``sweep.lua`` build a lot's and its history's key
+themselves, by appending the extcode to `TenantKeys.lot_prefix` / `history_prefix`, which
+they receive from here: sending every lot's two keys would cost more than its transition.
 """
 
 from __future__ import annotations
@@ -19,11 +22,21 @@ class TenantKeys:
 
     def lot(self, extcode: str) -> str:
         """String ``"<rev>|<json>"``: the lot, its options, intents and préréservation."""
-        return f"{self.prefix}l:{extcode}"
+        return self.lot_prefix + extcode
 
     def history(self, extcode: str) -> str:
         """String of the lot's compact history entries, one per line, oldest first, capped."""
-        return f"{self.prefix}h:{extcode}"
+        return self.history_prefix + extcode
+
+    @property
+    def lot_prefix(self) -> str:
+        """`lot` without the extcode: the Lua scripts append it (``prefix .. code``)."""
+        return f"{self.prefix}l:"
+
+    @property
+    def history_prefix(self) -> str:
+        """`history` without the extcode, as `lot_prefix`."""
+        return f"{self.prefix}h:"
 
     @property
     def counts(self) -> str:
