@@ -111,3 +111,10 @@ def prospect_field(holder: str) -> str:
 
 
 API_USER_FIELD = "u:api"
+
+
+def ui_session(digest: str) -> str:
+    """String (JSON, real-time TTL): an operator-page session, keyed by the SHA-256 (hex) of
+    its opaque id, so the stored keys cannot be replayed as cookies. Service-wide, not under
+    a tenant's hash tag: the cookie alone must find it before the tenant is known."""
+    return f"kol:ui:session:{digest}"

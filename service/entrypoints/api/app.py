@@ -46,6 +46,7 @@ from service.entrypoints.api.routes_lots import ANSWERS, hot_routes
 from service.entrypoints.api.routes_lots import routes as lot_routes
 from service.entrypoints.api.routes_options import routes as option_routes
 from service.entrypoints.api.routes_sync import install_sync
+from service.entrypoints.ui import install_ui
 from service.storage.redis_client import RedisClient
 from service.tenancy import Tenants
 from service.usecases.koban_webhooks import add_webhook_routes
@@ -116,4 +117,5 @@ def build_api_app(
         add_webhook_routes(app, tenants)
     install_health(app, redis, tenants)
     install_openapi(app)
+    install_ui(app, redis)
     return app

@@ -1055,7 +1055,7 @@ async def docs(request: web.Request) -> web.Response:
 
 
 def install_openapi(app: web.Application) -> None:
-    """Register ``GET /openapi.json`` and ``GET /docs`` on `app`."""
+    """Register ``GET /openapi.json`` on `app` (``/docs`` is the explorer of
+    `service.entrypoints.ui`)."""
     app[_CACHE_KEY] = _Cache()
     app.router.add_get("/openapi.json", openapi_json)
-    app.router.add_get("/docs", docs)
