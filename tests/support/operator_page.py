@@ -26,7 +26,7 @@ from service.tenancy import Tenant, Tenants
 from tests.conftest import delete_tenant_keys
 
 API_KEY, USER_KEY = "ui-k-api", "ui-k-user"
-T0 = 1795428600  # 2026-11-22T10:10:00Z, between two ticks
+T0 = 1795428600  # 2026-11-23T10:10:00Z, between two ticks
 HOSTILE = "<img src=x onerror=alert(1)>"
 TOKENS: dict[str, tuple[str, set[str], str | None]] = {
     "admin": ("ui-tok-admin", {"admin"}, None),

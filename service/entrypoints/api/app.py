@@ -46,7 +46,7 @@ from service.entrypoints.api.routes_lots import ANSWERS, hot_routes
 from service.entrypoints.api.routes_lots import routes as lot_routes
 from service.entrypoints.api.routes_options import routes as option_routes
 from service.entrypoints.api.routes_sync import install_sync
-from service.entrypoints.ui import install_ui
+from service.entrypoints.ui.install import install_ui
 from service.storage.redis_client import RedisClient
 from service.tenancy import Tenants
 from service.usecases.koban_webhooks import add_webhook_routes

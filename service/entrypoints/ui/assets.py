@@ -37,7 +37,7 @@ def page_headers(csp: str = PAGE_CSP) -> dict[str, str]:
     return {
         "Content-Security-Policy": csp,
         "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",
+        "Referrer-Policy": "same-origin",  # "no-referrer" would make forms send Origin: null
         "Cache-Control": "no-store",
     }
 
