@@ -88,6 +88,17 @@ async def test_a_form_from_another_origin_cannot_sign_in(served: Served) -> None
     assert status == 303
     status, body, _ = await served.call("POST", "/ui/session", json={"token": token})
     assert (status, body["errorCode"]) == (400, "MALFORMED_REQUEST")
+    form = "application/x-www-form-urlencoded"
+    for raw, kind in (
+        (b"token=%ff%fe", form),
+        (b"\xff\xfe=1", form),
+        (b"token=x", form + "; charset=nonsense"),
+        (b"&".join(b"f%d=1" % i for i in range(20)), form),
+    ):
+        status, body, _ = await served.call(
+            "POST", "/ui/session", data=raw, headers={"Content-Type": kind}
+        )
+        assert (status, body["errorCode"]) == (400, "MALFORMED_REQUEST"), raw
 
 
 async def test_the_cookie_reads_v1_as_the_token_does_and_never_another_tenant(

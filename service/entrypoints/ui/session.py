@@ -10,7 +10,7 @@ session's ``X-CSRF-Token`` like any other write made with the cookie.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -74,15 +74,25 @@ def _cookie(response: web.StreamResponse, request: web.Request, value: str, max_
     )
 
 
+async def _token_field(request: web.Request) -> str | None:
+    """The form's ``token``. Read here rather than by ``request.post()``, which answers a
+    body that is not UTF-8, or names an unknown charset, with a 500."""
+    if request.content_type != FORM or (request.charset or "utf-8").lower() != "utf-8":
+        raise malformed(f"Send the form as {FORM} (UTF-8).")
+    body = await request.read()
+    try:
+        pairs = parse_qsl(body.decode(), encoding="utf-8", errors="strict", max_num_fields=8)
+    except (UnicodeDecodeError, ValueError):
+        raise malformed("Unreadable form body.") from None
+    return dict(pairs).get("token")
+
+
 async def sign_in(request: web.Request) -> web.StreamResponse:
     """Sign in with an API token (form field ``token``): a session cookie, then the page."""
-    if request.content_type != FORM:
-        raise malformed(f"Send the form as {FORM}.")
     if not _from_page(request):
         raise ApiError(403, FORBIDDEN, "Sign in from this service's own page.")
-    form = await request.post()
-    token = form.get("token")
-    if not isinstance(token, str) or not token.strip() or len(token) > MAX_TOKEN:
+    token = await _token_field(request)
+    if token is None or not token.strip() or len(token) > MAX_TOKEN:
         return sign_in_page("Enter an API token.", 401)
     entry = request.app[TOKENS_KEY].identify(token.strip())
     if entry is None:
