@@ -38,11 +38,14 @@ def _from_page(request: web.Request) -> bool:
 
 @web.middleware
 async def session_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    # Only a request without a bearer header is looked up: a token always wins.
+    # Only a request without a bearer header is looked up (a token always wins), and never
+    # for the page's static files, which every page load fetches.
+    path = request.path
     if (
         "Cookie" in request.headers
         and "Authorization" not in request.headers
-        and request.path.startswith(("/v1/", "/ui/", "/docs"))
+        and path.startswith(("/v1/", "/ui/", "/docs"))
+        and not path.startswith("/ui/static/")
     ):
         session_id = request.cookies.get(COOKIE)
         if session_id:
