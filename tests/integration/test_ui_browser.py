@@ -8,6 +8,7 @@ there (``make screenshot``)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import re
@@ -18,7 +19,14 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    Route,
+    async_playwright,
+    expect,
+)
 
 from service.storage.redis_client import RedisClient
 from tests.support.operator_page import HOSTILE, TOKENS, Served, serve_operator_page
@@ -148,6 +156,33 @@ async def test_sign_in_watch_an_option_arrive_and_expire_then_sign_out(
     answer = await page.goto(served.url + "/ui/lots/L1")
     assert answer is not None and answer.status == 401
     assert watch.dialogs == []
+    await context.close()
+
+
+async def test_an_event_written_before_the_stream_opens_is_not_missed(
+    browser: Browser, served: Served
+) -> None:
+    context, page = await signed_in(browser, served, "read")
+    opened = asyncio.Event()
+    held: list[Route] = []
+
+    async def hold(route: Route) -> None:
+        held.append(route)
+        opened.set()
+
+    # The page's stream request is held until the option is placed: rendered, not yet live.
+    await page.route("**/events/stream*", hold)
+    await page.goto(served.url + "/ui/lots/L2")
+    await opened.wait()
+    assert await page.locator("#options tr.option").count() == 0
+    status, _, _ = await served.call(
+        "POST", served.v1("lots/L2/options"), role="write", json={"thirdGuid": "p3"}
+    )
+    assert status == 201
+    await held[0].continue_()
+    await page.unroute("**/events/stream*")
+    await expect(page.locator('#options tr.option[data-rank="1"]')).to_contain_text("p3")
+    await expect(page.locator("#feed")).to_contain_text("koban.option.placed")
     await context.close()
 
 

@@ -18,6 +18,7 @@ from service.entrypoints.api.auth import Caller
 from service.entrypoints.api.context import FLOWS_KEY
 from service.entrypoints.api.models import dump
 from service.entrypoints.api.paging import page_after
+from service.entrypoints.api.routes_events import _stream_end
 from service.entrypoints.api.routes_lots import START, lot_out, mget_lots, read_lot, redact_event
 from service.entrypoints.ui.assets import Assets
 from service.entrypoints.ui.chart import mark
@@ -38,13 +39,17 @@ _BATCH = 500
 _UNREACHABLE = frozenset({"unavailable", "outcome_unknown", "error"})
 
 
-def _common(request: web.Request, session: UiSession, caller: Caller) -> dict[str, Any]:
+async def _common(request: web.Request, session: UiSession, caller: Caller) -> dict[str, Any]:
     tenant = caller.tenant
+    # Read before the page's data: the page's stream starts after this entry, so an event
+    # written while the page is rendered is replayed to it rather than missed.
+    after = await _stream_end(tenant.store.redis, tenant.store.keys.events)
     now = tenant.clock.now()
     sandbox = is_sandbox(tenant)
     scope = next(s for s in ("admin", "write", "read") if s in caller.scopes)
     return {
         "session": session,
+        "after": after,
         "tenant": tenant,
         "now": now,
         "now_iso": to_iso(now),
@@ -111,7 +116,7 @@ async def overview(request: web.Request) -> web.Response:
     if found is None:
         return sign_in_page()
     session, caller = found
-    common = _common(request, session, caller)
+    common = await _common(request, session, caller)
     lots, truncated = await _lots(caller, common["now"])
     grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for lot in lots:
@@ -142,7 +147,7 @@ async def lot_page(request: web.Request) -> web.Response:
     if found is None:
         return sign_in_page()
     session, caller = found
-    common = _common(request, session, caller)
+    common = await _common(request, session, caller)
     lot = await read_lot(caller, request.match_info["extcode"])
     answer = dump(lot_out(lot, caller))
     history = [redact_event(e, caller) for e in await caller.tenant.store.history(lot.extcode)]

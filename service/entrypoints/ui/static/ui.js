@@ -211,7 +211,10 @@
     }
   }
   var state = document.getElementById("feed-state");
-  var source = new EventSource(base + "/events/stream");
+  // From the stream's end as the page was rendered: nothing written meanwhile is missed.
+  var after = body.dataset.after;
+  var source = new EventSource(
+    base + "/events/stream" + (after ? "?after=" + encodeURIComponent(after) : ""));
   source.onopen = function () { put(state, "live"); state.className = "chip chip-live"; };
   source.onerror = function () {
     put(state, source.readyState === EventSource.CLOSED ? "closed" : "reconnecting");
