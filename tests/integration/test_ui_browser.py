@@ -271,3 +271,20 @@ async def test_docs_is_an_explorer_whose_try_it_calls_the_service(
     await expect(block.locator(".live-responses-table")).to_contain_text('"status": "ok"')
     assert watch.dialogs == [] and watch.errors == [], watch.errors
     await context.close()
+
+    # Signed in to the operator page, "try it" writes with the session: the explorer adds
+    # the session's X-CSRF-Token that the cookie alone would lack.
+    context, page = await signed_in(browser, served, "admin")
+    watch = Watch(page)
+    await page.goto(served.url + "/docs")
+    block = page.locator("#operations-operations-postV1TenantsByTenantClock")
+    await block.locator(".opblock-summary").click()
+    await block.get_by_role("button", name="Try it out").click()
+    await block.locator('input[placeholder="tenant"]').fill(served.tenant.name)
+    await block.locator("textarea.body-param__text").fill('{"advanceBy": "PT1H"}')
+    await block.get_by_role("button", name="Execute").click()
+    status = block.locator(".live-responses-table tbody .response-col_status").first
+    await expect(status).to_have_text("200")
+    await expect(block.locator(".live-responses-table")).to_contain_text("ticksRun")
+    assert watch.errors == [], watch.errors
+    await context.close()
