@@ -197,6 +197,8 @@ async def test_docs_page_is_the_vendored_explorer_of_this_document(api: Api) -> 
     init = await api.get("/ui/static/docs-init.js", token=None, raw_path=True)
     assert init.status == 200 and 'url: "/openapi.json"' in init.body
     assert "queryConfigEnabled: false" in init.body
+    spec = await spec_of(api)
+    assert "SPEC §" not in orjson.dumps(spec).decode()  # it cites nothing outside the repo
 
 
 # --------------------------------------------------------------------------- readiness

@@ -336,7 +336,11 @@ def _register_builtin() -> None:
             options,
             {
                 201: Reply(OptionOut, "Placed."),
-                202: Reply(PendingOut, "Sent to Koban, outcome pending (SPEC §4)."),
+                202: Reply(
+                    PendingOut,
+                    "Sent to Koban, outcome unknown yet: the intent stays pending; retry with the "
+                    "same `Idempotency-Key` for the outcome once known.",
+                ),
             },
             _merge(
                 _WRITE,
@@ -802,7 +806,7 @@ def build_openapi(app: web.Application) -> dict[str, Any]:
             "title": "koban-options internal API",
             "version": _version(),
             "description": (
-                "Options on Koban lots, kept in step with Koban (SPEC §5). Errors answer "
+                "Options on Koban lots, kept in step with Koban. Errors answer "
                 "the envelope `ErrorOut`; every answer carries `X-Request-ID`; writes "
                 "accept `Idempotency-Key`."
             ),
