@@ -21,9 +21,9 @@ from tests.support.operator_page import (
     OTHER_TOKEN,
     TOKENS,
     Served,
-    _tenant,
-    _tokens,
+    api_tokens,
     serve_operator_page,
+    tenant_of,
 )
 
 LOTS = {"L1": ("HAR", "Lot L1"), "L2": ("HAR", "Lot L2"), "X1": ("BEL", HOSTILE)}
@@ -221,7 +221,7 @@ async def test_removing_the_token_from_the_configuration_ends_its_sessions(
     session_id, _ = await served.sign_in("admin")
     kept = [v for role, v in TOKENS.items() if role != "admin"]
     # The same tenant and Redis, configured again without the admin token.
-    tenant = _tenant(redis, served.tenant.name, served.tenant.clock, api_tokens=_tokens(kept))
+    tenant = tenant_of(redis, served.tenant.name, served.tenant.clock, api_tokens=api_tokens(kept))
     app = build_api_app(Tenants({tenant.name: tenant}), redis, webhooks=False)
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         headers = {"Cookie": f"kol_session={session_id}"}

@@ -93,14 +93,14 @@ class Served:
         return session_id, csrf
 
 
-def _tokens(pairs: Iterable[tuple[str, set[str], str | None]]) -> list[ApiToken]:
+def api_tokens(pairs: Iterable[tuple[str, set[str], str | None]]) -> list[ApiToken]:
     return [
         ApiToken(token=SecretStr(tok), scopes=scopes, partner_guid=partner)  # type: ignore[arg-type]
         for tok, scopes, partner in pairs
     ]
 
 
-def _tenant(redis: RedisClient, name: str, clock: Any, **values: Any) -> Tenant:
+def tenant_of(redis: RedisClient, name: str, clock: Any, **values: Any) -> Tenant:
     settings = TenantSettings(
         koban_api_key=SecretStr(API_KEY), koban_user_key=SecretStr(USER_KEY), **values
     )
@@ -128,9 +128,11 @@ async def serve_operator_page(
         koban.add_third(guid=guid, name=guid.upper(), first_name="F", email=f"{guid}@x.fr")
     koban.add_third(guid="cgp-1", type="CGP", name="cgp-1")
     chosen = list(tokens) if tokens is not None else list(TOKENS.values())
-    tenant = _tenant(redis, name, TestClock(base), sandbox=True, api_tokens=_tokens(chosen))
+    tenant = tenant_of(redis, name, TestClock(base), sandbox=True, api_tokens=api_tokens(chosen))
     other_name = name + "-b"
-    other = _tenant(redis, other_name, base, api_tokens=_tokens([(OTHER_TOKEN, {"admin"}, None)]))
+    other = tenant_of(
+        redis, other_name, base, api_tokens=api_tokens([(OTHER_TOKEN, {"admin"}, None)])
+    )
     runners: list[web.AppRunner] = []
 
     async def serve(app: web.Application) -> str:
