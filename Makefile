@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 .DEFAULT_GOAL := test
 
-.PHONY: install test lint typecheck bench diagrams run compile-charts clean
+.PHONY: install test lint typecheck bench diagrams run compile-charts clean screenshot
 
 # Everything in one process: API, scheduler, Koban sandbox with demo stock, private Redis.
 run: $(STAMP)
@@ -22,7 +22,15 @@ install: $(STAMP)
 
 test: $(STAMP)
 	.ci/ensure-redis
+	.ci/ensure-chromium
 	$(BIN)/pytest -q
+
+# The operator page's screenshot in docs/img, made by its browser test.
+screenshot: $(STAMP)
+	.ci/ensure-redis
+	.ci/ensure-chromium
+	KOBAN_OPTIONS_SCREENSHOT=docs/img/operator-page.png $(BIN)/pytest -q -p no:cacheprovider \
+		tests/integration/test_ui_browser.py -k arrive
 
 lint: $(STAMP)
 	$(BIN)/ruff check service statecharts tests bench
@@ -38,9 +46,11 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.ticks
 	$(BIN)/python -m bench.webhooks
 	$(BIN)/python -m bench.http
+	$(BIN)/python -m bench.ui
 
 diagrams: $(STAMP)
 	$(BIN)/python -m service.entrypoints.diagram docs
+	$(BIN)/python -m service.entrypoints.ui.chart docs/lot-chart.svg
 
 compile-charts: $(STAMP)
 	$(BIN)/python -m statecharts.compile > statecharts/compiled.py.new && mv statecharts/compiled.py.new statecharts/compiled.py

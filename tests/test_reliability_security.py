@@ -341,7 +341,7 @@ async def test_every_route_but_the_public_ones_needs_a_token(dep: Deployment) ->
     before = both_snapshots(dep)
     sandbox, calls = dep.sandbox_options(), dep.koban_calls()
     seen_public: set[str] = set()
-    checked: dict[str, int] = {"v1": 0, "webhook": 0, "catch-all": 0}
+    checked: dict[str, int] = {"v1": 0, "webhook": 0, "catch-all": 0, "ui": 0}
     near_miss = dep.secrets.tokens["admin"] + "x"
     for method, template in routes:
         path = concrete(template, dep.name)
@@ -371,6 +371,21 @@ async def test_every_route_but_the_public_ones_needs_a_token(dep: Deployment) ->
                 assert answer.status == 403, (where, short, answer.status, answer.body)
                 if method != "HEAD":
                     assert answer.code == "FORBIDDEN"
+        elif template == "/ui/static/{name}":
+            checked["ui"] += 1  # the page's own files: public, and nothing else by name
+            answer = await dep.call(method, "/ui/static/ui.css")
+            assert answer.status == 200, where
+            for name in ("x", "../app.py", "%2e%2e/templates/base.html", "templates/base.html"):
+                answer = await dep.call(method, "/ui/static/" + name)
+                assert answer.status == 404, (where, name, answer.status)
+        elif template.startswith("/ui/"):
+            checked["ui"] += 1  # operator page: a session cookie or nothing
+            for token in (None, "garbage-" + uuid.uuid4().hex, near_miss):
+                cookie = {"Cookie": f"kol_session={token}"} if token else {}
+                # Signing in takes the token from its form: a wrong one is refused the same.
+                form = {"token": token or ""} if method == "POST" else None
+                answer = await dep.call(method, path, headers=cookie, data=form)
+                assert answer.status == 401, (where, token, answer.status)
         elif template.startswith("/koban/") and method == "*":
             checked["catch-all"] += 1
             for verb in ("GET", "POST", "PUT"):
@@ -398,6 +413,7 @@ async def test_every_route_but_the_public_ones_needs_a_token(dep: Deployment) ->
             pytest.fail(f"route {where} is neither public, /v1 nor /koban: classify it here")
     assert seen_public == PUBLIC
     assert checked["v1"] >= 20 and checked["webhook"] >= 7 and checked["catch-all"] == 1
+    assert checked["ui"] >= 4
     assert not changed(before, both_snapshots(dep))
     assert (dep.sandbox_options(), dep.koban_calls()) == (sandbox, calls)
     public = len(seen_public)

@@ -160,3 +160,10 @@ def idempotency_key(keys: TenantKeys, scope_digest: str) -> str:
     """String: a write's remembered answer (or in-flight marker) under an Idempotency-Key;
     `scope_digest` is the hex SHA-256 of its scope (token, method, path, key)."""
     return f"{keys.prefix}idem:{scope_digest}"
+
+
+def ui_session(digest: str) -> str:
+    """String (JSON, real-time TTL): an operator-page session, keyed by the SHA-256 (hex) of
+    its opaque id, so the stored keys cannot be replayed as cookies. Service-wide, not under
+    a tenant's hash tag: the cookie alone must find it before the tenant is known."""
+    return f"kol:ui:session:{digest}"

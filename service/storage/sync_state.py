@@ -88,3 +88,8 @@ async def set_last_sync(store: LotStore, started: int) -> None:
 async def lot_write_in_flight(store: LotStore, extcode: str) -> bool:
     """Whether a Prolong/Undo/Preresv/Desist of ours holds the lot's write lease."""
     return bool(await store.redis.exists(store.keys.lot_writes(extcode)))
+
+
+async def queued_count(store: LotStore) -> int:
+    """How many lots wait for a reconciliation with Koban (drift or an unknown outcome)."""
+    return int(await store.redis.scard(store.keys.needs_sync))

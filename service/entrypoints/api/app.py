@@ -40,6 +40,7 @@ from service.entrypoints.api.routes_openapi import install_openapi
 from service.entrypoints.api.routes_options import routes as option_routes
 from service.entrypoints.api.routes_sync import install_sync
 from service.entrypoints.koban_webhooks import add_webhook_routes
+from service.entrypoints.ui.install import install_ui
 from service.storage.redis_client import RedisClient
 from service.tenancy import Tenants
 from service.usecases.ticking import ClockHook
@@ -109,4 +110,5 @@ def build_api_app(
         add_webhook_routes(app, tenants)
     install_health(app, redis, tenants)
     install_openapi(app)
+    install_ui(app, redis)
     return app

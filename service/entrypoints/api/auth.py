@@ -15,6 +15,11 @@ Answers, in this order:
 Scopes nest: ``admin`` may do everything, ``write`` may also read, ``read`` only reads.
 A partner token (``partner_guid``) acts only as its partner; `Caller.sees` says whose
 holder fields it may read (its own partner's options only).
+
+Without a bearer header, an operator-page session (`UI_SESSION`, set on the request by the
+page's middleware from its cookie) stands for the token that signed in: same answers,
+scopes and partner, as long as that token is still configured; a write made with it must
+also carry the session's ``X-CSRF-Token`` or gets 403 ``FORBIDDEN``.
 """
 
 from __future__ import annotations
@@ -28,9 +33,14 @@ from aiohttp import web
 
 from service.config import ApiToken
 from service.entrypoints.api.errors import FORBIDDEN, TENANT_UNKNOWN, UNAUTHENTICATED, ApiError
+from service.storage.sessions import UiSession
 from service.tenancy import Tenant, Tenants
 
-__all__ = ["Caller", "Scope", "TokenIndex"]
+__all__ = ["CSRF_HEADER", "UI_SESSION", "Caller", "Scope", "TokenIndex", "csrf_matches"]
+
+UI_SESSION = web.RequestKey("ui_session", UiSession)
+CSRF_HEADER = "X-CSRF-Token"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 Scope = Literal["read", "write", "admin"]
 _IMPLIED: dict[str, frozenset[str]] = {
@@ -79,6 +89,7 @@ class TokenIndex:
             for tenant in tenants.values()
             for t in tenant.settings.api_tokens
         ]
+        self._by_id = {entry.caller.token_id: entry for entry in self._entries}
 
     def identify(self, presented: str) -> _Entry | None:
         digest = _digest(presented)
@@ -88,9 +99,17 @@ class TokenIndex:
                 found = entry
         return found
 
+    def session_caller(self, session: UiSession) -> Caller | None:
+        """Who a session acts as: None once its token is no longer configured."""
+        entry = self._by_id.get(session.token_id)
+        return entry.caller if entry is not None else None
+
     def authenticate(self, request: web.Request, tenant_name: str, scope: Scope) -> Caller:
         presented = _bearer(request)
         entry = self.identify(presented) if presented is not None else None
+        session = request.get(UI_SESSION) if presented is None else None
+        if session is not None:
+            entry = self._by_id.get(session.token_id)  # gone when its token was removed
         if entry is None:
             raise ApiError(
                 401,
@@ -103,7 +122,18 @@ class TokenIndex:
             raise ApiError(404, TENANT_UNKNOWN, f"Unknown tenant {tenant_name!r}.")
         if scope not in caller.scopes:
             raise ApiError(403, FORBIDDEN, f"This token lacks the {scope!r} scope.")
+        writing = request.method not in _SAFE_METHODS
+        if session is not None and writing and not csrf_matches(request, session):
+            raise ApiError(
+                403, FORBIDDEN, f"A write made with a session needs its {CSRF_HEADER} header."
+            )
         return caller  # immutable: made once per token
+
+
+def csrf_matches(request: web.Request, session: UiSession) -> bool:
+    """Does the request carry the session's CSRF value (compared in constant time)?"""
+    sent = request.headers.get(CSRF_HEADER, "").encode("utf-8", "surrogatepass")
+    return hmac.compare_digest(sent, session.csrf.encode())
 
 
 def _bearer(request: web.Request) -> str | None:

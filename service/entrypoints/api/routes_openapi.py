@@ -1,6 +1,7 @@
-"""``GET /openapi.json`` and ``GET /docs``, built on first request and kept (the router is
-frozen by then). Importing this module also registers the descriptions of the routes
-whose handlers are described from outside (`openapi_webhooks`, `openapi_health`)."""
+"""``GET /openapi.json``, built on first request and kept (the router is frozen by then);
+``/docs``, its interactive explorer, is `service.entrypoints.ui`'s. Importing this module
+also registers the descriptions of the routes whose handlers are described from outside
+(`openapi_webhooks`, `openapi_health`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from aiohttp import web
 from service.entrypoints.api import openapi_health, openapi_webhooks
 from service.entrypoints.api.openapi import JSON, Operation, Reply, documented
 from service.entrypoints.api.openapi_builder import build_openapi
-from service.entrypoints.api.openapi_page import docs_html
 
 __all__ = ["install_openapi"]
 
@@ -24,7 +24,6 @@ class _Cache:
     def __init__(self) -> None:
         self.spec: dict[str, Any] | None = None
         self.body: bytes | None = None
-        self.page: str | None = None
 
 
 _CACHE_KEY = web.AppKey("api_openapi_cache", _Cache)
@@ -52,23 +51,7 @@ async def openapi_json(request: web.Request) -> web.Response:
     return web.Response(body=cache.body, content_type=JSON)
 
 
-@documented(
-    Operation(
-        "A browsable list of the operations",
-        "operations",
-        {200: Reply(None, "HTML.", "text/html", {"type": "string"})},
-        auth="none",
-    )
-)
-async def docs(request: web.Request) -> web.Response:
-    spec, cache = _spec(request)
-    if cache.page is None:
-        cache.page = docs_html(spec)
-    return web.Response(text=cache.page, content_type="text/html")
-
-
 def install_openapi(app: web.Application) -> None:
-    """Register ``GET /openapi.json`` and ``GET /docs`` on `app`."""
+    """Register ``GET /openapi.json`` on `app`."""
     app[_CACHE_KEY] = _Cache()
     app.router.add_get("/openapi.json", openapi_json)
-    app.router.add_get("/docs", docs)
