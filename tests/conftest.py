@@ -4,7 +4,7 @@ Tests never flush a database: each test gets its own tenant name and deletes onl
 under that tenant's hash tag, so REDIS_URL may point at a shared server.
 
 Tests marked ``cluster`` run twice: on that server and on a local Redis Cluster of three
-masters (`redis_cluster`, tests/redis_cluster.py), through `redis_backend` (``redis``,
+masters (`redis_cluster`, tests/support/redis_cluster.py), through `redis_backend` (``redis``,
 ``tenant`` and ``backend_url`` follow it).
 """
 
@@ -28,7 +28,7 @@ from service.storage.redis_client import RedisClient, connect
 from service.storage.store import LotStore
 from statecharts.model import Rules
 from statecharts.ticks import parse_duration
-from tests.redis_cluster import (
+from tests.support.redis_cluster import (
     ClusterUnsupported,
     LocalCluster,
     cluster_support,
@@ -83,7 +83,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """A local Redis Cluster of three masters (tests/redis_cluster.py), started on first use
+    """A local Redis Cluster of three masters (tests/support/redis_cluster.py), started on first use
     and shared by the session; skipped, with the reason, where it cannot run."""
     reason = cluster_support()
     if reason is not None:
