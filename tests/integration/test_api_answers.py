@@ -21,9 +21,9 @@ from service.entrypoints.api.answers import AvailabilityAnswers
 from service.entrypoints.api.routes_lots import ANSWERS, local_availability, remembered_body
 from statecharts.model import Rules
 from statecharts.ticks import ceil_tick
-from tests.conftest import make_rules
-from tests.integration.test_sweep_fast import TICK, stored
 from tests.support.api_harness import DAY, T0, Api, running_api
+from tests.support.rules import make_rules
+from tests.support.stored_lots import TICK, stored
 
 RULES = make_rules()
 RULE_SETS = [

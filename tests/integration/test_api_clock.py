@@ -1,4 +1,4 @@
-"""Sandbox test clocks over HTTP (SPEC §8): ``GET|POST /v1/tenants/{t}/clock``.
+"""Sandbox test clocks over HTTP : ``GET|POST /v1/tenants/{t}/clock``.
 
 The sandbox tenant runs on a `TestClock` over a pinned base clock; the Koban sandbox is
 wired to follow it through the app's ``on_clock_advanced`` hook (as ``run`` does), with the
@@ -25,9 +25,10 @@ from service.sandbox import SandboxState
 from service.tenancy import Tenant, Tenants
 from service.usecases.sandbox_clock import refresh
 from service.usecases.ticking import last_processed
-from tests.conftest import delete_tenant_keys
-from tests.support.api_harness import TOKENS, make_tenant, ts
+from tests.support.api_harness import TOKENS, make_tenant
+from tests.support.instants import ts
 from tests.support.loading import load_options
+from tests.support.tenant_keys import delete_tenant_keys
 
 T0 = ts("2026-11-23T10:10:00Z")
 ADMIN, WRITE, READ = TOKENS["admin"][0], TOKENS["write"][0], TOKENS["read"][0]

@@ -1,4 +1,4 @@
-"""The API's error envelope, authentication and request ids, over real HTTP (SPEC §5)."""
+"""The API's error envelope, authentication and request ids, over real HTTP."""
 
 from __future__ import annotations
 

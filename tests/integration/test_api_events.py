@@ -1,4 +1,4 @@
-"""The event stream over HTTP (SPEC §3, §5): JSON paging, SSE with Last-Event-ID, 410
+"""The event stream over HTTP: JSON paging, SSE with Last-Event-ID, 410
 after retention, auth and partner redaction; and every event type the service writes is a
 valid CloudEvent for the `cloudevents` SDK."""
 
@@ -29,6 +29,7 @@ from statecharts import transitions as tr
 from statecharts.model import DomainEvent, Lot
 from statecharts.ticks import ceil_tick
 from tests.support.api_harness import DAY, OTHER_TENANT_TOKEN, T0, TOKENS, Api, running_api
+from tests.support.sse import Sse
 
 
 @pytest.fixture
@@ -210,43 +211,6 @@ async def test_a_hand_run_xtrim_is_still_noticed(api: Api) -> None:
 
 
 # --------------------------------------------------------------------------- SSE
-
-
-class Sse:
-    """A client's view of one event stream."""
-
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self.response = response
-        self.comments: list[str] = []
-
-    async def next(self, count: int, within: float = 5.0) -> list[dict[str, str]]:
-        events: list[dict[str, str]] = []
-        current: dict[str, str] = {}
-        async with asyncio.timeout(within):
-            while len(events) < count:
-                line = await self.response.content.readline()
-                if not line:
-                    raise EOFError("stream ended")
-                text = line.decode().rstrip("\r\n")
-                if not text:
-                    if current:
-                        events.append(current)
-                        current = {}
-                    continue
-                if text.startswith(":"):
-                    self.comments.append(text)
-                    continue
-                field, _, value = text.partition(":")
-                current[field] = value.removeprefix(" ")
-        return events
-
-    async def silent(self, seconds: float) -> bool:
-        """True when nothing but comments arrives for `seconds`."""
-        try:
-            await self.next(1, within=seconds)
-        except TimeoutError:
-            return True
-        return False
 
 
 async def open_stream(

@@ -19,8 +19,8 @@ from service.entrypoints.api import build_api_app
 from service.entrypoints.api.routes_lots import FAST_READS, install_fast_reads
 from service.storage.redis_mux import MuxReader
 from service.tenancy import Tenants
-from tests.conftest import _free_port
 from tests.support.api_harness import DAY, TOKENS, Api, running_api
+from tests.support.redis_server import free_port
 
 LOTS = ("L1", "L2", "L3", "L4", "L5", "L6", "P1", "NOPE")
 QUERIES = ("", "?thirdGuid=p1", "?thirdGuid=p2", "?thirdGuid=p6")
@@ -81,7 +81,7 @@ async def test_fast_reads_answer_as_redis_py(api: Api, redis: Redis) -> None:
 
 
 async def test_an_unreachable_store_is_503(api: Api, redis: Redis) -> None:
-    dead = MuxReader("127.0.0.1", _free_port(), timeout=1.0, connect_timeout=1.0)
+    dead = MuxReader("127.0.0.1", free_port(), timeout=1.0, connect_timeout=1.0)
     async with fast_app(api, redis, dead) as fast:
         headers = {"Authorization": f"Bearer {TOKENS['read'][0]}"}
         async with fast.get(api.path("lots/L1/availability"), headers=headers) as response:

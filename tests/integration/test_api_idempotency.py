@@ -1,4 +1,4 @@
-"""Idempotency-Key on writes (SPEC §5): replays, other bodies, requests in flight, what is
+"""Idempotency-Key on writes: replays, other bodies, requests in flight, what is
 stored (2xx, 4xx) and what is not (5xx), and 202 pending replayed as the intent's state."""
 
 from __future__ import annotations

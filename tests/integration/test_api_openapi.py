@@ -1,4 +1,4 @@
-"""/openapi.json, /docs, /readyz and /metrics (SPEC §5)."""
+"""/openapi.json, /docs, /readyz and /metrics."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Read routes of the API: the lot, availability, listing, history, options, prospects —
-with lazy expiry and partner redaction (SPEC §5, §2.2)."""
+with lazy expiry (a due option reads as expired before the sweep) and partner redaction."""
 
 from __future__ import annotations
 

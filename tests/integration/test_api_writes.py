@@ -1,5 +1,5 @@
 """Write routes of the API through the Koban sandbox: place, prolong, cancel, pre-reserve,
-withdraw — with partner binding and the pending answer of §4."""
+withdraw — with partner binding and the 202 pending answer when Koban's outcome is unknown."""
 
 from __future__ import annotations
 

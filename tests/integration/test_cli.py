@@ -10,7 +10,7 @@ import pytest
 from service.entrypoints import cli
 from service.storage.redis_client import connect
 from service.storage.store import LotStore
-from tests.conftest import make_rules
+from tests.support.rules import make_rules
 
 T0 = 1_795_000_000 - 1_795_000_000 % 1800
 

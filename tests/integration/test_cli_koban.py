@@ -25,7 +25,7 @@ from service.storage.keys import TenantKeys
 from service.storage.redis_client import connect
 from service.storage.store import LotStore
 from statecharts.model import Intent, Lot
-from tests.conftest import make_rules
+from tests.support.rules import make_rules
 
 API_KEY, USER_KEY = "cli-api-key", "cli-user-key"
 T = TypeVar("T")

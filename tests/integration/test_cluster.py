@@ -47,12 +47,13 @@ from service.usecases.sync import mark_needs_sync, reconcile
 from service.usecases.sync_runs import claim_sync
 from service.usecases.ticking import process_tick
 from statecharts.ticks import ceil_tick, to_iso
-from tests.conftest import delete_tenant_keys, make_rules
-from tests.integration.test_api_events import Sse
 from tests.support.api_harness import TOKENS
 from tests.support.invariants import check_tenant
 from tests.support.redis_cluster import LocalCluster, masters
 from tests.support.reliability_harness import Stack, running_stack
+from tests.support.rules import make_rules
+from tests.support.sse import Sse
+from tests.support.tenant_keys import delete_tenant_keys
 
 DAY = 86400
 

@@ -1,102 +1,39 @@
-"""Outbound flows through Koban (SPEC §4) against a scripted Koban and a real redis-server:
+"""Outbound flows through Koban against a scripted Koban and a real redis-server:
 reserve → GetLotStatus → Add → confirm, refusals with their source, drift, unknown outcomes,
 options addressed by rank."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 from redis.asyncio import Redis
 
-from service.bootstrap import rules_from
 from service.clock import FixedClock
-from service.config import TenantSettings
-from service.koban import KobanClient, KobanError, KobanUnavailable
+from service.koban import KobanError, KobanUnavailable
 from service.storage.redis_mux import MuxReader
-from service.storage.store import LotStore
-from service.tenancy import Tenant
 from service.usecases.flows import KobanRefusal, OptionFlows, Pending, Placed
 from statecharts.errors import ErrorCode, RuleViolation
+from tests.support.flows_env import (
+    ADD,
+    DESIST,
+    FREE,
+    LOT_STATUS,
+    OK,
+    PRERESV,
+    PROLONG,
+    T0,
+    UNDO,
+    Env,
+    make_client,
+    make_tenant,
+    one_option,
+    refused,
+)
+from tests.support.instants import ts
 from tests.support.koban_scripted import HANG, Reply, ScriptedKoban
-
-LOT_STATUS = "/ncOption/GetLotStatus"
-ADD = "/ncOption/Add"
-PROLONG = "/ncOption/Prolong"
-UNDO = "/ncOption/Undo"
-PRERESV = "/ncPreresv/Add"
-DESIST = "/ncPreresv/Desist"
-OK = Reply(json={"success": True})
-FREE = Reply(json={"Result": 0, "MaxRank": 0, "EndDate": None})
-
-
-def ts(text: str) -> int:
-    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
-
-
-T0 = ts("2026-11-23T10:10:00Z")  # ten minutes after a tick: outside drift tolerance
-
-
-def one_option(end: int | None = None) -> Reply:
-    return Reply(json={"Result": 1, "MaxRank": 1, "EndDate": end})
-
-
-def refused(code: str) -> Reply:
-    return Reply(json={"success": False, "errorcode": code, "message": f"refused {code}"})
-
-
-def make_tenant(redis: Redis, name: str, clock: FixedClock, **settings: Any) -> Tenant:
-    ts_ = TenantSettings(**settings)
-    rules = rules_from(ts_)
-    return Tenant(name, ts_, rules, LotStore(redis, name, rules), clock)
-
-
-def make_client(session: aiohttp.ClientSession, base_url: str) -> KobanClient:
-    return KobanClient(
-        session,
-        base_url,
-        "api",
-        "user",
-        timeout_s=0.5,
-        connect_timeout_s=0.5,
-        retries=0,
-        rate_per_s=1000.0,
-    )
-
-
-@dataclass
-class Env:
-    tenant: Tenant
-    clock: FixedClock
-    server: ScriptedKoban
-    koban: KobanClient
-    flows: OptionFlows
-
-    @property
-    def store(self) -> LotStore:
-        return self.tenant.store
-
-    def paths(self) -> list[str]:
-        return [s.path for s in self.server.seen]
-
-    async def events(self) -> list[dict[str, Any]]:
-        entries = cast(list[Any], await self.store.redis.xrange(self.store.keys.events))
-        return [orjson.loads(fields[b"ce"]) for _, fields in entries]
-
-    async def types(self) -> list[str]:
-        return [str(e["type"]) for e in await self.events()]
-
-    async def needs_sync(self) -> set[str]:
-        members = cast(set[bytes], await self.store.redis.smembers(self.store.keys.needs_sync))
-        return {m.decode() for m in members}
-
-    async def count(self, holder: str) -> int:
-        return (await self.store.counts(holder)).prospect
 
 
 @pytest.fixture(params=["redis-py", "mux"])

@@ -1,4 +1,4 @@
-"""Resolution of pending intents (SPEC §4 unknown outcome): by GetLotStatus after the grace
+"""Resolution of pending intents (Koban's outcome unknown): by GetLotStatus after the grace
 period (placed / not placed), dropped after the TTL with a drift event, by the operator,
 and by Koban's option-placed webhook."""
 
@@ -22,7 +22,7 @@ from service.usecases.intents import (
 )
 from statecharts.errors import ErrorCode, RuleViolation
 from statecharts.ticks import ceil_tick
-from tests.integration.test_flows import (
+from tests.support.flows_env import (
     ADD,
     FREE,
     LOT_STATUS,

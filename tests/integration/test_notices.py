@@ -1,4 +1,4 @@
-"""Expiring notices (SPEC §3, service.usecases.notices): `koban.option.expiring`, `expiring_notice`
+"""Expiring notices (service.usecases.notices): `koban.option.expiring`, `expiring_notice`
 before the expiry tick, once per option — from the scheduler's cursor runs, from the
 transitions that put an option inside the window, and ahead of the expiry when a clock
 jumps over both."""
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from datetime import datetime
 from typing import Any, cast
 
 import orjson
@@ -31,16 +30,13 @@ from service.usecases.notices import (
 from service.usecases.ticking import advance_clock, process_tick
 from statecharts import transitions as tr
 from statecharts.model import Intent, Lot, Option
-from tests.conftest import make_rules
 from tests.support.api_harness import make_tenant
+from tests.support.instants import ts
 from tests.support.loading import EMPTY, load_options, lot_with_option
+from tests.support.rules import make_rules
 
 # Every test here on a Redis backend also runs on the local Redis Cluster.
 pytestmark = pytest.mark.cluster
-
-
-def ts(text: str) -> int:
-    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
 
 
 HOUR = 3600

@@ -20,7 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from service.storage.keys import TenantKeys
 from service.storage.redis_client import connect
 from service.storage.redis_mux import MuxReader
-from tests.conftest import _free_port, start_redis_server
+from tests.support.redis_server import free_port, start_redis_server
 
 
 @pytest.fixture
@@ -124,7 +124,7 @@ async def test_scripts_run_and_survive_a_flushed_script_cache(tmp_path: Path) ->
 
 
 async def test_an_unreachable_server_is_a_connection_error() -> None:
-    reader = MuxReader("127.0.0.1", _free_port(), timeout=1.0, connect_timeout=1.0)
+    reader = MuxReader("127.0.0.1", free_port(), timeout=1.0, connect_timeout=1.0)
     with pytest.raises(RedisConnectionError):
         await reader.execute(("GET", "k"))
     await reader.aclose()

@@ -7,7 +7,7 @@ of which was sent) but a 0.5 s timeout (production: 10 s, connect 3 s) so a "slo
 of 5 s costs the suite half a second; one test keeps the production timeouts and shows a
 5 s Koban is merely slow for them.
 
-What each kind of failure must give (README, "Error codes"; SPEC §4):
+What each kind of failure must give (README, "Error codes"):
 
 * Koban unreachable or failing *before* anything was sent — connection refused, or
   GetLotStatus (a read, retried) timing out, answering 5xx or resetting every attempt:
@@ -76,7 +76,8 @@ from statecharts.model import Lot
 from statecharts.ticks import to_iso
 from tests.support.api_harness import DAY, T0, Answer
 from tests.support.invariants import check_tenant
-from tests.support.reliability_harness import SECRET, RedisProcess, Stack, running_stack, snapshot
+from tests.support.redis_server import RedisProcess
+from tests.support.reliability_harness import SECRET, Stack, running_stack, snapshot
 
 FAST_KOBAN: dict[str, Any] = {
     "timeout_s": 0.5,

@@ -52,9 +52,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from tests.conftest import delete_tenant_keys
-from tests.integration.test_api_schemathesis import CHECKS, WEBHOOK_SECRET, _Server
 from tests.support.api_harness import T0, TOKENS
+from tests.support.live_server import CHECKS, WEBHOOK_SECRET, LiveServer
+from tests.support.redis_snapshot import changed, snapshot
+from tests.support.tenant_keys import delete_tenant_keys
 
 EXAMPLES = int(os.environ.get("KOBAN_FUZZ_EXAMPLES", "50"))
 FORM_EXAMPLES = int(os.environ.get("KOBAN_FUZZ_FORM_EXAMPLES", "150"))
@@ -80,7 +81,7 @@ def live_server(redis_url: str) -> Iterator[Live]:
     """The API (webhooks included) and the Koban sandbox on loopback, on a fresh tenant."""
     tenant = "t" + uuid.uuid4().hex[:12]
     try:
-        with _Server(redis_url, tenant) as server:
+        with LiveServer(redis_url, tenant) as server:
             parsed = urllib.parse.urlsplit(server.url)
             assert parsed.hostname is not None and parsed.port is not None
             yield Live(server.url, parsed.hostname, parsed.port, tenant, redis_url)
@@ -103,37 +104,6 @@ class CountingSession(requests.Session):
 
 def bearer(role: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKENS[role][0]}"}
-
-
-def snapshot(client: redis_sync.Redis, tenant: str, dbsize: bool = True) -> dict[str, Any]:
-    """Every key under the tenant's hash tag: its DUMP and whether it has a TTL; and (unless
-    `dbsize` is false) the database's key count, so a key written outside the tag shows."""
-    keys = sorted(client.scan_iter(match=f"kol:{{{tenant}}}:*", count=1000))
-    pipe = client.pipeline(transaction=False)
-    for key in keys:
-        pipe.dump(key)
-        pipe.pttl(key)
-    out = pipe.execute()
-    values = {key: (out[2 * i], out[2 * i + 1] != -1) for i, key in enumerate(keys)}
-    return {"dbsize": client.dbsize() if dbsize else None, "keys": values}
-
-
-def changed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    """What differs between two snapshots, readably (empty: nothing changed)."""
-    out = [f"dbsize {before['dbsize']} -> {after['dbsize']}"] * (
-        before["dbsize"] != after["dbsize"]
-    )
-    for key in sorted(set(before["keys"]) | set(after["keys"])):
-        if before["keys"].get(key) != after["keys"].get(key):
-            what = (
-                "added"
-                if key not in before["keys"]
-                else "removed"
-                if key not in after["keys"]
-                else "changed"
-            )
-            out.append(f"{key.decode(errors='replace')} {what}")
-    return out
 
 
 # --------------------------------------------------------------------------- schemathesis

@@ -3,7 +3,7 @@
 `test_concurrent_placements_on_one_lot`: `KOBAN_RELIABILITY_CONCURRENT` (default 200,
 the issue's full size) prospects, created in Koban through ``ncThird/PostOne``, place an
 option on one free lot at the same time, each on its own connection. The reservation step
-of SPEC §4 must let exactly two through (ranks 1 and 2) and refuse every other one with
+before Koban is called must let exactly two through (ranks 1 and 2) and refuse every other one with
 ``409 LOT_FULL`` before Koban is called: the sandbox's own call log must show exactly two
 ``ncOption/Add``. Both sides end with the same two holders and the core invariants hold.
 
@@ -47,7 +47,7 @@ async def test_redis_pool_waits_for_a_free_connection(redis_url: str, tenant: st
 async def test_concurrent_placements_on_one_lot(
     redis: Redis, tenant: str, fast_reads: bool
 ) -> None:
-    # Rank 2's flow waits for rank 1's Add to land in Koban (SPEC §4); give it room on a
+    # Rank 2's flow waits for rank 1's Add to land in Koban; give it room on a
     # loaded machine: the assertion is about who wins, not how fast. `fast_reads`: the
     # store's reads and commits through the shared connection, as `koban-options api` runs.
     flows = FlowSettings(predecessor_wait_s=60.0, poll_s=0.05)

@@ -66,10 +66,11 @@ from service.storage.store import LotStore
 from service.tenancy import Tenant, Tenants
 from service.usecases.koban_webhooks import TOKEN_HEADER, redact_token
 from statecharts.ticks import to_iso
-from tests.conftest import _free_port as free_port
-from tests.conftest import delete_tenant_keys, make_rules
-from tests.integration.test_reliability_input import changed, snapshot
 from tests.support.api_harness import DAY, T0, import_stock, make_sandbox, make_tenant
+from tests.support.redis_server import free_port
+from tests.support.redis_snapshot import changed, snapshot
+from tests.support.rules import make_rules
+from tests.support.tenant_keys import delete_tenant_keys
 
 SERVICE = Path(__file__).resolve().parents[2] / "service"
 ROLES: dict[str, tuple[set[str], str | None]] = {

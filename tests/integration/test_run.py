@@ -1,6 +1,6 @@
 """`koban-options run`, as a newcomer runs it: from an empty folder, no REDIS_URL.
 
-It comes up with its private redis-server, prints exactly the banner keys of SPEC §9, the
+It comes up with its private redis-server, prints exactly the banner keys it documents, the
 printed curl line places an option, and Ctrl-C (SIGINT) stops everything, the Redis child
 included, leaving its data under ./var.
 """

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_sandbox import T0, Harness, running_sandbox
+from tests.support.sandbox_harness import T0, Harness, running_sandbox
 
 # An option placed at T0 (2027-01-15T08:10:00Z) lives two days (the sandbox's lifetime):
 # deadline 2027-01-17T08:10:00Z, and Koban expires options at :00/:30, so at 08:30:00Z.

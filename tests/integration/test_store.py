@@ -18,15 +18,12 @@ from statecharts import transitions as tr
 from statecharts.errors import ErrorCode, RuleViolation
 from statecharts.model import DomainEvent, Lot, Rules
 from statecharts.ticks import parse_duration
-from tests.conftest import make_rules
+from tests.support.instants import ts
+from tests.support.rules import make_rules
 
 # Every test here also runs on the local Redis Cluster, through redis-py: `MuxReader` serves
 # one server only (`for_client` gives None for a cluster client).
 pytestmark = pytest.mark.cluster(single_only={"store": "mux"})
-
-
-def ts(text: str) -> int:
-    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
 
 
 T0 = ts("2026-11-23T10:00:00Z")

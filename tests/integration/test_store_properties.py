@@ -23,8 +23,9 @@ from service.storage.store import LotStore
 from service.usecases.sweep import expire_due
 from statecharts.errors import RuleViolation
 from statecharts.ticks import latest_tick
-from tests.conftest import delete_tenant_keys, make_rules
 from tests.support.invariants import check_stream_matches_histories, check_tenant
+from tests.support.rules import make_rules
+from tests.support.tenant_keys import delete_tenant_keys
 
 LOTS = ["A", "B", "C"]
 PROSPECTS = ["p1", "p2", "p3", "p4"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from typing import Any
 
 import hiredis
@@ -34,10 +35,15 @@ from service.usecases import sweep
 from statecharts import lot_chart
 from statecharts import transitions as tr
 from statecharts.errors import RuleViolation
-from statecharts.model import DomainEvent, Intent, Lot, Option, Prereservation
-from tests.conftest import delete_tenant_keys, make_rules
+from statecharts.model import DomainEvent, Lot, Option, Prereservation
+from tests.support.rules import make_rules
+from tests.support.stored_lots import TICK, stored
+from tests.support.tenant_keys import delete_tenant_keys
 
-TICK = 1_795_000_000 - 1_795_000_000 % 1800
+# The random lots include shapes the fast path leaves to the generic one on purpose (nothing
+# due, custom statuses, pending intents); the floor sits well below the share it decides, so
+# only a fast path that stopped deciding (or declined nearly everything) fails it.
+MIN_FAST_SHARE = 0.125
 
 
 class _NoRedis:
@@ -69,98 +75,33 @@ def _generic(store: LotStore, code: str, raw: bytes, tick: int) -> sweep.Plan | 
     return sweep.plan_of(result[0], result[1], raw[: raw.index(b"|") + 1], tick)
 
 
-offsets = st.sampled_from([-3600, -1800, -1, 0, 1, 1800, 3600])
-names = st.sampled_from(["p1", "p2", 'p"3', "p\\4", "p\u00e9", "p%d", "p\n"])
+def test_fast_path_equals_generic_path() -> None:
+    """On random stored lots the fast path gives the generic path's plan, or declines. It
+    must decide most of them itself: a fast path that declined everything would pass the
+    comparison while proving nothing, so the examples it decided are counted."""
+    decided: Counter[bool] = Counter()
 
-
-@st.composite
-def options(draw: st.DrawFn, n: int) -> list[Option]:
-    out = []
-    for rank in range(1, n + 1):
-        opaque = draw(st.booleans()) and draw(st.booleans())
-        deadline = None if opaque and rank == 2 else TICK + draw(offsets) - 60
-        out.append(
-            Option(
-                id=draw(st.sampled_from([f"o{rank}", f"o{rank}", f'o"%s{rank}'])),
-                rank=rank,
-                holder=None if opaque else draw(names),
-                partner=draw(st.sampled_from([None, "cgp", "c\u00e9"])),
-                placed_at=TICK - draw(st.sampled_from([86400, 86399, 7])),
-                deadline=deadline,
-                expiry=None if deadline is None else deadline - deadline % 1800 + 1800,
-                prolonged=draw(st.booleans()),
-                source=draw(st.sampled_from(["koban", "estimated"])),
-                original_deadline=draw(st.sampled_from([deadline, None, TICK - 5])),
-                via_api=draw(st.booleans()),
-            )
-        )
-    return out
-
-
-@st.composite
-def lots(draw: st.DrawFn, code: str = "A-1", custom: bool = False) -> Lot:
-    n = draw(st.integers(0, 2))
-    config = {0: "free", 1: "one_option", 2: "two_options"}[n]
-    if n and draw(st.booleans()):
-        # a custom status holding options is unreachable (a sync to it ends them) and the
-        # chart refuses to expire there: only the pure test goes there
-        config = draw(
-            st.sampled_from(["prereserved", "prereserved", "custom"][: 3 if custom else 2])
-        )
-    lot = Lot(
-        code,
-        config=config,
-        version=draw(st.integers(1, 9)),
-        sequence=draw(st.integers(1, 20)),
-        rev=draw(st.integers(1, 30)),
-        options=draw(options(n)),
+    @settings(max_examples=600, deadline=None, database=None)
+    @given(
+        raw=stored(custom=True),
+        clock=st.sampled_from(["own", "restart"]),
+        tick=st.sampled_from([TICK, TICK + 1800, TICK - 1800]),
+        tenant=st.sampled_from(["fast", "t%s", 'te"n']),
     )
-    lot.status = {"prereserved": "PRERESV", "free": "LIBRE", "custom": "ACTE"}.get(config, "OPTION")
-    if config == "prereserved":
-        lot.prereservation = Prereservation("p9", draw(st.sampled_from([None, "cgp"])), 1, 2, 3)
-    if n == 1 and draw(st.booleans()) and draw(st.booleans()):
-        lot.intents.append(Intent("i1", draw(st.sampled_from([1, 2])), "p8", None, TICK - 10))
-        if lot.intents[0].rank == 1:
-            lot.options[0].rank = 2  # an option waiting behind a pending rank 1
-    lot.program = draw(st.sampled_from([None, "P1"]))
-    lot.label = draw(st.sampled_from([None, "Lot 1 %"]))
-    lot.secondary = draw(st.booleans())
-    lot.link = "A-0" if lot.secondary else None
-    lot.modified_at = TICK - 99
-    return lot
+    def agrees(raw: bytes, clock: str, tick: int, tenant: str) -> None:
+        store = _store(clock, tenant)
+        fast = sweep.fast_expiry(store, "A-1", raw, tick)
+        decided[fast is not None] += 1
+        if fast is None:
+            return  # declined: the generic path decides (what the store tests cover)
+        generic = _generic(store, "A-1", raw, tick)
+        assert generic is not None
+        assert _normal(fast) == _normal(generic)
 
-
-@st.composite
-def stored(draw: st.DrawFn, code: str = "A-1", custom: bool = False) -> bytes:
-    """A stored lot: the codec's output, its option arrays possibly one element longer
-    (a field appended by a later codec) or with only the 11 original elements."""
-    raw = encode_lot(draw(lots(code, custom)))
-    bar = raw.index(b"|")
-    d = orjson.loads(raw[bar + 1 :])
-    for a in d.get("o", []):
-        shape = draw(st.sampled_from(["as is", "as is", "11", "plus one"]))
-        if shape == "11":
-            del a[11:]
-        elif shape == "plus one":
-            a.append(draw(st.sampled_from([0, 1])))
-    return raw[: bar + 1] + orjson.dumps(d)
-
-
-@settings(max_examples=600, deadline=None)
-@given(
-    raw=stored(custom=True),
-    clock=st.sampled_from(["own", "restart"]),
-    tick=st.sampled_from([TICK, TICK + 1800, TICK - 1800]),
-    tenant=st.sampled_from(["fast", "t%s", 'te"n']),
-)
-def test_fast_path_equals_generic_path(raw: bytes, clock: str, tick: int, tenant: str) -> None:
-    store = _store(clock, tenant)
-    fast = sweep.fast_expiry(store, "A-1", raw, tick)
-    if fast is None:
-        return  # declined: the generic path decides (and is what the store tests cover)
-    generic = _generic(store, "A-1", raw, tick)
-    assert generic is not None
-    assert _normal(fast) == _normal(generic)
+    agrees()
+    total = decided[True] + decided[False]
+    print(f"\nfast path decided {decided[True]} of {total} random lots")
+    assert decided[True] >= MIN_FAST_SHARE * total, decided
 
 
 def test_fast_path_takes_the_common_shapes() -> None:

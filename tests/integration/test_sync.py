@@ -19,15 +19,15 @@ from service.usecases.intents import resolve_pending
 from service.usecases.sync import last_sync_key, reconcile, reconcile_lot, sync_stock
 from statecharts.errors import ErrorCode
 from statecharts.ticks import ceil_tick
-from tests.integration.test_flows import (
+from tests.support.flows_env import (
     LOT_STATUS,
     T0,
     Env,
     make_client,
     make_tenant,
     one_option,
-    ts,
 )
+from tests.support.instants import ts
 from tests.support.koban_scripted import Reply, ScriptedKoban, Seen
 
 UPDATED = "/ncDeal/GetUpdated"
@@ -250,7 +250,7 @@ async def test_reconcile_candidates_and_rate_limited_pass(env: Env) -> None:
     assert failed.failed == 1 and failed.checked == 0  # Koban down: the pass stops
 
 
-# --- against the Koban sandbox (SPEC §7), sharing the service's clock -------------------
+# --- against the Koban sandbox, sharing the service's clock ------------------------------
 
 
 async def test_end_to_end_against_the_sandbox(redis: Redis, tenant: str) -> None:

@@ -24,14 +24,11 @@ from service.tenancy import Tenant
 from service.usecases.ticking import catch_up, last_processed, process_tick
 from statecharts.ticks import to_iso
 from tests.support.api_harness import captured_logs, make_tenant
+from tests.support.instants import ts
 from tests.support.loading import load_options
 
 # Every test here on a Redis backend also runs on the local Redis Cluster.
 pytestmark = pytest.mark.cluster
-
-
-def ts(text: str) -> int:
-    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
 
 
 def at(text: str) -> datetime:

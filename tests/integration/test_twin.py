@@ -1,4 +1,4 @@
-"""The twin test (SPEC §7): the Koban sandbox and the service side by side on one clock.
+"""The twin test: the Koban sandbox and the service side by side on one clock.
 
 The sandbox (real HTTP on loopback, its webhooks pointed at the service's webhook routes,
 also on loopback, same secret) and the service tenant share one `FixedClock` and the same
@@ -38,7 +38,7 @@ Intentional tolerances (README "Semantics"):
 * `OPTION_MOVED` is the service's own check (Koban addresses options by rank only); when
   several rules refuse, the service answers with its own order (its chart runs before Koban
   is called, while Koban checks that the prospect exists first).
-* Koban's option-placed webhook is identified by (lot, thirdGuid, ExpDate) (SPEC §6): a
+* Koban's option-placed webhook is identified by (lot, thirdGuid, ExpDate): a
   prospect placing again in Koban's UI, within the same half hour, on a lot where their
   option has just ended sends a webhook the service must take for a late copy of the ended
   one (ignored; reconciliation then finds the option as an opaque one). Such a placement
@@ -63,7 +63,6 @@ import random
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, cast
 
 import aiohttp
@@ -94,16 +93,13 @@ from statecharts import transitions as tr
 from statecharts.errors import ErrorCode, RuleViolation
 from statecharts.model import Lot
 from statecharts.ticks import ceil_tick, deadline_from_lifetime, ticks_between
+from tests.support.instants import ts
 from tests.support.twin_compare import twin_disagreements
 
 OPS = int(os.environ.get("KOBAN_TWIN_OPS", "300"))
 SEED = int(os.environ.get("KOBAN_TWIN_SEED", "20260325"))
 SECRET = "twin-webhook-secret"
 API_KEY, USER_KEY = "twin-api-key", "twin-user-key"
-
-
-def ts(text: str) -> int:
-    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
 
 
 # Four days before the spring DST change in Europe/Paris: the run crosses it.
@@ -427,7 +423,7 @@ class Twin:
         would get — its deadline on that tick, or it ended in the half hour whose
         placements expire at that tick: the placed webhook, identified by (lot, third,
         ExpDate), would then read as a late copy of the ended option's and be ignored
-        (SPEC §6; `service.usecases.koban_webhooks._ended_already`)."""
+        (`service.usecases.koban_webhooks._ended_already`)."""
         rules = self.rules
         tick = ceil_tick(deadline_from_lifetime(self.now(), rules.option_lifetime, rules.zone))
         pattern = f"{code}|{third}|*"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -22,15 +21,12 @@ from service.tenancy import Tenant, Tenants
 from service.usecases.koban_webhooks import TOKEN_HEADER, add_webhook_routes, redact_token
 from service.usecases.sweep import expire_due
 from statecharts.model import Lot
+from tests.support.instants import ts
 
 SECRET = "s3cret-webhook-token"
 A = "A101"
 X = "third-x"
 Y = "third-y"
-
-
-def ts(text: str) -> int:
-    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
 
 
 T0 = ts("2026-03-02T10:00:00Z")  # a tick

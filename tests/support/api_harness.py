@@ -14,7 +14,6 @@ import contextlib
 import json as _json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, cast
 
 import aiohttp
@@ -33,6 +32,7 @@ from service.koban import KobanClient
 from service.sandbox import SandboxState, build_sandbox_app
 from service.storage.store import LotStore
 from service.tenancy import Tenant, Tenants
+from tests.support.instants import ts
 
 API_KEY, USER_KEY = "k-api", "k-user"
 TOKENS = {
@@ -45,10 +45,6 @@ TOKENS = {
 OTHER_TENANT_TOKEN = "tok-other-tenant"
 LOTS = ("L1", "L2", "L3", "L4", "L5", "L6", "L7", "L8")
 PROSPECTS = ("p1", "p2", "p3", "p4", "p5", "p6")
-
-
-def ts(text: str) -> int:
-    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
 
 
 T0 = ts("2026-11-23T10:10:00Z")

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import redis as redis_sync
 
+from tests.support.redis_server import server_command
+
 MASTERS = 3
 
 
@@ -86,27 +88,6 @@ def _free_ports(n: int) -> list[int]:
                     continue
         found.append(port)
     return found
-
-
-def server_command(binary: str, port: int, directory: Path, *extra: str) -> list[str]:
-    """A private redis-server's command line (loopback, nothing saved, data in
-    `directory`), for tests/conftest.py's single servers and this module's nodes."""
-    return [
-        binary,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(directory),
-        "--protected-mode",
-        "no",
-        *extra,
-    ]
 
 
 def _start_node(binary: str, directory: Path, port: int) -> subprocess.Popen[bytes]:

@@ -20,18 +20,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json as _json
-import shutil
-import subprocess
-import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlparse
 
 import aiohttp
 import orjson
-import redis as redis_sync
 from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
@@ -43,7 +37,6 @@ from service.koban import KobanClient
 from service.sandbox import WEBHOOK_KINDS, Fault, SandboxState, build_sandbox_app
 from service.storage.store import LotStore
 from service.tenancy import Tenant, Tenants
-from tests.conftest import start_redis_server
 from tests.support.api_harness import (
     API_KEY,
     T0,
@@ -58,7 +51,6 @@ from tests.support.api_harness import (
 __all__ = [
     "SECRET",
     "T0",
-    "RedisProcess",
     "SandboxServer",
     "Stack",
     "running_stack",
@@ -66,54 +58,6 @@ __all__ = [
 ]
 
 SECRET = "reliability-webhook-secret"
-
-
-class RedisProcess:
-    """A private redis-server (`tests.conftest.start_redis_server`) that can be SIGKILLed
-    and started again on the same port and data directory, with the same `extra` options
-    (e.g. AOF: ``"--appendonly", "yes", "--appendfsync", "always"``)."""
-
-    def __init__(self, directory: Path, *extra: str) -> None:
-        self.directory = directory
-        self.extra = extra
-        self.proc, self.url = start_redis_server(directory, *extra)
-        port = urlparse(self.url).port
-        assert port is not None
-        self.port = port
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown, no last fsync; only what the AOF already holds survives."""
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def start_again(self, deadline_s: float = 60.0) -> None:
-        """Same binary, port, directory and options as the first start (conftest's), then
-        wait until it answers PING, i.e. it has loaded its AOF."""
-        binary = shutil.which("redis-server")
-        assert binary is not None
-        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        args += ["--appendonly", "no", "--dir", str(self.directory), "--protected-mode", "no"]
-        self.proc = subprocess.Popen(
-            [*args, *self.extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        client = redis_sync.Redis(port=self.port, socket_connect_timeout=0.2)
-        try:
-            give_up = time.monotonic() + deadline_s
-            while True:
-                try:
-                    client.ping()  # LOADING (BusyLoadingError) is a ConnectionError too
-                    return
-                except redis_sync.ConnectionError:
-                    if self.proc.poll() is not None or time.monotonic() > give_up:
-                        raise
-                    time.sleep(0.02)
-        finally:
-            client.close()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
 
 
 class SandboxServer:

@@ -16,7 +16,7 @@ from statecharts import transitions as tr
 from statecharts.errors import RuleViolation
 from statecharts.model import Lot
 from statecharts.ticks import parse_instant
-from tests.conftest import make_rules
+from tests.support.rules import make_rules
 
 T0 = 1_800_000_600
 RULES = make_rules()

@@ -1,4 +1,4 @@
-"""Behaviour of the lot chart (SPEC §2), through the chart itself and its compiled form."""
+"""Behaviour of the lot chart, through the chart itself and its compiled form."""
 
 from __future__ import annotations
 
