@@ -1,17 +1,7 @@
 """schemathesis 4 against the live app's /openapi.json (never a 500, answers as
 documented).
 
-The app (and the Koban sandbox as its tenant's Koban) runs on loopback in a thread of its
-own with its own event loop, because schemathesis' calls are synchronous (requests). Every
-documented operation is fuzzed with positive and negative cases (KOBAN_SCHEMATHESIS_EXAMPLES
-per operation, default 30), with a valid admin token and webhook secret, and path
-parameters sometimes pinned to the test tenant and to stock that exists (lots with options
-placed beforehand, a known prospect), so the writes reach Koban and the rules instead of
-stopping at 404. Checks: no 5xx, documented status codes, bodies and headers as the schema
-says, content types as documented. Runs are derandomized (same cases each run) unless
-KOBAN_SCHEMATHESIS_RANDOM=1; KOBAN_SCHEMATHESIS_DEBUG=1 prints the requests counted by
-route and status (from /metrics), to see how far the cases get. Operations nobody has
-described yet (``x-undocumented``) and the endless SSE stream are skipped.
+What it sets up and checks, in detail: docs/testing.md, `test_api_schemathesis.py`.
 """
 
 from __future__ import annotations
@@ -100,7 +90,7 @@ def test_schemathesis_finds_no_server_error_nor_schema_violation(live: Live) -> 
         if operation.definition.raw.get("x-undocumented"):
             continue  # described by nobody yet: nothing to check it against
         if operation.path.endswith("/events/stream"):
-            continue  # an endless SSE answer (tests/test_api_events.py drives it)
+            continue  # an endless SSE answer (tests/integration/test_api_events.py drives it)
         operations.append(operation)
     assert len(operations) >= 20
     failures: dict[str, str] = {}

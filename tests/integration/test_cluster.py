@@ -1,22 +1,6 @@
 """Redis Cluster (issue #6, item 5): every transition of a tenant stays within one slot.
 
-The local cluster is three masters started from ``redis-server --cluster-enabled yes`` and
-joined with ``redis-cli --cluster create`` (tests/support/redis_cluster.py; skipped, with the
-reason, where redis-server cannot run in cluster mode). The store, sweep, ticking, notice
-and property tests also run against it (their modules are marked ``cluster``); this module
-drives the whole service on it and checks where the keys went.
-
-A green run is itself the proof that no command crossed slots: Redis Cluster refuses a
-multi-key command, a MULTI/EXEC or a script naming keys of two slots (``CROSSSLOT``), and
-a script touching a key of another slot than its declared ones ("Script attempted to
-access keys that do not hash to the same slot"). On top of that the workload test resets
-each master's statistics first and finds afterwards no error reply but the expected ones
-(``INFO errorstats``: no ``CROSSSLOT``, ``MOVED``, ``ASK``, ``TRYAGAIN``…) and no failed
-or rejected command but the NOSCRIPTs (``INFO commandstats``): nothing was refused and then
-swallowed, e.g. by `/metrics`, which reports a Redis failure as a gauge.
-
-A resharding of a tenant's slot is played too (the slot MIGRATING / IMPORTING, one key
-moved first): a transition is then refused whole, never half-written.
+What it sets up and checks, in detail: docs/testing.md, `test_cluster.py`.
 """
 
 from __future__ import annotations

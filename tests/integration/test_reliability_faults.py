@@ -2,49 +2,7 @@
 its own port with its fault injection (`/_sandbox/faults`: latency, 5xx, hangs, TCP resets,
 before or after carrying the call out), its webhooks wired back to the API.
 
-The API's Koban client keeps its production retries (3, on reads and on writes nothing
-of which was sent) but a 0.5 s timeout (production: 10 s, connect 3 s) so a "slow Koban"
-of 5 s costs the suite half a second; one test keeps the production timeouts and shows a
-5 s Koban is merely slow for them.
-
-What each kind of failure must give (README, "Error codes"):
-
-* Koban unreachable or failing *before* anything was sent — connection refused, or
-  GetLotStatus (a read, retried) timing out, answering 5xx or resetting every attempt:
-  ``503 KOBAN_UNAVAILABLE`` with ``Retry-After``, and nothing half-written: no option, no
-  count, no event, no index entry (the lot's revision alone may move: an intent reserved
-  and released);
-* Koban answering something unusable (401 to a rotated key): ``502 KOBAN_ERROR``, nothing
-  written;
-* an ``Add`` whose outcome is unknown (timeout, 5xx, reset after sending): ``202 pending``;
-  the intent holds its rank and the prospect's allowance, and nothing else is written until
-  it is resolved — by the option-placed webhook when Koban placed it, else by
-  ``service.usecases.intents.resolve_pending`` (GetLotStatus) after ``intent_grace`` — with the
-  outcome Koban's state shows (placed / not placed); a retry with the same
-  ``Idempotency-Key`` then answers that outcome (201 / 409 ``PLACEMENT_NOT_MADE``);
-* a ``Prolong`` / ``Undo`` whose outcome is unknown: ``502 KOBAN_OUTCOME_UNKNOWN``, the lot
-  queued for reconciliation, local state unchanged until Koban's webhook (when Koban did
-  it) applies the change; reconciliation then agrees with Koban.
-
-After every scenario the core invariants hold (tests/support/invariants.py) and the service's lots
-hold the same prospects as the sandbox's.
-
-Redis (`test_redis_killed_and_restarted_mid_load`): a private redis-server with
-``appendonly yes`` / ``appendfsync always``; `KOBAN_RELIABILITY_REDIS_WORKERS` clients (8),
-each on its own lot, read (the lot, its availability through the API's `MuxReader`) /
-place / prolong / cancel through the API and the sandbox
-while Redis is SIGKILLed and started again on the same port and directory
-`KOBAN_RELIABILITY_REDIS_RESTARTS` times (3), `KOBAN_RELIABILITY_REDIS_ACKS` (40)
-acknowledged writes between outages; a task does what the scheduler's intents and
-reconcile jobs do. Checked: every answer is a success, a refusal or ``503
-STORE_UNAVAILABLE`` with ``Retry-After`` (never a 500); every client got 503s while Redis
-was away, and the same app wrote again by itself after each restart; every 2xx write is
-in Redis afterwards (its event in the lot's history and the stream, the lot's state
-unless a later event explains it); an idempotent answer stored before the kills still
-replays; the invariants hold; after one reconciliation pass every lot holds as many
-options as in Koban.
-
-The other tests pin the bugs those runs found (each named in its docstring).
+What it sets up and checks, in detail: docs/testing.md, `test_reliability_faults.py`.
 """
 
 from __future__ import annotations

@@ -2,31 +2,7 @@
 a 5xx to what a caller sends, never change state when they refuse it, and refuse bodies over
 the size limit without reading them whole.
 
-* `test_schemathesis_deep`: schemathesis against ``/openapi.json`` with a larger budget than
-  the quick suite (tests/test_api_schemathesis.py, whose loopback harness is reused):
-  ``KOBAN_FUZZ_EXAMPLES`` cases per operation (default 50; one more share of it per three
-  path-parameter variants) with an admin token over every operation, half that with a
-  partner token and with a read token over the ``/v1`` operations. Each role gets a tenant
-  of its own whose lots hold options and préréservations placed by that kind of caller
-  (so cancel, prolong and withdraw reach Koban), and path parameters pinned to them.
-  Checks: no 5xx, statuses, bodies, headers and content types as documented.
-* `test_webhook_form_fuzzer`: hypothesis builds requests to every Koban webhook (the six
-  POSTs and ``GET option-check``): random, missing, duplicated, oversized and wrongly typed
-  fields; latin-1, invalid UTF-8 and percent-encoding garbage; JSON, multipart, text and no
-  content type, charsets that are no text codec; bodies over 64 KiB; wrong methods; with
-  and without the right secret (``KOBAN_FUZZ_FORM_EXAMPLES`` per endpoint, default 150).
-  Checks: never a 5xx; every answer JSON; a refusal exactly ``{"success": false, "error":
-  {"message", "code"}}``; a refusal, or the read-only pre-check, leaves Redis exactly as it
-  was (every key under the tenant's hash tag compared by DUMP and whether it has a TTL, and
-  the database's key count); and afterwards the API still reads every lot the webhooks
-  created without a 5xx.
-* `test_*_over_the_limit_*`: a body announced larger than 64 KiB is refused before a byte
-  of it is read, and a chunked body that never ends is refused once past the limit (the
-  answer arrives while the client is still sending), on the API (400 MALFORMED_REQUEST,
-  the error envelope) and on the webhooks (400, the webhook envelope); nothing changes.
-
-Runs are derandomized (the same cases each run) unless KOBAN_FUZZ_RANDOM=1. Figures
-(requests sent, answers by status) are printed: ``pytest -s`` shows them.
+What it sets up and checks, in detail: docs/testing.md, `test_reliability_input.py`.
 """
 
 from __future__ import annotations
@@ -165,7 +141,7 @@ def test_schemathesis_deep(redis_url: str, role: str) -> None:
             if operation.definition.raw.get("x-undocumented"):
                 continue  # nothing to check it against (test_api_openapi lists them)
             if operation.path.endswith("/events/stream"):
-                continue  # an endless SSE answer (tests/test_api_events.py drives it)
+                continue  # an endless SSE answer (tests/integration/test_api_events.py drives it)
             if not webhooks and not operation.path.startswith("/v1/"):
                 continue
             operations.append(operation)
@@ -759,7 +735,7 @@ def test_a_request_line_over_the_http_limit_is_a_clean_400(hooks_live: Live, whe
 def test_a_form_in_an_unsupported_charset_is_refused_unread(hooks_live: Live, charset: str) -> None:
     """Regression (found by the fuzzer): the declared charset went straight to
     ``bytes.decode``; ``unicode_escape`` warned (a 500 under -W error) and ``punycode``
-    decodes in quadratic time (~1 s of event loop for 64 KiB). Now only UTF-8, Latin-1,
+    decodes in quadratic time (a 64 KiB body held the event loop). Now only UTF-8, Latin-1,
     Windows-1252 and ASCII are read."""
     live = hooks_live
     client = redis_sync.Redis.from_url(live.redis_url)

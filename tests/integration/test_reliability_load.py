@@ -1,15 +1,6 @@
 """Load proofs (issue #6 item 2), over real HTTP against the API and the Koban sandbox.
 
-`test_concurrent_placements_on_one_lot`: `KOBAN_RELIABILITY_CONCURRENT` (default 200,
-the issue's full size) prospects, created in Koban through ``ncThird/PostOne``, place an
-option on one free lot at the same time, each on its own connection. The reservation step
-before Koban is called must let exactly two through (ranks 1 and 2) and refuse every other one with
-``409 LOT_FULL`` before Koban is called: the sandbox's own call log must show exactly two
-``ncOption/Add``. Both sides end with the same two holders and the core invariants hold.
-
-`test_redis_pool_waits_for_a_free_connection` pins the bug that test found: redis-py's
-default pool refused a command beyond 100 connections in use (``MaxConnectionsError``, so
-503 STORE_UNAVAILABLE with Redis idle); `service.storage.redis_client.connect` now waits.
+What it sets up and checks, in detail: docs/testing.md, `test_reliability_load.py`.
 """
 
 from __future__ import annotations

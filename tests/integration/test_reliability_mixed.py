@@ -1,58 +1,6 @@
 """Mixed load with ticks (issue #6 item 2, second half), over real HTTP.
 
-The stack, wired as ``koban-options run`` wires it (`service/entrypoints/run.py`): the API
-(`build_api_app`) and the Koban sandbox each on a loopback port, the private Redis of
-tests/conftest.py; the tenant is a sandbox tenant whose Koban client comes from its
-settings (`koban_from_settings`, the production factory: timeouts, retries; the rate limit
-raised) and points at the sandbox; the sandbox's webhooks come back to the API's
-``/koban/{t}/…`` routes (secret in the header); the sandbox runs on the tenant's test
-clock (a `TestClock` over a pinned base, so time moves only when the test moves it) and
-follows it through the app's ``on_clock_advanced`` hook (`SandboxState.catch_up`).
-
-Load: `KOBAN_MIXED_CLIENTS` clients (default 50; full size 500), each a prospect created
-in Koban through ``ncThird/PostOne`` (one in ten uses a partner token), over
-`KOBAN_MIXED_LOTS` lots (default 200; full size 1 000; a few hot lots take a large share
-of the placements so ranks race) for `KOBAN_MIXED_SECONDS` (default 10; full size 60).
-Each client loops: place (sometimes with a rank), prolong one of its options (read from
-its lot first: valid dates, dates that give no later tick, malformed dates, a wrong rank;
-with and without ``thirdGuid``), cancel one (with and without ``thirdGuid``), now and then
-pre-reserve and withdraw, and read (lots, availability, its prospect page, its options,
-listings), pausing between operations so that together the clients offer about
-`KOBAN_MIXED_RATE` operations per second (default 300) whatever their number. Options live
-12 h (`option_lifetime = PT12H`), so they expire all through the run. Meanwhile a clock
-driver advances the test clock `KOBAN_MIXED_ADVANCES` times (default 12, spread over the
-run) by 30 min to 12 h through ``POST /v1/tenants/{t}/clock`` (admin), which runs every
-tick passed through `process_tick` before answering, then the sandbox's own ticks; the
-load goes on until the last move is made.
-
-The sandbox delivers its webhooks one at a time in firing order (`WebhookSender`), so
-under load they lag the answers by seconds, i.e. by several clock moves: late webhooks
-are the rule here, not the exception. Their timeout is raised (Koban's is unknown) so that
-one slowed by the shared event loop is not counted as lost; none may fail.
-
-Every answer must be documented (README "Error codes"): the statuses and codes each route
-may give, the error envelope, never a 5xx except 502 ``KOBAN_ERROR`` /
-``KOBAN_OUTCOME_UNKNOWN`` and 503 ``KOBAN_UNAVAILABLE`` / ``STORE_UNAVAILABLE``.
-
-At the end (load stopped, every webhook delivered, the clock moved past ``intent_grace``
-and pending intents resolved with `service.usecases.intents.resolve_pending`, webhooks delivered,
-the clock moved to the next tick, webhooks delivered): the core invariants
-(`tests.invariants.check_tenant`) and the twin comparison (`tests.support.twin_compare`): every
-lot's state, options (holders, ranks, effective expiry ticks, prolongations) and every
-prospect's count agree between the sandbox and the service.
-
-No reconciliation runs: what the webhooks, the flows and intent resolution leave must
-agree by itself. ``sync.drift_detected`` events are counted, not forbidden: under this
-load the service's own calls in flight on a lot make Koban's GetLotStatus or a refusal
-look like drift (``lot_status``, ``koban_refused``), and those lots are queued for
-reconciliation (``needsync``).
-
-One line sums the run up (``RELIABILITY mixed …``, shown with ``pytest -s``, followed by
-the outcomes per route, drift reasons, webhooks and Koban calls by kind, latencies):
-requests by status, clock moves and ticks run under load, expiries on each side, webhooks
-delivered, Koban calls. Seed: `KOBAN_MIXED_SEED` (printed). `KOBAN_MIXED_DEBUG=<file>`
-writes every disagreement with its lot's story (the writes answered, the service's
-history) to that file.
+What it sets up and checks, in detail: docs/testing.md, `test_reliability_mixed.py`.
 """
 
 from __future__ import annotations

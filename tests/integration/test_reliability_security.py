@@ -2,27 +2,7 @@
 ``web.AppRunner`` (aiohttp's access log on), the Koban sandbox as each tenant's Koban, two
 tenants with recognisable secrets of their own.
 
-* Every route of the app's router needs a token but the five public ones (``/healthz``,
-  ``/readyz``, ``/metrics``, ``/openapi.json``, ``/docs``; the webhooks' catch-all only
-  answers 404/405): the routes are enumerated, so a new one is covered when it is added.
-  Each ``/v1`` route answers no token, a garbage token and a near miss (a real token plus
-  one character) with 401, a token of the other tenant with 404 ``TENANT_UNKNOWN``, and a
-  token one scope short with 403; each webhook answers a missing, wrong or other tenant's
-  secret with 401; nothing reaches Koban or Redis meanwhile.
-* Bearer tokens and webhook secrets are compared with ``hmac.compare_digest``: a spy counts
-  one comparison per configured token for every bearer token presented (no early exit) and
-  one per presented webhook secret; and an AST scan of ``service/`` finds no ``==`` / ``!=``
-  / ``in`` applied to a token, secret or digest.
-* Tenants never see each other's data (listings, lots, history, events, webhooks, Redis
-  keys); a partner token never cancels, prolongs or withdraws another partner's option
-  or préréservation (403 before Koban is called, nothing written) and finds the other
-  partner's holders nowhere in lot, lots, options, history, prospect, events and SSE.
-* Secrets are never logged: structlog JSON lines, aiohttp's access and server logs and every
-  standard-library record at DEBUG, and whatever reaches stderr, are captured over a
-  workload of reads, writes through the sandbox, Koban failures, bad requests, auth
-  failures, webhooks with the secret in the header and in ``?token=`` and an over-long
-  request line; no configured secret appears, and ``token=`` shows as ``token=***``.
-* Webhook secrets are taken from the header or the query only as ``webhook_auth`` says.
+What it sets up and checks, in detail: docs/testing.md, `test_reliability_security.py`.
 """
 
 from __future__ import annotations

@@ -1,16 +1,6 @@
 """The sweep's shortcuts are proved equal to the general path.
 
-1. `fast_expiry` (decides a common-shaped lot on its stored JSON and writes its events from
-   byte templates) gives exactly the plan the generic path gives (decode,
-   `transitions.expire_due`, `store.transition`), on random lots — or declines and leaves
-   the lot to the generic path.
-2. The templates are `service.storage.events`' own output: checked on random option values, and
-   when the builders change shape the fast path steps aside instead of diverging.
-3. `sweep.lua`, fed by the sweep, leaves Redis exactly as `commit.lua` leaves it for the
-   generic path's transitions: lot values, indexes, counts, tombstones, stream entries and
-   histories (trimmed at the cap), on random tenants.
-4. The pipelined driver: a lot written by someone else between read and apply is swept
-   again (once), a flushed script cache is reloaded, other lots are not held up.
+What it sets up and checks, in detail: docs/testing.md, `test_sweep_fast.py`.
 """
 
 from __future__ import annotations

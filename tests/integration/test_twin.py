@@ -1,58 +1,6 @@
 """The twin test: the Koban sandbox and the service side by side on one clock.
 
-The sandbox (real HTTP on loopback, its webhooks pointed at the service's webhook routes,
-also on loopback, same secret) and the service tenant share one `FixedClock` and the same
-`Rules`. After a first stock import (`sync_stock`), a seeded random loop of
-`KOBAN_TWIN_OPS` operations (default 300; seed `KOBAN_TWIN_SEED`) mixes:
-
-* API writes through the service (`OptionFlows`): place, prolong, cancel, prereserve,
-  withdraw — Koban is called, its webhooks come back to the service;
-* Koban-UI actions on the sandbox's control endpoints: placements (with Koban's pre-check
-  GET to the service), reservation validations, withdrawals — known to the service only
-  through their webhooks;
-* clock moves: short waits and jumps across :00 / :30 ticks. At every tick passed, in
-  order, the sandbox runs its ticks (option-expired webhooks) and the service runs its
-  sweep `expire_due(store, tick)`, in a random order;
-* now and then an incremental stock sync and a reconciliation pass, which must find no
-  drift.
-
-After every operation and every tick (webhooks delivered: `GET /_sandbox/webhooks` waits
-for them), every lot must agree on both sides: chart configuration, status, préréservation
-holder, and the options as (rank, thirdGuid, effective expiry, prolonged, deadline when
-prolonged); every prospect's option count must agree (the limits depend on it). A refused
-operation must be refused by both sides: a local refusal sends no write to Koban and leaves
-the sandbox unchanged, and the sandbox's own rules, asked on a copy of its lot, refuse it
-too; no `sync.drift_detected` may appear except the documented one below.
-
-Intentional tolerances (README "Semantics"):
-
-* Effective expiries are compared as ticks even while the service's `deadlineSource` is
-  `estimated`: both sides compute them from the same `DateOption` (the shared clock), the
-  same lifetime and zone, and the placed webhook's `ExpDate` is that very tick. Deadlines
-  themselves are compared only for prolonged options (`DateProlongation` is exact on both
-  sides); before that, Koban's webhook gives the tick, not its own deadline.
-* An option the service holds as an opaque placeholder (placed in Koban before the first
-  import, never named by a webhook) matches any holder and is left out of that holder's
-  count; its expiry is compared once Koban's `EndDate` gave it one.
-* `partnerGuid` is not compared: Koban's option-placed webhook does not carry it.
-* `OPTION_MOVED` is the service's own check (Koban addresses options by rank only); when
-  several rules refuse, the service answers with its own order (its chart runs before Koban
-  is called, while Koban checks that the prospect exists first).
-* Koban's option-placed webhook is identified by (lot, thirdGuid, ExpDate): a
-  prospect placing again in Koban's UI, within the same half hour, on a lot where their
-  option has just ended sends a webhook the service must take for a late copy of the ended
-  one (ignored; reconciliation then finds the option as an opaque one). Such a placement
-  is skipped here (`ui-place:skipped-ambiguous`). API placements are not affected: the
-  service confirms its own intent from Koban's answer.
-* `max_prolongation` (set here: P3D) counts from the original deadline as each side knows
-  it: Koban from its own deadline, the service from the tick Koban publishes (ExpDate /
-  EndDate), up to 30 min later. A prolongation date in that window passes the service's
-  check and Koban refuses it (HTTP 422 without a documented code, a `KobanError`); both
-  sides stay unchanged (`prolong:cap-window`, `Twin.cap_window`).
-* Koban's write answers are delayed until their webhooks are delivered for half of the
-  calls (`WebhooksFirst`), so both orders of answer and webhook are exercised.
-* A reservation validated in Koban on a lot that was not pre-reserved is recorded as drift
-  (`reserved_without_prereservation`, by design); no other drift is expected.
+What it sets up and checks, in detail: docs/testing.md, `test_twin.py`.
 """
 
 from __future__ import annotations

@@ -1,24 +1,6 @@
-"""Late echoes of the service's own changes (found by tests/test_reliability_mixed.py).
+"""Late echoes of the service's own changes (found by tests/integration/test_reliability_mixed.py).
 
-Koban fires a webhook for every change made through its API, the service's included, and
-delivers it at least once, in any order, possibly late. The service applies its own
-Undo / Prolong / Desist from Koban's answer; the webhook that follows is an echo. When it
-arrived after the lot had moved on, it was read as a new fact about the lot as it was by
-then: the twins disagreed at the end of the mixed load.
-
-* ``reservation-withdrawn`` names only the lot: our Desist's echo, after another prospect
-  pre-reserved the lot, withdrew that newer préréservation (Koban kept it);
-* ``option-cancelled`` names (lot, third): after the prospect placed a new option on the
-  same lot, the echo of the old option's cancellation cancelled the new one;
-* ``option-prolonged`` names (lot, third, PrgDate): the same, a forced prolongation;
-* ``option-expired`` names (lot, third): Koban's expiry of an option, delivered after the
-  prospect placed a new option on the lot and the clock passed another tick, expired the
-  new one "as of Koban's latest tick".
-
-Here the sandbox's webhooks are recorded, not sent (`running_stack(webhooks=False)`), and
-each test delivers them itself when it wants: late. Every test ends with the service and
-the sandbox agreeing (`tests.support.twin_compare`) and the core invariants holding; echoes do not
-swallow genuine webhooks that come after them.
+What it sets up and checks, in detail: docs/testing.md, `test_webhook_echoes.py`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The API under test, over real HTTP on loopback: the aiohttp app on a private port, the
 real Redis fixture, and the Koban sandbox (its own loopback port) as the tenant's Koban.
 
-No tests here: `running_api` and helpers shared by tests/test_api_*.py.
+No tests here: `running_api` and helpers shared by tests/integration/test_api_*.py.
 
 Stock: programme HAR with lots L1..L8 (LIBRE) and P1 (a parking), known to both the
 sandbox and the service; prospects p1..p6 in the sandbox; partners cgp-1, cgp-2. The

@@ -1,17 +1,6 @@
 """The core invariants of a tenant, read back from Redis (no tests here).
 
-Shared by the stateful property test (tests/test_store_properties.py) and the reliability
-tests: after any sequence of writes, faults and restarts, `check_tenant` must pass.
-
-* per lot: at most two active options, ranks dense from 1 over options and pending
-  intents, no prospect twice on a lot, the chart configuration matching the options
-  (`statecharts.transitions.occupancy_invariant`);
-* per lot: its history numbered 1..sequence without gaps (the last `history_cap` of them),
-  every version from 1 to the lot's version carried by at least one event;
-* tenant-wide: the counts hash equals what the lots hold (options with a holder, pending
-  intents, the API user's), the expiry index equals the options with an expiry, the
-  intents index equals the pending intents, no prospect above `max_per_prospect`;
-* the event stream, split by subject, equals the lots' histories (the tail kept).
+What it sets up and checks, in detail: docs/testing.md, `invariants.py`.
 """
 
 from __future__ import annotations

@@ -1,16 +1,6 @@
 """A scripted stand-in for Koban's HTTP API, for client tests.
 
-A real aiohttp server on 127.0.0.1 (random port) that records every request and answers
-from per-route scripts::
-
-    async with ScriptedKoban() as koban:
-        koban.script("POST", "/ncOption/Add", Reply(503), Reply(json={"success": True}))
-        client = KobanClient(session, koban.base_url, "api", "user")
-
-Each script is a queue of replies consumed in order; the last one repeats. A reply may be
-a :class:`Reply` or a function of the recorded request (for paging). Actions besides
-answering: ``"drop"`` closes the socket with a reset before answering, ``"hang"`` never
-answers (until the server closes), to provoke client timeouts. Unscripted routes get 404.
+What it sets up and checks, in detail: docs/testing.md, `koban_scripted.py`.
 """
 
 from __future__ import annotations

@@ -1,15 +1,6 @@
 """A local Redis Cluster of three masters for the tests: no Docker, three child processes.
 
-`start_redis_cluster(directory)` starts three ``redis-server --cluster-enabled yes``
-processes on free loopback ports (no persistence: ``--save ""``, ``--appendonly no``, each
-with its own ``nodes.conf`` in its own directory), joins them with ``redis-cli --cluster
-create … --cluster-replicas 0 --cluster-yes`` (16 384 slots split over the three), and waits
-until every node reports ``cluster_state:ok`` and agrees on the slot map. `stop` ends the
-processes it started (and only those).
-
-`cluster_support()` tells whether this machine can do it at all: a redis-server built
-without cluster support refuses ``--cluster-enabled yes``, and ``redis-cli`` older than 5
-has no ``--cluster`` subcommand; the tests are then skipped with that reason.
+What it sets up and checks, in detail: docs/testing.md, `redis_cluster.py`.
 """
 
 from __future__ import annotations

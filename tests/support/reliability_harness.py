@@ -1,18 +1,7 @@
 """The stack the reliability tests drive (no tests here): the API app and the Koban sandbox,
 each on its own loopback port, talking real HTTP both ways.
 
-* The API (`build_api_app`) serves one tenant whose Koban is the sandbox; its
-  `KobanClient` keeps the production defaults (timeouts, retries, backoff, rate limit)
-  except what a test overrides (`koban=`).
-* The sandbox (`SandboxServer`) can be stopped and started again on the same port with
-  the same state (Koban down: connection refused), and its webhooks come back to the
-  API's ``/koban/{tenant}/…`` routes with the tenant's secret (`webhooks=True`).
-* `Stack.call` is a plain aiohttp client (no connection limit, so 200 requests really are
-  in flight together) that returns `tests.test_api_harness.Answer`s.
-
-Stock: the sandbox stock of tests/support/api_harness.py (lots L1..L8 and P1, prospects
-p1..p6) plus `lots` and `prospects` named by the test, imported into the service before
-the first request; the API and the sandbox share one `FixedClock` at `T0`.
+What it sets up and checks, in detail: docs/testing.md, `reliability_harness.py`.
 """
 
 from __future__ import annotations

@@ -1,20 +1,6 @@
 """What "agree" means between the Koban sandbox and the service (no tests here).
 
-Shared by the twin test (tests/test_twin.py) and the mixed load test
-(tests/test_reliability_mixed.py); README "Semantics → Twin test" documents the tolerances:
-
-* every lot: chart configuration and status, the préréservation's holder, no pending
-  intent left on the service's side, the same number of options, and rank by rank the
-  holder, the effective expiry tick (compared even while the service's deadline is
-  `estimated`: both sides compute the same tick), `prolonged`, and the exact deadline once
-  prolonged (Koban's `DateProlongation` is exact on both sides);
-* an option the service holds as an opaque placeholder matches any holder (or one of
-  `opaque_holders` when given) and its expiry is compared once it has one;
-* `partnerGuid` is not compared (Koban's option-placed webhook does not carry it);
-* every prospect named: the service's count (options + pending placements) equals Koban's.
-
-The functions return the disagreements as text (empty: the twins agree), so a caller can
-report them all at once.
+What it sets up and checks, in detail: docs/testing.md, `twin_compare.py`.
 """
 
 from __future__ import annotations
