@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
@@ -28,10 +27,6 @@ from tests.support.loading import load_options
 
 # Every test here on a Redis backend also runs on the local Redis Cluster.
 pytestmark = pytest.mark.cluster
-
-
-def at(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 PARIS = ZoneInfo("Europe/Paris")

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import itertools
-from datetime import datetime, timedelta
+from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from service.entrypoints.scheduler import tick_trigger
-
-
-def at(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
+from tests.support.instants import at
 
 PARIS = ZoneInfo("Europe/Paris")
 
