@@ -77,6 +77,9 @@ async def test_concurrent_placements_on_one_lot(
         koban_lot = stack.koban.lots["L1"]
         assert sorted(o.holder or "" for o in koban_lot.options) == winners
         assert sorted(o.rank for o in koban_lot.options) == [1, 2]
+        # The sandbox's option-placed webhooks may still be landing (each confirms a
+        # deadline): the invariants read a lot and then its history, so let them land.
+        await stack.delivered()
         lots = await check_tenant(stack.store)
         assert sorted(o.holder or "" for o in lots["L1"].options) == winners
         assert not lots["L1"].intents
