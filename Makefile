@@ -5,20 +5,30 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 .DEFAULT_GOAL := test
 
-.PHONY: install test lint typecheck bench diagrams run compile-charts clean screenshot
+.PHONY: install lock test test-unit lint typecheck bench diagrams run compile-charts clean screenshot
 
 # Everything in one process: API, scheduler, Koban sandbox with demo stock, private Redis.
 run: $(STAMP)
 	@[ -n "$${REDIS_URL:-}" ] || .ci/ensure-redis
 	$(BIN)/koban-options run
 
-$(STAMP): pyproject.toml
+# The exact versions of requirements.lock (the ones the benchmarks were measured with), then
+# the project itself without resolving anything again.
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-pin requirements.lock from pyproject.toml (every extra `install` uses), for CPython 3.11
+# on Linux x86_64; versions already pinned stay unless pyproject.toml rules them out.
+LOCK_TARGET := --python-version 3.11 --python-platform x86_64-unknown-linux-gnu
+lock:
+	test -x $(BIN)/uv || $(BIN)/pip install -q 'uv>=0.9'
+	$(BIN)/uv pip compile -q pyproject.toml --extra dev $(LOCK_TARGET) -o requirements.lock
 
 test: $(STAMP)
 	.ci/ensure-redis
@@ -31,6 +41,9 @@ screenshot: $(STAMP)
 	.ci/ensure-chromium
 	KOBAN_OPTIONS_SCREENSHOT=docs/img/operator-page.png $(BIN)/pytest -q -p no:cacheprovider \
 		tests/integration/test_ui_browser.py -k arrive
+# The domain and pure rules alone: no redis-server, no network.
+test-unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check service statecharts tests bench

@@ -281,7 +281,7 @@ def profile(stack: Stack, measure: Measure) -> None:
 
 
 def run(tmp: Path) -> None:
-    from tests.conftest import start_redis_server
+    from tests.support.redis_server import start_redis_server
 
     say(
         f"http bench: {CONNECTIONS} keep-alive connections from a separate load-generator "

@@ -36,7 +36,7 @@ from statecharts import transitions as tr
 from statecharts.decide import CHART
 from statecharts.model import DomainEvent, Lot, Rules
 from statecharts.ticks import parse_duration
-from tests.conftest import start_redis_server
+from tests.support.redis_server import start_redis_server
 
 N_LOTS = int(os.environ.get("KOBAN_BENCH_LOTS", "1000000"))
 N_DUE = int(os.environ.get("KOBAN_BENCH_DUE", "100000"))

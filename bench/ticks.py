@@ -29,8 +29,8 @@ from service.storage.store import LotStore
 from service.tenancy import Tenant
 from service.usecases.ticking import advance_clock
 from statecharts.ticks import TICK_SECONDS, next_tick
-from tests.conftest import start_redis_server
-from tests.loading import load_options
+from tests.support.loading import load_options
+from tests.support.redis_server import start_redis_server
 
 N_TICKS = int(os.environ.get("KOBAN_BENCH_TICKS", "20"))
 N_DUE = int(os.environ.get("KOBAN_BENCH_TICK_DUE", "10000"))

@@ -31,7 +31,7 @@ from service.entrypoints.api import build_api_app
 from service.storage.redis_client import connect
 from service.storage.store import LotStore
 from service.tenancy import Tenant, Tenants
-from tests.conftest import start_redis_server
+from tests.support.redis_server import start_redis_server
 
 LOTS = int(os.environ.get("KOBAN_BENCH_UI_LOTS", "1000"))
 REQUESTS = int(os.environ.get("KOBAN_BENCH_UI_REQUESTS", "300"))

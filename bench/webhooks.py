@@ -28,7 +28,7 @@ from service.storage.redis_client import connect
 from service.storage.store import LotStore
 from service.tenancy import Tenant
 from service.usecases.koban_webhooks import apply_webhook
-from tests.conftest import start_redis_server
+from tests.support.redis_server import start_redis_server
 
 N_LOTS = int(os.environ.get("KOBAN_BENCH_WEBHOOK_LOTS", "2000"))
 T0 = 1_795_000_000 - 1_795_000_000 % 1800

@@ -1,23 +1,12 @@
-"""Configuration: TOML defaults, a tenants file, then the environment.
+"""Configuration: `config/defaults.toml`, then the tenants file, then the environment
+(`KOBAN_OPTIONS_<KEY>`, `…_TENANT_DEFAULTS__<KEY>`, `…_TENANTS__<NAME>__<KEY>`, plus an
+untracked `.env`); later wins, and each tenant's table is laid over `[tenant_defaults]`.
 
-Layers, later wins:
-1. `config/defaults.toml` — service-wide keys and `[tenant_defaults]`;
-2. the tenants file (`tenants_file=`, else `$KOBAN_OPTIONS_TENANTS_FILE`, else
-   `config/tenants.example.toml`) — `[tenants.<name>]` tables, and optionally service-wide
-   keys or `[tenant_defaults]` too;
-3. the environment: `KOBAN_OPTIONS_<KEY>`, `KOBAN_OPTIONS_TENANT_DEFAULTS__<KEY>`,
-   `KOBAN_OPTIONS_TENANTS__<NAME>__<KEY>` (a "-" in a tenant name is written "_"; lists such
-   as `API_TOKENS` or `WEBHOOK_AUTH` are JSON; an empty value unsets an optional key).
-Each tenant is then its own table laid over `[tenant_defaults]`.
-
-Secrets (Koban keys, webhook secrets, API tokens) are accepted only from the environment
-(or an untracked `.env`): a TOML file holding one is refused. Every error is a
-`ConfigError` whose lines name the dotted key and where its value came from; values are
-never echoed, so a secret cannot leak through an error message.
-
-The environment layer is walked here rather than by pydantic-settings' own sources so that
-`load_settings(env=...)` never reads the process environment, tenant tables inherit from
-`[tenant_defaults]`, and errors can say which file or variable set the bad value.
+Secrets come only from the environment: a TOML file holding one is refused. Every error is
+a `ConfigError` naming the dotted key and where its value came from, never the value. The
+layers are walked here rather than by a settings library so that `load_settings(env=...)`
+never reads the process environment and errors keep their provenance; docs/configuration.md
+has the layers, the variable names and the reasons.
 """
 
 from __future__ import annotations
@@ -47,7 +36,6 @@ from pydantic import (
     WithJsonSchema,
     field_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from service.storage.redis_client import CLUSTER_SCHEMES
 from statecharts.ticks import IsoDuration, check_zone, parse_duration
@@ -221,20 +209,15 @@ class TenantSettings(BaseModel):
         return tokens
 
 
-class Settings(BaseSettings):
+class Settings(BaseModel):
     """The whole service configuration. Build it with `load_settings()`.
 
     Direct construction (`Settings(...)`) validates only what it is given: the TOML and
     environment layers are applied by `load_settings`, never implicitly.
     """
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter=ENV_DELIMITER,
-        case_sensitive=False,
-        extra="forbid",
-        frozen=True,
-    )
+    # Defaults are validated too, as they would be if they came from a file.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     api_host: str = "127.0.0.1"
@@ -259,18 +242,6 @@ class Settings(BaseSettings):
         if parts.scheme in CLUSTER_SCHEMES and parts.path not in ("", "/", "/0"):
             raise ValueError("a Redis Cluster has only database 0")
         return value
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # load_settings() applies files and environment itself (see the module docstring).
-        return (init_settings,)
 
 
 # --------------------------------------------------------------------------- loading

@@ -19,7 +19,7 @@ from service.storage.redis_client import connect
 from service.storage.store import LotStore
 from statecharts.model import Intent
 from statecharts.ticks import to_iso
-from tests.conftest import make_rules
+from tests.support.rules import make_rules
 
 AHEAD = 3 * 86400  # past the two-day lifetime of an option placed now
 

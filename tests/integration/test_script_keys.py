@@ -13,7 +13,7 @@ from service.storage.keys import TenantKeys
 from service.storage.redis_client import RedisClient
 from service.storage.store import LotStore
 from service.usecases.sweep import sweep_expiries
-from tests.conftest import make_rules
+from tests.support.rules import make_rules
 
 TICK = 1_795_000_000 - 1_795_000_000 % 1800
 CODES = ["A-1", "l:B", "{C}", "é/é", "D|1", "x y%s"]

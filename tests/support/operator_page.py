@@ -23,7 +23,7 @@ from service.sandbox import SandboxState, build_sandbox_app
 from service.storage.redis_client import RedisClient
 from service.storage.store import LotStore
 from service.tenancy import Tenant, Tenants
-from tests.conftest import delete_tenant_keys
+from tests.support.tenant_keys import delete_tenant_keys
 
 API_KEY, USER_KEY = "ui-k-api", "ui-k-user"
 T0 = 1795428600  # 2026-11-23T10:10:00Z, between two ticks

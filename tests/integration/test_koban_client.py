@@ -1,0 +1,447 @@
+"""KobanClient against scripted Koban servers on 127.0.0.1 (tests/support/koban_scripted.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from service.koban.client import (
+    KobanClient,
+    KobanError,
+    KobanOutcomeUnknown,
+    KobanUnavailable,
+    koban_refusal,
+)
+from service.koban.wire import KobanAnswer, LotStatus
+from statecharts.errors import ErrorCode
+from tests.support.koban_scripted import DROP, HANG, Reply, ScriptedKoban, Seen
+
+API_KEY = "api-key-123"
+USER_KEY = "user-key-456"
+LOT_STATUS = "/ncOption/GetLotStatus"
+ADD = "/ncOption/Add"
+PROLONG = "/ncOption/Prolong"
+UNDO = "/ncOption/Undo"
+PRERESV = "/ncPreresv/Add"
+DESIST = "/ncPreresv/Desist"
+UPDATED = "/ncDeal/GetUpdated"
+UPDATED_PROCESS = "/ncDeal/GetUpdatedProcess"
+PROGRAMS = "/ncDealProcess/GetAll"
+THIRD = "/ncThird/PostOne"
+T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
+OK = Reply(json={"success": True})
+FREE = Reply(json={"Result": 0, "MaxRank": 0, "EndDate": None})
+
+
+class FakeSleep:
+    """Records the backoff delays instead of waiting."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+async def koban() -> AsyncIterator[ScriptedKoban]:
+    async with ScriptedKoban() as server:
+        yield server
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+def sleep() -> FakeSleep:
+    return FakeSleep()
+
+
+@pytest.fixture
+def client(koban: ScriptedKoban, session: aiohttp.ClientSession, sleep: FakeSleep) -> KobanClient:
+    return make_client(session, koban.base_url, sleep)
+
+
+def make_client(
+    session: aiohttp.ClientSession, base_url: str, sleep: FakeSleep, **kw: Any
+) -> KobanClient:
+    kw.setdefault("rate_per_s", 1000.0)
+    return KobanClient(session, base_url, API_KEY, USER_KEY, sleep=sleep, **kw)
+
+
+# ------------------------------------------------------------------ every method, headers
+
+
+async def test_every_call_carries_both_keys_and_the_documented_shapes(
+    koban: ScriptedKoban, client: KobanClient
+) -> None:
+    koban.script("GET", LOT_STATUS, FREE)
+    for path in (ADD, PROLONG, UNDO, PRERESV, DESIST):
+        koban.script("POST", path, OK)
+    koban.script("POST", THIRD, Reply(json={"success": True, "Guid": "g-new"}))
+    koban.script("GET", UPDATED, Reply(json={"Length": 0, "List": []}))
+    koban.script("GET", UPDATED_PROCESS, Reply(json={"Length": 0, "List": []}))
+    koban.script("GET", PROGRAMS, Reply(json=[{"Guid": "p1", "Code": "PRG1", "Label": "One"}]))
+
+    assert await client.get_lot_status("A101") == LotStatus(result=0, max_rank=0, end_date=None)
+    assert (await client.add_option("A101", "third-1", 1, T0)).success
+    assert (await client.add_option("A101", "third-1", 2, T0, partner_guid="cgp-1")).success
+    assert (await client.prolong_option("A101", 1, T0 + 86400)).success
+    assert (await client.undo_option("A101", 2)).success
+    assert (await client.add_prereservation("A101", "third-1", 25_000_000, 500_050)).success
+    assert (await client.desist("A101", "third-1")).success
+    assert await client.post_third("Durand", "Anne", "anne@example.com", "0600000000") == "g-new"
+    pages = [p async for p in client.get_updated(T0)]
+    pages += [p async for p in client.get_updated(T0, process_code="PRG1")]
+    assert [(p.length, p.items) for p in pages] == [(0, []), (0, [])]
+    programs = await client.get_programs()
+    assert [(p.guid, p.code, p.label) for p in programs] == [("p1", "PRG1", "One")]
+
+    assert len(koban.seen) == 11
+    for seen in koban.seen:
+        assert seen.headers["X-ncApi"] == API_KEY
+        assert seen.headers["X-ncUser"] == USER_KEY
+        assert seen.headers["Accept"] == "application/json"
+
+    by_path: dict[str, list[Seen]] = {}
+    for seen in koban.seen:
+        by_path.setdefault(seen.path, []).append(seen)
+    assert by_path[LOT_STATUS][0].query == {"extcode": "A101"}
+    add1, add2 = by_path[ADD]
+    assert add1.body == {
+        "Third": {"Guid": "third-1"},
+        "Deal": {"Extcode": "A101"},
+        "DateOption": T0,
+        "Rank": 1,
+    }
+    assert add2.body["Part"] == {"Guid": "cgp-1"} and add2.body["Rank"] == 2
+    assert by_path[PROLONG][0].body == {
+        "Deal": {"Extcode": "A101"},
+        "Rank": 1,
+        "DateProlongation": T0 + 86400,
+    }
+    assert by_path[UNDO][0].body == {"Deal": {"Extcode": "A101"}, "Rank": 2}
+    assert by_path[PRERESV][0].body == {
+        "Deal": {"Extcode": "A101"},
+        "Third": {"Guid": "third-1"},
+        "PrixVente": 250000.0,
+        "Garantie": 5000.5,
+    }
+    assert by_path[DESIST][0].body == {"Deal": {"Extcode": "A101"}, "Third": {"Guid": "third-1"}}
+    assert by_path[THIRD][0].body == {
+        "Name": "Durand",
+        "FirstName": "Anne",
+        "EMail": "anne@example.com",
+        "Phone": "0600000000",
+        "Type": "PROSPECT",
+    }
+    assert by_path[UPDATED][0].query == {"updated": str(T0), "s": "0", "l": "200"}
+    assert by_path[UPDATED_PROCESS][0].query == {
+        "updated": str(T0),
+        "processcode": "PRG1",
+        "s": "0",
+        "l": "200",
+    }
+    assert client.calls[("Add", "ok")] == 2
+
+
+# ------------------------------------------------------------------ refusals
+
+Call = Callable[[KobanClient], Awaitable[KobanAnswer]]
+CALLS: dict[str, tuple[str, Call]] = {
+    "Add": (ADD, lambda c: c.add_option("A101", "third-1", 1, T0)),
+    "Prolong": (PROLONG, lambda c: c.prolong_option("A101", 1, T0)),
+    "Undo": (UNDO, lambda c: c.undo_option("A101", 1)),
+    "PreresvAdd": (PRERESV, lambda c: c.add_prereservation("A101", "third-1", 100, 10)),
+    "PreresvDesist": (DESIST, lambda c: c.desist("A101", "third-1")),
+}
+REFUSALS = [
+    ("Add", "01", ErrorCode.PROSPECT_OPTION_LIMIT),
+    ("Add", "02", ErrorCode.LOT_NOT_AVAILABLE),
+    ("Add", "03", ErrorCode.USER_OPTION_LIMIT),
+    ("Add", "04", ErrorCode.LOT_PRERESERVED),
+    ("Add", "05", ErrorCode.LOT_FULL),
+    ("Prolong", "01", ErrorCode.OPTION_NOT_FOUND),
+    ("Prolong", "02", ErrorCode.ALREADY_PROLONGED),
+    ("Undo", "01", ErrorCode.OPTION_NOT_FOUND),
+    ("PreresvAdd", "01", ErrorCode.LOT_UNKNOWN),
+    ("PreresvAdd", "02", ErrorCode.PROSPECT_UNKNOWN),
+    ("PreresvDesist", "01", ErrorCode.LOT_UNKNOWN),
+    ("PreresvDesist", "02", ErrorCode.PROSPECT_UNKNOWN),
+]
+# The same refusal in the spellings Koban may use.
+SPELLINGS: list[Callable[[str], dict[str, Any]]] = [
+    lambda code: {"success": False, "errorcode": code, "message": "refused"},
+    lambda code: {"Success": False, "ErrorCode": int(code), "Message": "refused"},
+    lambda code: {"SUCCESS": "false", "errorCode": str(int(code)), "Errors": ["refused"]},
+]
+
+
+@pytest.mark.parametrize("spelling", range(len(SPELLINGS)))
+@pytest.mark.parametrize(("method", "code", "expected"), REFUSALS)
+async def test_business_refusals_are_answers_mapped_to_error_codes(
+    koban: ScriptedKoban,
+    client: KobanClient,
+    method: str,
+    code: str,
+    expected: ErrorCode,
+    spelling: int,
+) -> None:
+    path, call = CALLS[method]
+    koban.script("POST", path, Reply(json=SPELLINGS[spelling](code)))
+    answer = await call(client)
+    assert answer == KobanAnswer(success=False, error_code=code, message="refused", guid=None)
+    assert koban_refusal(method, answer.error_code or "") == expected
+    assert client.calls[(method, "refused")] == 1
+    assert len(koban.seen) == 1
+
+
+async def test_a_refusal_carried_by_a_4xx_is_still_a_refusal(
+    koban: ScriptedKoban, client: KobanClient
+) -> None:
+    koban.script("POST", ADD, Reply(409, json={"Success": False, "ErrorCode": "05"}))
+    answer = await client.add_option("A101", "third-1", 1, T0)
+    assert (answer.success, answer.error_code) == (False, "05")
+
+
+# ------------------------------------------------------------------ parsing
+
+
+async def test_lot_status_parses_any_case_and_millisecond_dates(
+    koban: ScriptedKoban, client: KobanClient
+) -> None:
+    koban.script(
+        "GET",
+        LOT_STATUS,
+        Reply(json={"result": "1", "maxrank": 2, "enddate": T0 * 1000}),
+        Reply(json={"Result": -1, "MaxRank": None}),
+    )
+    assert await client.get_lot_status("A1") == LotStatus(result=1, max_rank=2, end_date=T0)
+    assert await client.get_lot_status("A2") == LotStatus(result=-1, max_rank=0, end_date=None)
+
+
+# ------------------------------------------------------------------ paging
+
+
+async def test_get_updated_pages_until_s_reaches_length(
+    koban: ScriptedKoban, client: KobanClient
+) -> None:
+    lots = [{"Extcode": f"A{i}", "Status": "LIBRE", "Updated": T0 + i} for i in range(5)]
+
+    def page(seen: Seen) -> Reply:
+        start, size = int(seen.query["s"]), int(seen.query["l"])
+        return Reply(json={"Length": len(lots), "List": lots[start : start + size]})
+
+    koban.script("GET", UPDATED, page)
+    pages = [p async for p in client.get_updated(T0, page_size=2)]
+    assert [[lot.extcode for lot in p.items] for p in pages] == [
+        ["A0", "A1"],
+        ["A2", "A3"],
+        ["A4"],
+    ]
+    assert [s.query["s"] for s in koban.seen] == ["0", "2", "4"]
+    assert {s.query["l"] for s in koban.seen} == {"2"}
+    assert client.calls[("GetUpdated", "ok")] == 3
+
+
+async def test_get_updated_stops_on_an_empty_page(
+    koban: ScriptedKoban, client: KobanClient
+) -> None:
+    koban.script("GET", UPDATED, Reply(json={"Length": 10, "List": []}))
+    assert len([p async for p in client.get_updated(T0)]) == 1
+    assert len(koban.seen) == 1
+
+
+# ------------------------------------------------------------------ retries and failures
+
+
+async def test_a_read_is_retried_on_503_with_jittered_backoff(
+    koban: ScriptedKoban, client: KobanClient, sleep: FakeSleep
+) -> None:
+    koban.script("GET", LOT_STATUS, Reply(503), Reply(502, raw=b"bad gateway"), FREE)
+    assert (await client.get_lot_status("A101")).result == 0
+    assert len(koban.seen) == 3
+    assert len(sleep.delays) == 2
+    assert 0 <= sleep.delays[0] <= 0.2 and 0 <= sleep.delays[1] <= 0.4
+    assert client.calls[("GetLotStatus", "retry")] == 2
+    assert client.calls[("GetLotStatus", "ok")] == 1
+
+
+async def test_a_read_is_retried_after_the_connection_is_reset(
+    koban: ScriptedKoban, client: KobanClient, sleep: FakeSleep
+) -> None:
+    # aiohttp itself resends an idempotent request once after a disconnect; two resets
+    # make sure the client's own retry is exercised too.
+    koban.script("GET", LOT_STATUS, DROP, DROP, FREE)
+    assert (await client.get_lot_status("A101")).result == 0
+    assert len(koban.seen) == 3
+    assert len(sleep.delays) >= 1
+    assert client.calls[("GetLotStatus", "retry")] == len(sleep.delays)
+
+
+async def test_a_read_that_keeps_failing_is_unavailable_after_the_retries(
+    koban: ScriptedKoban, session: aiohttp.ClientSession, sleep: FakeSleep
+) -> None:
+    client = make_client(session, koban.base_url, sleep, retries=2)
+    koban.script("GET", LOT_STATUS, Reply(503))
+    with pytest.raises(KobanUnavailable) as caught:
+        await client.get_lot_status("A101")
+    assert not isinstance(caught.value, KobanOutcomeUnknown)
+    assert caught.value.status == 503
+    assert len(koban.seen) == 3
+    assert client.calls[("GetLotStatus", "unavailable")] == 1
+
+
+@pytest.mark.parametrize("status", [400, 401, 404])
+async def test_no_retry_on_4xx(
+    koban: ScriptedKoban, client: KobanClient, sleep: FakeSleep, status: int
+) -> None:
+    koban.script("GET", LOT_STATUS, Reply(status, json={"success": False, "message": "no"}))
+    koban.script("POST", ADD, Reply(status, json={"success": False, "message": "no"}))
+    with pytest.raises(KobanError) as caught:
+        await client.get_lot_status("A101")
+    assert caught.value.status == status
+    with pytest.raises(KobanError):
+        await client.add_option("A101", "third-1", 1, T0)
+    assert len(koban.seen) == 2
+    assert sleep.delays == []
+
+
+async def test_429_is_unavailable_without_retry(
+    koban: ScriptedKoban, client: KobanClient, sleep: FakeSleep
+) -> None:
+    koban.script("POST", ADD, Reply(429))
+    with pytest.raises(KobanUnavailable) as caught:
+        await client.add_option("A101", "third-1", 1, T0)
+    assert not isinstance(caught.value, KobanOutcomeUnknown)
+    assert len(koban.seen) == 1 and sleep.delays == []
+
+
+async def test_unreadable_bodies(koban: ScriptedKoban, client: KobanClient) -> None:
+    koban.script("GET", LOT_STATUS, Reply(raw=b"<html>oops</html>"), Reply(json={"x": 1}))
+    koban.script("POST", ADD, Reply(raw=b"<html>oops</html>"), Reply(json={"Guid": "x"}))
+    for _ in range(2):
+        with pytest.raises(KobanError):
+            await client.get_lot_status("A101")
+        # Koban answered 2xx to the write: it may have applied it.
+        with pytest.raises(KobanOutcomeUnknown):
+            await client.add_option("A101", "third-1", 1, T0)
+    assert len(koban.seen) == 4
+
+
+async def test_a_write_answered_5xx_is_outcome_unknown_and_not_resent(
+    koban: ScriptedKoban, client: KobanClient, sleep: FakeSleep
+) -> None:
+    koban.script("POST", ADD, Reply(503), OK)
+    with pytest.raises(KobanOutcomeUnknown) as caught:
+        await client.add_option("A101", "third-1", 1, T0)
+    assert caught.value.status == 503
+    assert len(koban.seen) == 1
+    assert sleep.delays == []
+    assert client.calls[("Add", "outcome_unknown")] == 1
+
+
+async def test_a_write_timing_out_after_it_was_received_is_outcome_unknown(
+    koban: ScriptedKoban, session: aiohttp.ClientSession, sleep: FakeSleep
+) -> None:
+    client = make_client(session, koban.base_url, sleep, timeout_s=0.2)
+    koban.script("POST", PROLONG, HANG, OK)
+    with pytest.raises(KobanOutcomeUnknown):
+        await client.prolong_option("A101", 1, T0)
+    assert len(koban.seen) == 1
+    assert sleep.delays == []
+
+
+async def test_a_write_whose_connection_is_reset_is_outcome_unknown(
+    koban: ScriptedKoban, client: KobanClient
+) -> None:
+    koban.script("POST", UNDO, DROP, OK)
+    with pytest.raises(KobanOutcomeUnknown):
+        await client.undo_option("A101", 1)
+    assert len(koban.seen) == 1
+
+
+async def test_a_write_that_could_not_connect_is_retried_then_unavailable(
+    session: aiohttp.ClientSession, sleep: FakeSleep
+) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = make_client(session, f"http://127.0.0.1:{port}/api/v1", sleep, retries=3)
+    with pytest.raises(KobanUnavailable) as caught:
+        await client.add_option("A101", "third-1", 1, T0)
+    assert not isinstance(caught.value, KobanOutcomeUnknown)
+    assert caught.value.transient
+    assert len(sleep.delays) == 3
+    assert client.calls[("Add", "retry")] == 3
+    assert client.calls[("Add", "unavailable")] == 1
+
+
+async def test_post_third_without_guid_or_refused(
+    koban: ScriptedKoban, client: KobanClient
+) -> None:
+    koban.script(
+        "POST",
+        THIRD,
+        Reply(json={"success": True}),
+        Reply(json={"success": False, "errorcode": "01", "message": "duplicate"}),
+    )
+    with pytest.raises(KobanOutcomeUnknown):
+        await client.post_third("Durand", "Anne", "anne@example.com", kind="CGP")
+    with pytest.raises(KobanError, match="duplicate"):
+        await client.post_third("Durand", "Anne", "anne@example.com")
+    assert koban.seen[0].body["Type"] == "CGP"
+
+
+# ------------------------------------------------------------------ rate limit
+
+
+async def test_the_rate_limit_holds_requests_until_the_clock_allows_them(
+    koban: ScriptedKoban,
+    session: aiohttp.ClientSession,
+    sleep: FakeSleep,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Loop clock frozen and moved by hand: no timing assumptions."""
+    loop = asyncio.get_running_loop()
+    now = [loop.time()]
+    monkeypatch.setattr(loop, "time", lambda: now[0])
+    client = make_client(session, koban.base_url, sleep, rate_per_s=2.0)
+    koban.script("GET", LOT_STATUS, FREE)
+
+    async def settle() -> None:
+        # Round trips to the server outside the client: lets any unblocked task progress.
+        for _ in range(3):
+            async with session.get(koban.base_url + "/ping") as response:
+                await response.read()
+        for _ in range(20):
+            await asyncio.sleep(0)
+
+    def statuses() -> int:
+        return len(koban.requests(LOT_STATUS))
+
+    tasks = [asyncio.create_task(client.get_lot_status(f"A{i}")) for i in range(5)]
+    await asyncio.wait(tasks[:2])  # the burst of 2
+    await settle()
+    assert statuses() == 2
+    assert not any(t.done() for t in tasks[2:])
+
+    now[0] += 0.5  # one more slot at 2/s
+    await tasks[2]
+    await settle()
+    assert statuses() == 3
+    assert not any(t.done() for t in tasks[3:])
+
+    now[0] += 1.0
+    await asyncio.gather(*tasks[3:])
+    assert statuses() == 5
+    assert sleep.delays == []
