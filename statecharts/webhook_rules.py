@@ -288,10 +288,20 @@ def prolonged_deadline(prg_date: int, exp_date: int | None) -> int:
     return prg_date
 
 
-def _confirm_echo(lot: Lot, third: str, exp_date: int | None, ctx: Ctx) -> Applied:
-    """Our own Prolong came back; Koban's `ExpDate` is the authority on its tick."""
+def _confirm_echo(
+    lot: Lot, third: str, sent: int | None, exp_date: int | None, ctx: Ctx
+) -> Applied:
+    """Our own Prolong (to `sent`) came back; Koban's `ExpDate` is the authority on its
+    tick, as long as the third's option is still the one we prolonged (a late echo may
+    find a newer option of the same third, which it does not concern)."""
     own = lot.option_of(third)
-    if exp_date is None or own is None or ceil_tick(exp_date) == own.expiry:
+    if (
+        exp_date is None
+        or own is None
+        or not own.prolonged
+        or own.deadline != sent
+        or ceil_tick(exp_date) == own.expiry
+    ):
         return Applied([], "replay: echo of our Prolong")
     before, before_expiry = own.deadline, own.expiry
     own.deadline, own.expiry, own.source = exp_date, ceil_tick(exp_date), "koban"
@@ -311,8 +321,9 @@ def option_prolonged(ctx: Ctx, third: str, prg_date: int, exp_date: int | None =
         # Our echo: the deadline we sent is PrgDate (Koban echoes DateProlongation), or it
         # falls in ExpDate's tick (a Koban whose PrgDate is the moment of prolongation).
         tick = None if exp_date is None else ceil_tick(exp_date)
-        if take_echo(lot, "option_prolonged", third, until, wall_now=ctx.wall_now, tick=tick):
-            return _confirm_echo(lot, third, exp_date, ctx)
+        echo = take_echo(lot, "option_prolonged", third, until, wall_now=ctx.wall_now, tick=tick)
+        if echo is not None:
+            return _confirm_echo(lot, third, echo.date, exp_date, ctx)
         own = lot.option_of(third)
         if own is None:
             return Applied([], "replay: nothing active")

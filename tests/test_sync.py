@@ -56,6 +56,9 @@ async def env(redis: Redis, tenant: str) -> AsyncIterator[Env]:
     clock = FixedClock(T0)
     t = make_tenant(redis, tenant, clock)
     async with ScriptedKoban() as server, aiohttp.ClientSession() as session:
+        # Koban's published process structure: the programme's code is its Extcode.
+        programmes = [{"Extcode": "HAR", "Label": "Harmonie", "Guid": "p-har"}]
+        server.script("GET", "/ncDealProcess/GetAll", Reply(json=programmes))
         koban = make_client(session, server.base_url)
         yield Env(t, clock, server, koban, OptionFlows(t, koban, poll_s=0.01))
 

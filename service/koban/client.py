@@ -414,6 +414,12 @@ class KobanClient:
 
     # ---------------------------------------------------------------- reads
 
+    async def read_raw(self, endpoint: Endpoint, params: Mapping[str, str] | None = None) -> Any:
+        """A read's decoded JSON, unparsed (for `koban check`, which judges the shapes)."""
+        payload = await self._read(endpoint, params)
+        self.calls[(endpoint.name, "ok")] += 1
+        return payload
+
     async def get_lot_status(self, extcode: str) -> LotStatus:
         endpoint = wire.GET_LOT_STATUS
         payload = await self._read(endpoint, wire.lot_status_params(extcode))

@@ -97,6 +97,9 @@ def koban_instant(value: Any) -> float | None:
         text = value.strip()
         if not text:
             return None
+        if not text.isascii():
+            # float() and fromisoformat() take other scripts' digits; Koban writes ASCII.
+            raise ValueError(f"not a timestamp: {value!r}")
         dotnet = _DOTNET_DATE.match(text)
         if dotnet:
             ms = int(dotnet.group(1))
