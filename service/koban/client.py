@@ -441,8 +441,9 @@ class KobanClient:
             payload = await self._read(endpoint, params)
             page = self._parse_read(endpoint, DealPage.model_validate, payload)
             yield page
-            start += len(page.items)
-            if start >= page.length or not page.items:
+            # Skipped deals count: they took their places on the page.
+            start += page.raw_count
+            if start >= page.length or not page.raw_count:
                 return
 
     async def get_programs(self) -> list[Program]:
