@@ -248,10 +248,11 @@ async def test_reconcile_candidates_and_rate_limited_pass(env: Env) -> None:
 # --- against the Koban sandbox (SPEC §7), sharing the service's clock -------------------
 
 
-async def test_end_to_end_against_the_sandbox(redis: Redis, tenant: str) -> None:
+@pytest.mark.parametrize("profile", ["doc", "generic"])
+async def test_end_to_end_against_the_sandbox(redis: Redis, tenant: str, profile: Any) -> None:
     clock = FixedClock(T0)
     t = make_tenant(redis, tenant, clock)
-    state = SandboxState(api_key="k-api", user_key="k-user", clock=clock.now)
+    state = SandboxState(api_key="k-api", user_key="k-user", clock=clock.now, profile=profile)
     populate(state)
     for n in range(20):
         state.add_third(guid=f"crowd-{n}", name=f"N{n}", first_name="F", email=f"{n}@x.fr")
