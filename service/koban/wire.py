@@ -493,7 +493,13 @@ def parse_programs(payload: Any) -> list[Program]:
         payload = _fold(payload).get("list")
     if not isinstance(payload, list):
         raise ValueError("DealProcess GetAll: expected a list")
-    return [Program.model_validate(item) for item in payload]
+    programs = []
+    for item in payload:
+        try:
+            programs.append(Program.model_validate(item))
+        except ValidationError:
+            continue  # a process without a code names no deal's `Process`: nothing to match
+    return programs
 
 
 # --------------------------------------------------------------------------------------

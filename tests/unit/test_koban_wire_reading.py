@@ -1,5 +1,5 @@
-"""The one date parser (API answers and webhook forms) and the option-prolonged webhook's
-reading of its two dates."""
+"""How the service reads Koban's wire: the one date parser (API answers and webhook forms),
+the option-prolonged webhook's two dates, GetAll's processes named by Extcode."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from service.koban.webhook_forms import OptionPlacedForm
-from service.koban.wire import from_unix, koban_instant
+from service.koban.wire import from_unix, koban_instant, parse_programs
 from statecharts.webhook_rules import prolonged_deadline
 
 T = int(datetime(2026, 11, 23, 10, 7, tzinfo=UTC).timestamp())  # between two ticks
@@ -64,3 +64,15 @@ def test_prgdate_is_the_deadline_unless_expdate_ticks_later() -> None:
     later = TICK + 2 * 86400
     assert prolonged_deadline(T, later) == later  # PrgDate was the moment of prolongation
     assert prolonged_deadline(later, TICK) == later  # an older ExpDate: PrgDate stands
+
+
+def test_programmes_are_named_by_extcode_and_an_unnamed_one_is_left_out() -> None:
+    listed = [
+        {"Label": "Harmonie", "Extcode": "HAR", "Guid": "g1", "IsActive": True},
+        {"Label": "Six", "Extcode": 6},
+        {"Label": "No code"},
+    ]
+    assert [(p.code, p.label) for p in parse_programs(listed)] == [
+        ("HAR", "Harmonie"),
+        ("6", "Six"),
+    ]
