@@ -185,6 +185,9 @@ class TenantSettings(BaseModel):
     intent_ttl: PositiveElapsedDuration = IsoDuration(seconds=900)
     drift_tolerance: ElapsedDuration = IsoDuration(seconds=300)
     sandbox: bool = False
+    sandbox_profile: Literal["doc", "generic"] = "doc"
+    sandbox_prg_date: Literal["deadline", "moment"] = "deadline"
+    programmes: list[str] | None = Field(default=None, min_length=1)
     koban_base_url: str = "https://app-koban.com/api/v1"
     webhook_auth: set[WebhookAuth] = Field(default={"header", "query"}, min_length=1)
     koban_rate_limit_per_s: PositiveFloat = 5

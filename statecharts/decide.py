@@ -1,7 +1,7 @@
 """Fast decisions from the compiled lot chart (a dict lookup instead of a chart run).
 
 ``decide`` answers exactly what ``lot_chart.run_chart`` answers (proved for every
-configuration, event and fact combination by ``tests/test_compiled_table.py``). Code that
+configuration, event and fact combination by ``tests/unit/test_compiled_table.py``). Code that
 decides in bulk (the sweep) takes a `DecisionEngine`: `COMPILED`, or `CHART` (a chart
 object per decision, the benchmark's baseline).
 """

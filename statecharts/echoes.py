@@ -9,6 +9,7 @@ the wall-clock second (`wall_now`), not the tenant's clock. docs/webhooks.md tel
 from __future__ import annotations
 
 from statecharts.model import Echo, EchoKind, Lot
+from statecharts.ticks import ceil_tick
 
 __all__ = ["ECHO_TTL_S", "MAX_ECHOES", "await_echo", "take_echo"]
 
@@ -33,17 +34,31 @@ def await_echo(
 
 
 def take_echo(
-    lot: Lot, kind: EchoKind, third: str | None, date: int | None, *, wall_now: int
-) -> bool:
-    """Whether a webhook (`kind`, `third`, `date` for a prolongation) is the echo of one of
-    our own changes; if so the echo is consumed (expired ones are dropped on the way)."""
+    lot: Lot,
+    kind: EchoKind,
+    third: str | None,
+    date: int | None,
+    *,
+    wall_now: int,
+    tick: int | None = None,
+) -> Echo | None:
+    """The echo of one of our own changes this webhook (`kind`, `third`, `date` for a
+    prolongation) is, consumed (expired ones are dropped on the way), or None. With `tick`,
+    a prolongation whose deadline falls in that tick matches too (Koban's `ExpDate`)."""
     kept = _fresh(lot, wall_now)
-    found = False
+    found: Echo | None = None
     for i, echo in enumerate(kept):
-        if echo.kind == kind and echo.third == third and (date is None or echo.date == date):
+        if echo.kind != kind or echo.third != third:
+            continue
+        dated = echo.date is not None
+        if (
+            date is None
+            or echo.date == date
+            or (tick is not None and dated and ceil_tick(echo.date or 0) == tick)
+        ):
             del kept[i]
-            found = True
+            found = echo
             break
-    if found or len(kept) != len(lot.echoes):
+    if found is not None or len(kept) != len(lot.echoes):
         lot.echoes = kept
     return found

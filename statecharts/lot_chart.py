@@ -12,7 +12,7 @@ Every (state, event) pair has an explicit transition, so a refusal is always a
 
 ``run_chart`` is the slow reference path (one chart per call). Hot paths use
 ``statecharts.decide.decide``, a lookup in the table compiled from this chart
-(``make compile-charts``), proved equal to it by ``tests/test_compiled_table.py``.
+(``make compile-charts``), proved equal to it by ``tests/unit/test_compiled_table.py``.
 """
 
 from __future__ import annotations
@@ -308,7 +308,7 @@ class LotChart(StateChart[Any]):
 
 
 # Safety net: should the library ever find no transition (it cannot while every
-# (state, event) pair has one, which tests/test_lot_chart.py checks), refuse with the
+# (state, event) pair has one, which tests/unit/test_lot_chart.py checks), refuse with the
 # event's generic code rather than leak ``TransitionNotAllowed``.
 _FALLBACK_REFUSAL: dict[str, ErrorCode] = {
     "place": ErrorCode.LOT_NOT_AVAILABLE,

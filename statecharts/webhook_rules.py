@@ -38,6 +38,7 @@ __all__ = [
     "option_expired",
     "option_placed",
     "option_prolonged",
+    "prolonged_deadline",
     "reservation_validated",
     "reservation_withdrawn",
 ]
@@ -278,12 +279,51 @@ def option_cancelled(ctx: Ctx, third: str) -> Step:
     return step
 
 
-def option_prolonged(ctx: Ctx, third: str, until: int) -> Step:
-    """Koban prolonged `third`'s option to `until` (PrgDate)."""
+def prolonged_deadline(prg_date: int, exp_date: int | None) -> int:
+    """The new deadline an option-prolonged webhook tells. `PrgDate` is the deadline (as
+    `DateProlongation` is when we send it) unless `ExpDate`'s tick is later than
+    `PrgDate`'s: then `PrgDate` was the moment of prolongation and `ExpDate` the deadline."""
+    if exp_date is not None and ceil_tick(exp_date) > ceil_tick(prg_date):
+        return exp_date
+    return prg_date
+
+
+def _confirm_echo(
+    lot: Lot, third: str, sent: int | None, exp_date: int | None, ctx: Ctx
+) -> Applied:
+    """Our own Prolong (to `sent`) came back; Koban's `ExpDate` is the authority on its
+    tick, as long as the third's option is still the one we prolonged (a late echo may
+    find a newer option of the same third, which it does not concern)."""
+    own = lot.option_of(third)
+    if (
+        exp_date is None
+        or own is None
+        or not own.prolonged
+        or own.deadline != sent
+        or ceil_tick(exp_date) == own.expiry
+    ):
+        return Applied([], "replay: echo of our Prolong")
+    before, before_expiry = own.deadline, own.expiry
+    own.deadline, own.expiry, own.source = exp_date, ceil_tick(exp_date), "koban"
+    data = tr.option_data(
+        own, "koban", previousDeadline=_iso(before), previousEffectiveExpiry=_iso(before_expiry)
+    )
+    events = [DomainEvent("option.deadline_confirmed", ctx.now, data)]
+    events.extend(tr.expire_due(lot, ctx.now, ctx.rules, actor="koban"))
+    return Applied(events, "echo of our Prolong: Koban's expiry differs")
+
+
+def option_prolonged(ctx: Ctx, third: str, prg_date: int, exp_date: int | None = None) -> Step:
+    """Koban prolonged `third`'s option (`prolonged_deadline` reads the two dates)."""
+    until = prolonged_deadline(prg_date, exp_date)
 
     def step(lot: Lot, seen: Seen) -> Applied:
-        if take_echo(lot, "option_prolonged", third, until, wall_now=ctx.wall_now):
-            return Applied([], "replay: echo of our Prolong")
+        # Our echo: the deadline we sent is PrgDate (Koban echoes DateProlongation), or it
+        # falls in ExpDate's tick (a Koban whose PrgDate is the moment of prolongation).
+        tick = None if exp_date is None else ceil_tick(exp_date)
+        echo = take_echo(lot, "option_prolonged", third, until, wall_now=ctx.wall_now, tick=tick)
+        if echo is not None:
+            return _confirm_echo(lot, third, echo.date, exp_date, ctx)
         own = lot.option_of(third)
         if own is None:
             return Applied([], "replay: nothing active")

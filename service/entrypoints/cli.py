@@ -385,6 +385,50 @@ async def _scheduler_check(as_json: bool) -> int:
     return OK if state == "ok" else NOT_FOUND
 
 
+async def _koban_check(tenant_name: str, as_json: bool) -> int:
+    """The read-only contract probe (`service.usecases.koban_check`): 0 when every guess
+    held, 1 when one did not, 2 bad configuration, 3 Koban unavailable or in error."""
+    import aiohttp
+
+    from service.bootstrap import koban_keys
+    from service.usecases.koban_check import check_koban
+
+    settings = _setup(tenant_name).settings
+    if _unknown_tenant(settings, tenant_name):
+        return USAGE
+    tenant = settings.tenants[tenant_name]
+    try:
+        api_key, user_key = koban_keys(tenant_name, tenant)
+    except KobanConfigError as exc:
+        print(f"koban-options: bad configuration\n{exc}", file=sys.stderr)
+        return USAGE
+    url = tenant.koban_base_url
+    try:
+        async with aiohttp.ClientSession() as session:
+            koban = KobanClient(session, url, api_key, user_key, retries=1, rate_per_s=5)
+            report = await check_koban(koban)
+    except (KobanUnavailable, KobanError) as exc:
+        print(f"koban-options: Koban at {url}: {exc}", file=sys.stderr)
+        return UNAVAILABLE
+    if as_json:
+        _print_json(
+            {
+                "ok": report.ok,
+                "findings": [
+                    {"method": f.method, "field": f.name, "state": f.state, "detail": f.detail}
+                    for f in report.findings
+                ],
+                "casings": sorted(report.casings),
+                "dateForms": sorted(report.date_forms),
+            }
+        )
+    else:
+        print(f"koban check {tenant_name} at {url}")
+        for line in report.lines():
+            print(line)
+    return OK if report.ok else NOT_FOUND
+
+
 async def _sandbox(host: str, port: int) -> int:
     from aiohttp import web
 
@@ -773,6 +817,13 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "run", help="everything in one process: API, scheduler, Koban sandbox, private Redis"
     )
+    p = sub.add_parser("koban", help="probe a tenant's Koban")
+    koban = p.add_subparsers(dest="koban_command", required=True)
+    p = koban.add_parser(
+        "check", help="read-only contract probe: exit 0 when every guess held, 1 otherwise"
+    )
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--json", action="store_true", help="the findings as JSON")
     p = sub.add_parser("sandbox", help="the Koban simulator alone, with demo stock")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8081)
@@ -805,6 +856,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.command == "sandbox":
             return asyncio.run(_sandbox(args.host, args.port))
+        if args.command == "koban":
+            return asyncio.run(_koban_check(args.tenant, as_json))
         if args.command == "run":
             from service.entrypoints.run import main_run
 

@@ -31,6 +31,7 @@ from service.config import ApiToken, Settings, TenantSettings
 from service.entrypoints import run_file
 from service.entrypoints.run_file import RunInfo
 from service.sandbox import SandboxState, WebhookSender, build_sandbox_app, populate
+from service.sandbox.stock import PrgDateMeaning, Profile
 from service.sandbox.webhooks import OPTION_CHECK, WEBHOOK_KINDS, TokenPlace
 from service.storage.errors import STORE_FAILURES
 from service.storage.heartbeat import ping
@@ -206,8 +207,14 @@ class Banner:
 # --------------------------------------------------------------------------- wiring
 
 
-def sandbox_for(clock: Callable[[], int], api_url: str) -> SandboxState:
-    """The demo Koban, on `clock`, sending its webhooks to the API's `/koban/demo/…`."""
+def sandbox_for(
+    clock: Callable[[], int],
+    api_url: str,
+    profile: Profile = "doc",
+    prg_date: PrgDateMeaning = "deadline",
+) -> SandboxState:
+    """The demo Koban, on `clock`, sending its webhooks to the API's `/koban/demo/…`, in
+    the demo tenant's `sandbox_profile` and `sandbox_prg_date`."""
     hooks = f"{api_url}/koban/{DEV.tenant}/"
     targets: dict[str, str] = {kind: hooks + kind.replace("_", "-") for kind in WEBHOOK_KINDS}
     targets[OPTION_CHECK] = hooks + "option-check"
@@ -216,6 +223,8 @@ def sandbox_for(clock: Callable[[], int], api_url: str) -> SandboxState:
         user_key=DEV.koban_user_key,
         clock=clock,
         webhooks=WebhookSender(targets, token=DEV.webhook_secret, token_in=HEADER_ONLY),
+        profile=profile,
+        prg_date=prg_date,
     )
     populate(state)
     return state
@@ -257,7 +266,12 @@ async def run_all(settings: Settings, redis_url: str | None) -> int:
         tenants = build_tenants(settings, redis)
         tenant = tenants[DEV.tenant]
         await refresh_all(tenants.values())  # the test clock where the last run left it
-        state = sandbox_for(tenant.clock.now, api_url)
+        state = sandbox_for(
+            tenant.clock.now,
+            api_url,
+            tenant.settings.sandbox_profile,
+            tenant.settings.sandbox_prg_date,
+        )
         await stack.enter_async_context(
             serving(build_sandbox_app(state), settings.sandbox_host, settings.sandbox_port)
         )

@@ -6,11 +6,22 @@ from service.koban.client import (
     KobanMethod,
     KobanOutcomeUnknown,
     KobanUnavailable,
+    is_unknown_prospect,
     koban_refusal,
 )
-from service.koban.wire import DealPage, KobanAnswer, KobanLot, LotStatus, Program, to_unix
+from service.koban.wire import (
+    Account,
+    DealPage,
+    KobanAnswer,
+    KobanLot,
+    LotStatus,
+    Program,
+    SkippedDeal,
+    to_unix,
+)
 
 __all__ = [
+    "Account",
     "DealPage",
     "KobanAnswer",
     "KobanClient",
@@ -21,6 +32,8 @@ __all__ = [
     "KobanUnavailable",
     "LotStatus",
     "Program",
+    "SkippedDeal",
+    "is_unknown_prospect",
     "koban_refusal",
     "to_unix",
 ]

@@ -32,7 +32,15 @@ from tenacity import (
 from yarl import URL
 
 from service.koban import wire
-from service.koban.wire import DealPage, Endpoint, KobanAnswer, LotStatus, Program, ThirdKind
+from service.koban.wire import (
+    Account,
+    DealPage,
+    Endpoint,
+    KobanAnswer,
+    LotStatus,
+    Program,
+    ThirdKind,
+)
 from statecharts.errors import ErrorCode
 
 __all__ = [
@@ -41,6 +49,7 @@ __all__ = [
     "KobanMethod",
     "KobanOutcomeUnknown",
     "KobanUnavailable",
+    "is_unknown_prospect",
     "koban_refusal",
 ]
 
@@ -51,9 +60,12 @@ T = TypeVar("T")
 class KobanError(Exception):
     """Koban answered something unexpected (401/403/4xx, unreadable body). Not retried."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None, envelope: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        # The answer carried Koban's envelope (`success: false`, a message): Koban itself
+        # refused, rather than a wrong URL or a proxy (docs/koban-wire.md, the 404 guess).
+        self.envelope = envelope
 
 
 class KobanUnavailable(Exception):
@@ -135,6 +147,14 @@ def koban_refusal(method: str, code: str | None) -> ErrorCode:
     return known if known is not None else REFUSAL_FALLBACK[koban_method]
 
 
+def is_unknown_prospect(exc: BaseException) -> bool:
+    """Koban's answer to a write naming a prospect it does not know: HTTP 404 carrying its
+    envelope (``success: false`` and a message). Koban documents no answer for this case,
+    so this is a guess (docs/koban-wire.md); a 404 without the envelope is a wrong URL or
+    method and stays a `KobanError` (502 KOBAN_ERROR at the API)."""
+    return isinstance(exc, KobanError) and exc.status == 404 and exc.envelope
+
+
 # --------------------------------------------------------------------------------------
 # Client
 # --------------------------------------------------------------------------------------
@@ -159,6 +179,18 @@ def _encode(body: Mapping[str, Any]) -> bytes:
         return orjson.dumps(body)
     except TypeError:
         return json.dumps(body).encode()
+
+
+def _is_envelope(raw: bytes) -> bool:
+    """Whether an error answer is Koban's envelope: a JSON object with ``success: false``."""
+    try:
+        body = _decode(raw)
+    except ValueError:
+        return False
+    if not isinstance(body, Mapping):
+        return False
+    folded = {str(k).lower(): v for k, v in body.items()}
+    return "success" in folded and folded["success"] in (False, 0, "false", "False")
 
 
 def _decode(body: bytes) -> Any:
@@ -329,7 +361,11 @@ class KobanClient:
         detail = raw[:200].decode("utf-8", "replace")
         if status == 429:
             return self._unavailable(endpoint, "HTTP 429 (rate limited)", status=status)
-        return KobanError(f"Koban {endpoint.name}: HTTP {status}: {detail}", status=status)
+        return KobanError(
+            f"Koban {endpoint.name}: HTTP {status}: {detail}",
+            status=status,
+            envelope=_is_envelope(raw),
+        )
 
     async def _read(self, endpoint: Endpoint, params: Mapping[str, str] | None = None) -> Any:
         """A GET → decoded JSON (2xx only)."""
@@ -349,9 +385,14 @@ class KobanClient:
         self.calls[(endpoint.name, "ok")] += 1
         return result
 
-    async def _write(self, endpoint: Endpoint, body: Mapping[str, Any]) -> KobanAnswer:
+    async def _write(
+        self,
+        endpoint: Endpoint,
+        body: Mapping[str, Any],
+        params: Mapping[str, str] | None = None,
+    ) -> KobanAnswer:
         """A POST → KobanAnswer (success or business refusal)."""
-        status, raw = await self._exchange(endpoint, body=body)
+        status, raw = await self._exchange(endpoint, params=params, body=body)
         answer: KobanAnswer | None
         try:
             answer = KobanAnswer.model_validate(_decode(raw))
@@ -372,6 +413,12 @@ class KobanClient:
         return answer
 
     # ---------------------------------------------------------------- reads
+
+    async def read_raw(self, endpoint: Endpoint, params: Mapping[str, str] | None = None) -> Any:
+        """A read's decoded JSON, unparsed (for `koban check`, which judges the shapes)."""
+        payload = await self._read(endpoint, params)
+        self.calls[(endpoint.name, "ok")] += 1
+        return payload
 
     async def get_lot_status(self, extcode: str) -> LotStatus:
         endpoint = wire.GET_LOT_STATUS
@@ -394,8 +441,9 @@ class KobanClient:
             payload = await self._read(endpoint, params)
             page = self._parse_read(endpoint, DealPage.model_validate, payload)
             yield page
-            start += len(page.items)
-            if start >= page.length or not page.items:
+            # Skipped deals count: they took their places on the page.
+            start += page.raw_count
+            if start >= page.length or not page.raw_count:
                 return
 
     async def get_programs(self) -> list[Program]:
@@ -436,38 +484,36 @@ class KobanClient:
     async def desist(self, extcode: str, third_guid: str) -> KobanAnswer:
         return await self._write(wire.PRERESV_DESIST, wire.desist_body(extcode, third_guid))
 
-    async def post_third(
-        self,
-        name: str,
-        first_name: str,
-        email: str,
-        phone: str | None = None,
-        kind: ThirdKind = "PROSPECT",
-        *,
-        mobile: str | None = None,
-        extcode: str | None = None,
-        process_code: str | None = None,
-    ) -> str:
-        """Create a third (prospect or CGP) → its Koban Guid.
+    async def post_account(self, account: Account) -> str:
+        """``ncThird/PostOne?uniqueproperty=Extcode`` with Koban's account structure → the
+        third's Guid, read from ``Result``. The same ``Extcode`` twice updates one third.
 
         A refusal raises ``KobanError`` (no code table for PostOne); a success without a
         Guid raises ``KobanOutcomeUnknown`` (the third exists but we cannot name it)."""
         endpoint = wire.THIRD_POST_ONE
-        body = wire.third_body(
-            name,
-            first_name,
-            email,
-            phone,
-            kind,
-            mobile=mobile,
-            extcode=extcode,
-            process_code=process_code,
-        )
-        answer = await self._write(endpoint, body)
+        answer = await self._write(endpoint, account.wire(), wire.third_params())
         if not answer.success:
             raise KobanError(
-                f"Koban {endpoint.name}: refused {answer.error_code}: {answer.message}"
+                f"Koban {endpoint.name}: refused {answer.error_code}: {answer.message}",
+                envelope=True,
             )
-        if answer.guid is None:
-            raise self._unknown(endpoint, "success without a Guid")
-        return answer.guid
+        guid = answer.new_guid
+        if guid is None:
+            raise self._unknown(endpoint, "success without a Guid in Result")
+        return guid
+
+    async def post_third(
+        self,
+        label: str,
+        first_name: str | None = None,
+        email: str | None = None,
+        phone: str | None = None,
+        kind: ThirdKind = "PROSPECT",
+        *,
+        cell: str | None = None,
+        extcode: str | None = None,
+    ) -> str:
+        """A prospect or CGP from its coordinates (`wire.account`) → its Guid."""
+        return await self.post_account(
+            wire.account(label, first_name, email, phone, kind, cell=cell, extcode=extcode)
+        )

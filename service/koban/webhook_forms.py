@@ -3,8 +3,9 @@
 Field aliases are Koban's own parameter names; every other field of a form is ignored. An
 empty value counts as absent (Koban's forms may carry empty fields rather than omit them).
 Identifiers are bounded and refuse control characters, `/` and `|`; `Rank` is an optional
-hint; instants are UNIX seconds or milliseconds as digits, a fraction rounded up. The rules
-and their reasons: docs/koban-wire.md, "How the service reads the webhook forms".
+hint; instants are read by the API's own date parser (`wire.koban_instant`: UNIX seconds or
+milliseconds, `/Date(ms)/`, ISO-8601), a fraction rounded up. The rules and their reasons:
+docs/koban-wire.md, "How the service reads the webhook forms".
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from statecharts.ticks import parse_instant
+from service.koban.wire import koban_instant
 
 __all__ = [
     "OptionCancelledForm",
@@ -32,7 +33,6 @@ MAX_IDENTIFIER = 200
 # tick and must still be writable as ISO-8601 in events (9999-12-31T23:59:59Z, rounded up,
 # is not), and Koban's wire takes UNIX seconds below 10^11.
 _MAX_INSTANT = 95617583999
-_DIGITS = re.compile(r"\d+(?:\.\d+)?", re.ASCII)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _RANKS = {"1": 1, "2": 2}
 
@@ -70,9 +70,15 @@ def _instant(value: object) -> object:
     value = _blank_to_none(value)
     if value is None:
         return None
-    if not isinstance(value, str) or not _DIGITS.fullmatch(value):
-        raise ValueError("must be a UNIX timestamp (seconds or milliseconds)")
-    seconds = math.ceil(parse_instant(value))
+    if not isinstance(value, str):
+        raise ValueError("must be a date")
+    try:
+        instant = koban_instant(value)
+    except ValueError:
+        raise ValueError("must be a UNIX timestamp, /Date(ms)/ or ISO-8601") from None
+    if instant is None:
+        return None
+    seconds = math.ceil(instant)
     if not 0 < seconds <= _MAX_INSTANT:
         raise ValueError("timestamp out of range")
     return seconds
@@ -113,7 +119,8 @@ class OptionCancelledForm(_ThirdForm):
 
 
 class OptionProlongedForm(_ThirdForm):
-    """Koban's "Après une prolongation d'option": `PrgDate` is the new deadline."""
+    """Koban's "Après une prolongation d'option": `ExpDate` (expiry) and `PrgDate`
+    (prolongation), read together by `prolonged_deadline`."""
 
     rank: RankHint = Field(default=None, alias="Rank")
     exp_date: OptionalInstant = Field(default=None, alias="ExpDate")

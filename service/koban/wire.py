@@ -10,13 +10,22 @@ I/O.
 
 from __future__ import annotations
 
+import hashlib
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 # --------------------------------------------------------------------------------------
 # Endpoints
@@ -69,11 +78,16 @@ def to_unix(seconds: int) -> int:
     return seconds
 
 
-def from_unix(value: Any) -> int | None:
-    """An incoming timestamp → UNIX seconds, or None when absent/empty.
+NO_DATE_MS = -62135596800000
+"""``/Date(-62135596800000)/`` is .NET's ``DateTime.MinValue`` (year 1): Koban's "no date"."""
 
-    Accepts ints, floats, digit strings (seconds or milliseconds: above 10^11 is ms),
-    .NET ``/Date(ms)/`` strings and ISO-8601 strings (naive means UTC).
+
+def koban_instant(value: Any) -> float | None:
+    """Any date Koban sends → UNIX seconds (fraction kept), or None when absent.
+
+    The one parser for API answers and webhook forms: numbers or digit strings (seconds,
+    or milliseconds above 10^11), .NET ``/Date(ms)/`` (year 1 = no date) and ISO-8601
+    (naive means UTC: account.md's ``Updated`` agrees with its ``DUpdated`` read so).
     """
     if value is None or isinstance(value, bool):
         return None
@@ -83,9 +97,13 @@ def from_unix(value: Any) -> int | None:
         text = value.strip()
         if not text:
             return None
+        if not text.isascii():
+            # float() and fromisoformat() take other scripts' digits; Koban writes ASCII.
+            raise ValueError(f"not a timestamp: {value!r}")
         dotnet = _DOTNET_DATE.match(text)
         if dotnet:
-            return int(dotnet.group(1)) // 1000
+            ms = int(dotnet.group(1))
+            return None if ms <= NO_DATE_MS else ms / 1000
         try:
             number = float(text)
         except ValueError:
@@ -95,12 +113,18 @@ def from_unix(value: Any) -> int | None:
                 raise ValueError(f"not a timestamp: {value!r}") from exc
             if parsed.tzinfo is None:
                 parsed = parsed.replace(tzinfo=UTC)
-            return int(parsed.timestamp())
+            return parsed.timestamp()
     else:
         raise ValueError(f"not a timestamp: {value!r}")
-    if number > MS_THRESHOLD:
-        return int(number // 1000)
-    return int(number)
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError(f"not a timestamp: {value!r}")
+    return number / 1000 if number > MS_THRESHOLD else number
+
+
+def from_unix(value: Any) -> int | None:
+    """An incoming timestamp → whole UNIX seconds (`koban_instant`, floored), or None."""
+    seconds = koban_instant(value)
+    return None if seconds is None else math.floor(seconds)
 
 
 def cents_to_euros(cents: int) -> float:
@@ -235,12 +259,27 @@ class KobanAnswer(_Answer):
         "errors": "message",
         "error": "message",
         "guid": "guid",
+        "result": "result",
     }
 
     success: bool
     error_code: str | None = Field(default=None, validation_alias="errorcode")
     message: str | None = Field(default=None, validation_alias="Message")
     guid: str | None = Field(default=None, validation_alias="Guid")
+    result: str | None = Field(default=None, validation_alias="Result")
+
+    @property
+    def new_guid(self) -> str | None:
+        """The id of what a write created: ``Result`` (what Koban's public clients read),
+        else a ``Guid`` key (tolerated; `koban check` reports which one came)."""
+        return self.result or self.guid
+
+    @field_validator("result", mode="before")
+    @classmethod
+    def _result(cls, value: Any) -> str | None:
+        if isinstance(value, bool) or value in (None, ""):
+            return None
+        return str(value) if isinstance(value, str | int) else None
 
     @field_validator("success", mode="before")
     @classmethod
@@ -313,6 +352,8 @@ class KobanLot(BaseModel):
         for key in ("guid", "extcode", "label", "link", "updated", "status"):
             if key in folded:
                 out[key] = folded[key]
+        if folded.get("dupdated") not in (None, ""):
+            out["updated"] = folded["dupdated"]  # the float beside a naive ISO `Updated`
         if "amountprev" in folded:
             out["amount"] = folded["amountprev"]
         if "status" in out:
@@ -323,8 +364,9 @@ class KobanLot(BaseModel):
         process = folded.get("process")
         if isinstance(process, Mapping):
             proc = _fold(process)
-            out.setdefault("program_code", proc.get("code"))
-            out.setdefault("program_label", proc.get("label"))
+            code = proc.get("code")
+            out.setdefault("program_code", proc.get("extcode") if code in (None, "") else code)
+            out.setdefault("program_label", proc.get("label") or folded.get("processlabel"))
         if "type" in folded:
             out["secondary"] = str(folded["type"] or "").strip().upper() == "SECONDARY"
         for key in ("guid", "link", "label", "program_code", "program_label"):
@@ -349,28 +391,100 @@ class KobanLot(BaseModel):
         return None if self.amount is None else round(self.amount * 100)
 
 
+@dataclass(frozen=True, slots=True)
+class SkippedDeal:
+    """A deal of a page that is not a lot the service can mirror, and why."""
+
+    reason: Literal["no_extcode", "no_status", "other_process", "unreadable"]
+    ref: str | None  # its Guid or Label, for the log
+
+
+def _deal_ref(item: Any) -> str | None:
+    if not isinstance(item, Mapping):
+        return None
+    folded = _fold(item)
+    ref = folded.get("guid") or folded.get("label")
+    return None if ref in (None, "") else str(ref)[:100]
+
+
+def read_deal(item: Any) -> KobanLot | SkippedDeal:
+    """One deal of a page → a lot, or the reason it is skipped (one odd deal never fails
+    the page: Koban's deal structure allows a null ``Extcode`` and any process's steps)."""
+    if isinstance(item, Mapping):
+        folded = _fold(item)
+        if folded.get("extcode") in (None, ""):
+            return SkippedDeal("no_extcode", _deal_ref(item))
+        status = folded.get("status")
+        if isinstance(status, Mapping):
+            inner = _fold(status)
+            status = inner.get("code") or inner.get("label")
+        if status in (None, "") or (isinstance(status, str) and not status.strip()):
+            return SkippedDeal("no_status", _deal_ref(item))
+    try:
+        return KobanLot.model_validate(item)
+    except (ValidationError, ValueError, TypeError):
+        return SkippedDeal("unreadable", _deal_ref(item))
+
+
 class DealPage(_Answer):
-    """One page of GetUpdated / GetUpdatedProcess: ``Length`` = total, ``List`` = lots."""
+    """One page of GetUpdated / GetUpdatedProcess: ``Length`` = total, ``List`` = lots;
+    ``skipped`` the deals that are not readable lots, ``raw_count`` all deals listed."""
 
     _KEYS: ClassVar[dict[str, str]] = {"length": "length", "list": "items"}
 
     length: int = Field(validation_alias="Length")
     items: list[KobanLot] = Field(default_factory=list, validation_alias="List")
+    skipped: list[SkippedDeal] = Field(default_factory=list)
+    raw_count: int = 0
 
-    @field_validator("items", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _items(cls, value: Any) -> Any:
-        return [] if value is None else value
+    def _split(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        folded = _fold(data)
+        if "items" in folded and "list" not in folded:
+            return data  # built by field name (tests), not read from the wire
+        raw = folded.get("list")
+        if raw is None:
+            raw = []
+        if not isinstance(raw, list):
+            raise ValueError("List must be an array")
+        read = [read_deal(item) for item in raw]
+        return {
+            "length": folded.get("length"),
+            "items": [r for r in read if isinstance(r, KobanLot)],
+            "skipped": [r for r in read if isinstance(r, SkippedDeal)],
+            "raw_count": len(raw),
+        }
 
 
 class Program(_Answer):
-    """A Koban deal process (programme): DealProcess GetAll."""
+    """A Koban deal process (programme): DealProcess GetAll. Its code is ``Extcode`` (the
+    published structure has no ``Code``; a ``Code`` key is read when ``Extcode`` is absent)
+    and may arrive as a number: it is text."""
 
-    _KEYS: ClassVar[dict[str, str]] = {"guid": "guid", "code": "code", "label": "label"}
+    _KEYS: ClassVar[dict[str, str]] = {
+        "guid": "guid",
+        "extcode": "code",
+        "label": "label",
+        "isactive": "active",
+    }
 
-    guid: str = Field(validation_alias="Guid")
-    code: str = Field(validation_alias="Code")
+    guid: str | None = Field(default=None, validation_alias="Guid")
+    code: str = Field(validation_alias="Extcode")
     label: str | None = Field(default=None, validation_alias="Label")
+    active: bool = Field(default=True, validation_alias="IsActive")
+
+    @field_validator("code", "guid", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("active", mode="before")
+    @classmethod
+    def _active(cls, value: Any) -> bool:
+        return True if value is None else _as_bool(value)
 
 
 def parse_programs(payload: Any) -> list[Program]:
@@ -379,7 +493,13 @@ def parse_programs(payload: Any) -> list[Program]:
         payload = _fold(payload).get("list")
     if not isinstance(payload, list):
         raise ValueError("DealProcess GetAll: expected a list")
-    return [Program.model_validate(item) for item in payload]
+    programs = []
+    for item in payload:
+        try:
+            programs.append(Program.model_validate(item))
+        except ValidationError:
+            continue  # a process without a code names no deal's `Process`: nothing to match
+    return programs
 
 
 # --------------------------------------------------------------------------------------
@@ -440,17 +560,86 @@ class DesistBody(_Request):
 
 
 ThirdKind = Literal["PROSPECT", "CGP"]
+# Account status codes (Koban's `Status{Code}`): a prospect, and a CGP ("Statut CGP (Code
+# CGP)" in the immobilier doc). A tenant whose Koban names them otherwise changes them here.
+STATUS_CODE_OF_KIND: dict[str, str] = {"PROSPECT": "PROSPECT", "CGP": "CGP"}
+# The service's own Extcodes for thirds it creates without one from the caller.
+OWN_EXTCODE_PREFIX = "ko-"
+UNIQUE_PROPERTY = "Extcode"
 
 
-class ThirdBody(_Request):
-    name: str = Field(serialization_alias="Name")
-    first_name: str = Field(serialization_alias="FirstName")
-    email: str = Field(serialization_alias="EMail")
+class TagRef(_Request):
+    category_code: str = Field(serialization_alias="TagCategoryCode", min_length=1)
+    label: str = Field(serialization_alias="Label")
+
+
+class MoreField(_Request):
+    field_id: str = Field(serialization_alias="FieldId", min_length=1)
+    value: str = Field(serialization_alias="Value")
+
+
+class Account(_Request):
+    """Koban's account structure, as ``ncThird/PostOne`` takes it (prospects and CGPs).
+
+    ``extcode`` is required: PostOne is always sent with ``uniqueproperty=Extcode``, so a
+    resend updates the same third (`own_extcode` makes one when the caller has none)."""
+
+    label: str = Field(serialization_alias="Label", min_length=1)
+    first_name: str | None = Field(default=None, serialization_alias="FirstName")
+    email: str | None = Field(default=None, serialization_alias="EMail")
     phone: str | None = Field(default=None, serialization_alias="Phone")
-    mobile: str | None = Field(default=None, serialization_alias="Mobile")
-    kind: ThirdKind = Field(default="PROSPECT", serialization_alias="Type")
-    extcode: str | None = Field(default=None, serialization_alias="Extcode")
-    process: CodeRef | None = Field(default=None, serialization_alias="Process")
+    cell: str | None = Field(default=None, serialization_alias="Cell")
+    status: CodeRef = Field(serialization_alias="Status")
+    type: CodeRef | None = Field(default=None, serialization_alias="Type")
+    extcode: str = Field(serialization_alias="Extcode", min_length=1)
+    origin: CodeRef | None = Field(default=None, serialization_alias="Origin")
+    tags: list[TagRef] | None = Field(default=None, serialization_alias="Tags")
+    more_fields: list[MoreField] | None = Field(default=None, serialization_alias="MoreFields")
+
+
+def own_extcode(*parts: str | None) -> str:
+    """A stable Extcode from what names the person (e.g. the e-mail): the same person sent
+    twice gets the same third."""
+    seed = "\x1f".join((p or "").strip().lower() for p in parts)
+    return OWN_EXTCODE_PREFIX + hashlib.sha256(seed.encode()).hexdigest()[:20]
+
+
+def account(
+    label: str,
+    first_name: str | None = None,
+    email: str | None = None,
+    phone: str | None = None,
+    kind: ThirdKind = "PROSPECT",
+    *,
+    cell: str | None = None,
+    extcode: str | None = None,
+    type_code: str | None = None,
+    origin_code: str | None = None,
+    tags: list[tuple[str, str]] | None = None,
+    more_fields: list[tuple[str, str]] | None = None,
+) -> Account:
+    """An account to post: a prospect or (``kind="CGP"``) a CGP, told by its status code."""
+    return Account(
+        label=label,
+        first_name=first_name,
+        email=email,
+        phone=phone,
+        cell=cell,
+        status=CodeRef(code=STATUS_CODE_OF_KIND[kind]),
+        type=None if type_code is None else CodeRef(code=type_code),
+        extcode=extcode or own_extcode(email or "", label, first_name),
+        origin=None if origin_code is None else CodeRef(code=origin_code),
+        tags=None if tags is None else [TagRef(category_code=c, label=v) for c, v in tags],
+        more_fields=(
+            None
+            if more_fields is None
+            else [MoreField(field_id=f, value=v) for f, v in more_fields]
+        ),
+    )
+
+
+def third_params() -> dict[str, str]:
+    return {"uniqueproperty": UNIQUE_PROPERTY}
 
 
 def _part(partner_guid: str | None) -> GuidRef | None:
@@ -497,29 +686,6 @@ def preresv_add_body(
 
 def desist_body(extcode: str, third_guid: str) -> dict[str, Any]:
     return DesistBody(deal=DealRef(extcode=extcode), third=GuidRef(guid=third_guid)).wire()
-
-
-def third_body(
-    name: str,
-    first_name: str,
-    email: str,
-    phone: str | None = None,
-    kind: ThirdKind = "PROSPECT",
-    *,
-    mobile: str | None = None,
-    extcode: str | None = None,
-    process_code: str | None = None,
-) -> dict[str, Any]:
-    return ThirdBody(
-        name=name,
-        first_name=first_name,
-        email=email,
-        phone=phone,
-        mobile=mobile,
-        kind=kind,
-        extcode=extcode,
-        process=None if process_code is None else CodeRef(code=process_code),
-    ).wire()
 
 
 def lot_status_params(extcode: str) -> dict[str, str]:

@@ -27,6 +27,7 @@ from .httpio import (
 )
 from .refusals import SandboxRefusal
 from .state import SandboxState
+from .stock import check_prg_date, check_profile
 
 __all__ = ["CONTROL_ROUTES", "DRAIN_TIMEOUT", "add_control_routes"]
 
@@ -227,6 +228,16 @@ async def settings_post(request: web.Request, state: SandboxState) -> web.Respon
         if not isinstance(body["quirks"], bool):
             raise BadRequest("quirks must be a boolean")
         state.quirks = body["quirks"]
+    if "profile" in body:
+        try:
+            state.profile = check_profile(str(body["profile"]))
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+    if "prgDate" in body:
+        try:
+            state.prg_date = check_prg_date(str(body["prgDate"]))
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
     if "twoOptionsResult" in body:
         value = body["twoOptionsResult"]
         if value == 1:
@@ -250,6 +261,8 @@ async def settings_post(request: web.Request, state: SandboxState) -> web.Respon
     return json_answer(
         {
             "quirks": state.quirks,
+            "profile": state.profile,
+            "prgDate": state.prg_date,
             "twoOptionsResult": state.two_options_result,
             "maxOptionsPerUser": state.rules.max_options_per_user,
             "maxOptionsPerProspect": state.rules.max_options_per_prospect,

@@ -70,7 +70,17 @@ def koban_answer(
     **extra: object,
 ) -> web.Response:
     body: dict[str, object] = {}
-    if state.quirks:
+    if state.profile == "generic":
+        # Koban's generic envelope: Success / Result / Message / Errors.
+        body["Success"] = success
+        body["Result"] = extra.pop("Result", None)
+        if errorcode is not None:
+            body["ErrorCode"] = int(errorcode) if state.quirks else errorcode
+        if message is not None:
+            body["Message"] = message
+            if not success:
+                body["Errors"] = [message]
+    elif state.quirks:
         body["Success"] = success
         if errorcode is not None:
             body["ErrorCode"] = int(errorcode)

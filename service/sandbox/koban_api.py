@@ -11,6 +11,7 @@ import hmac
 import socket
 import struct
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -126,8 +127,14 @@ async def option_add(request: web.Request, state: SandboxState) -> web.Response:
     third = required(nested(body, "Third", "Guid"), "Third.Guid")
     extcode = required(nested(body, "Deal", "Extcode"), "Deal.Extcode")
     rank_raw = lookup(body, "Rank")
-    rank = None if rank_raw is None else as_int(rank_raw, "Rank")
     date_raw = lookup(body, "DateOption")
+    if state.profile == "generic":
+        # Koban's doc lists both as required; the doc profile stays lenient.
+        if rank_raw in (None, ""):
+            raise BadRequest("Rank is required")
+        if date_raw in (None, ""):
+            raise BadRequest("DateOption is required")
+    rank = None if rank_raw is None else as_int(rank_raw, "Rank")
     placed_at = None if date_raw in (None, "") else as_instant(date_raw, "DateOption")
     partner = nested(body, "Part", "Guid")
     state.add_option(extcode, third, rank=rank, placed_at=placed_at, partner=partner)
@@ -179,6 +186,8 @@ async def _updated(
     request: web.Request, state: SandboxState, process_code: str | None
 ) -> web.Response:
     raw = lookup(request.query, "updated")
+    if raw in (None, "") and state.profile == "generic":
+        raise BadRequest("updated is required")
     updated = 0 if raw in (None, "") else as_instant(raw, "updated")
     start = query_int(request, "s", 0)
     length = query_int(request, "l", DEFAULT_PAGE) or DEFAULT_PAGE
@@ -186,7 +195,8 @@ async def _updated(
     if state.quirks:
         for lot in page:
             value = lot["Updated"]
-            lot["Updated"] = wire_ts(state, value if isinstance(value, int) else None)
+            if isinstance(value, int):
+                lot["Updated"] = wire_ts(state, value)
     return json_answer({"Length": total, "List": page})
 
 
@@ -205,29 +215,56 @@ async def deal_process_get_all(request: web.Request, state: SandboxState) -> web
     return json_answer(state.deal_processes())
 
 
+def _code_of(body: dict[str, Any], name: str, *, lenient: bool) -> str | None:
+    """An account's ``Status`` / ``Type`` / ``Origin``: ``{"Code": …}`` as Koban's account
+    structure has it (the doc profile also takes a bare string)."""
+    value = lookup(body, name)
+    if value is None or value == "":
+        return None
+    if isinstance(value, dict):
+        code = lookup(value, "Code")
+        if code is None or code == "":
+            return None
+        if isinstance(code, bool) or not isinstance(code, str | int):
+            raise BadRequest(f"{name}.Code must be a string")
+        return str(code)
+    if lenient and isinstance(value, str):
+        return value
+    raise BadRequest(f"{name} must be an object {{Code}}")
+
+
 async def third_post_one(request: web.Request, state: SandboxState) -> web.Response:
+    """ncThird/PostOne with Koban's account structure; ``?uniqueproperty=Extcode`` makes a
+    resend with the same Extcode update that third. Answers the new Guid in ``Result``."""
     body = await json_object(request)
 
     def text(name: str) -> str:
         value = lookup(body, name)
         if value is None:
             return ""
-        if not isinstance(value, str):
+        if isinstance(value, bool) or not isinstance(value, str | int):
             raise BadRequest(f"{name} must be a string")
-        return value
+        return str(value)
 
-    kind = text("Type") or "PROSPECT"
+    label = text("Label")
+    if not label.strip():
+        raise BadRequest("Label is required")
+    lenient = state.profile == "doc"
+    status = _code_of(body, "Status", lenient=lenient)
+    kind = "CGP" if (status or "").upper() == "CGP" else "PROSPECT"
+    unique = (lookup(request.query, "uniqueproperty") or "").lower() == "extcode"
     third = state.add_third(
         type=kind,
-        name=text("Name"),
+        name=label,
         first_name=text("FirstName"),
         email=text("EMail"),
         phone=text("Phone"),
-        mobile=text("Mobile"),
+        mobile=text("Cell"),
         extcode=text("Extcode"),
-        process=nested(body, "Process", "Code"),
+        type_code=_code_of(body, "Type", lenient=lenient),
+        unique_extcode=unique,
     )
-    return koban_answer(state, success=True, Guid=third.guid)
+    return koban_answer(state, success=True, Result=third.guid)
 
 
 KOBAN_ROUTES: tuple[tuple[str, str, KobanHandler], ...] = (

@@ -5,6 +5,7 @@ view of a lot (for twin tests). Pure functions of the records."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
 from statecharts.model import Lot, Option
 
@@ -12,6 +13,7 @@ from .stock import LotInfo, Programme, SalesRep, Third
 
 __all__ = [
     "deal_fields",
+    "dotnet_dates",
     "euros",
     "lot_json",
     "lot_view",
@@ -45,8 +47,36 @@ def wire_status(lot: Lot, info: LotInfo) -> str | dict[str, str]:
     return _WIRE_STATUS[lot.config]
 
 
-def lot_json(lot: Lot, info: LotInfo, programme: Programme | None) -> dict[str, object]:
-    """A lot as ncDeal/GetUpdated lists it."""
+_STATUS_LABEL = {
+    "LIBRE": "Libre",
+    "OPTION": "Option",
+    "PRERESV": "Préréservé",
+    "RESV": "Réservé",
+    "BLOQUE": "Bloqué",
+}
+_DATE_FIELDS = frozenset({"ExpDate", "PrgDate", "PreresaDate"})
+
+
+def _naive_iso(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).replace(tzinfo=None).isoformat()
+
+
+def dotnet_dates(values: Mapping[str, object]) -> dict[str, object]:
+    """Webhook dates as Koban's generic webhooks write them: ``/Date(ms)/``."""
+    return {
+        k: f"/Date({v * 1000})/" if k in _DATE_FIELDS and isinstance(v, int) else v
+        for k, v in values.items()
+    }
+
+
+def lot_json(
+    lot: Lot, info: LotInfo, programme: Programme | None, profile: str = "doc"
+) -> dict[str, object]:
+    """A lot as ncDeal/GetUpdated lists it: as the immobilier doc writes it (``doc``), or
+    as Koban's generic deal structure shows it (``generic``: `Status` an object, `Updated`
+    naive ISO beside `DUpdated`, no `Type`/`Link` on a primary lot, `TagCategoryCode`)."""
+    if profile == "generic":
+        return _generic_lot_json(lot, info, programme)
     return {
         "Guid": lot.guid,
         "Extcode": lot.extcode,
@@ -65,6 +95,36 @@ def lot_json(lot: Lot, info: LotInfo, programme: Programme | None) -> dict[str, 
         "Link": lot.link,
         "Updated": lot.modified_at,
     }
+
+
+def _generic_lot_json(lot: Lot, info: LotInfo, programme: Programme | None) -> dict[str, object]:
+    status = wire_status(lot, info)
+    if isinstance(status, str):
+        status = {"Label": _STATUS_LABEL.get(status, status), "Code": status}
+    body: dict[str, object] = {
+        "Guid": lot.guid,
+        "Extcode": lot.extcode,
+        "Label": lot.label,
+        "Status": {**status, "Guid": f"step-{status['Code']}".lower()},
+        "Result": "WON" if lot.config == "sold" else None,
+        "Process": (
+            {"Code": programme.code, "Label": programme.label, "Guid": programme.guid}
+            if programme
+            else None
+        ),
+        "Amountprev": info.amount,
+        "Tags": [
+            {"TagCategoryCode": t.get("TagCategoryCode", t.get("TagCategory")), "Label": t["Label"]}
+            for t in info.tags
+        ],
+        "MoreFields": [dict(m) for m in info.more_fields],
+        "Updated": _naive_iso(lot.modified_at),
+        "DUpdated": float(lot.modified_at),
+    }
+    if lot.secondary:
+        body["Type"] = "SECONDARY"
+        body["Link"] = lot.link
+    return body
 
 
 def lot_view(lot: Lot, info: LotInfo) -> dict[str, object]:

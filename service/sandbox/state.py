@@ -27,7 +27,7 @@ from . import rendering
 from .clock import Clock, ClockBackwards, SandboxClock, real_clock
 from .faults import Fault, Faults
 from .refusals import ADD_CODES, PROLONG_CODES, UNDO_CODES, SandboxRefusal, refuse_undocumented
-from .stock import SalesRep, Stock
+from .stock import PrgDateMeaning, Profile, SalesRep, Stock, check_prg_date, check_profile
 from .webhooks import Webhook, WebhookKind, WebhookSender, make_webhook
 
 __all__ = [
@@ -77,6 +77,8 @@ class SandboxState(Stock):
         two_options_result: Literal[1, -3] = -3,
         sales_rep: SalesRep | None = None,
         quirks: bool = False,
+        profile: Profile = "doc",
+        prg_date: PrgDateMeaning = "deadline",
     ) -> None:
         if not api_key or not user_key:
             raise ValueError("the sandbox needs an API key and a user key")
@@ -92,6 +94,10 @@ class SandboxState(Stock):
         # Answer with Koban's other spellings: "Success"/"ErrorCode"/"Message", codes as
         # integers, timestamps in milliseconds (exercises a client's tolerant parsing).
         self.quirks = quirks
+        # Which of Koban's published shapes to speak (docs/sandbox.md, "Profiles"), and
+        # what the option-prolonged webhook's PrgDate carries.
+        self.profile: Profile = check_profile(profile)
+        self.prg_date: PrgDateMeaning = check_prg_date(prg_date)
         self.faults = Faults()
         # Koban API calls received with valid keys, per method (faulted ones included).
         self.calls: Counter[str] = Counter()
@@ -166,6 +172,8 @@ class SandboxState(Stock):
     # ----------------------------------------------------------------- webhooks
 
     def _fire(self, kind: WebhookKind, values: Mapping[str, object]) -> Webhook:
+        if self.profile == "generic":
+            values = rendering.dotnet_dates(values)
         hook = make_webhook(kind, values)
         if not self._muted:
             self.webhooks.fire(hook)
@@ -286,7 +294,7 @@ class SandboxState(Stock):
                 **self._third_fields(option.holder),
                 "Rank": option.rank,
                 "ExpDate": option.expiry,
-                "PrgDate": option.deadline,
+                "PrgDate": option.deadline if self.prg_date == "deadline" else self.now(),
             },
         )
         return option
@@ -386,7 +394,7 @@ class SandboxState(Stock):
     def lot_json(self, lot: Lot) -> dict[str, object]:
         """A lot as ncDeal/GetUpdated lists it."""
         programme = self.programmes[lot.program] if lot.program else None
-        return rendering.lot_json(lot, self.info[lot.extcode], programme)
+        return rendering.lot_json(lot, self.info[lot.extcode], programme, self.profile)
 
     def updated_lots(
         self,
@@ -404,7 +412,7 @@ class SandboxState(Stock):
         page = matching[start : start + length]
         return len(matching), [self.lot_json(lot) for lot in page]
 
-    def deal_processes(self) -> list[dict[str, str]]:
+    def deal_processes(self) -> list[dict[str, object]]:
         return [p.as_json() for p in self.programmes.values()]
 
     # ----------------------------------------------------------------- Koban UI actions

@@ -8,15 +8,55 @@ import random
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from statecharts.model import DomainEvent, Lot
 
 from .clock import SandboxClock
 from .refusals import SandboxRefusal
 
-__all__ = ["THIRD_TYPES", "LotInfo", "Programme", "SalesRep", "Stock", "Third"]
+__all__ = [
+    "PRG_DATES",
+    "PROFILES",
+    "THIRD_TYPES",
+    "LotInfo",
+    "PrgDateMeaning",
+    "Profile",
+    "Programme",
+    "SalesRep",
+    "Stock",
+    "Third",
+    "check_prg_date",
+    "check_profile",
+]
 
 THIRD_TYPES = ("PROSPECT", "CGP")
+Profile = Literal["doc", "generic"]
+PrgDateMeaning = Literal["deadline", "moment"]
+PROFILES: tuple[Profile, ...] = ("doc", "generic")
+PRG_DATES: tuple[PrgDateMeaning, ...] = ("deadline", "moment")
+# The lot statuses a programme's steps list (GetAll's `Steps`).
+_STEPS: tuple[tuple[str, str], ...] = (
+    ("Libre", "LIBRE"),
+    ("Option", "OPTION"),
+    ("Préréservé", "PRERESV"),
+    ("Réservé", "RESV"),
+    ("Bloqué", "BLOQUE"),
+)
+
+
+def check_profile(value: str) -> Profile:
+    for profile in PROFILES:
+        if value == profile:
+            return profile
+    raise ValueError(f"profile must be one of {', '.join(PROFILES)}")
+
+
+def check_prg_date(value: str) -> PrgDateMeaning:
+    for meaning in PRG_DATES:
+        if value == meaning:
+            return meaning
+    raise ValueError(f"prg_date must be one of {', '.join(PRG_DATES)}")
 
 
 @dataclass(slots=True)
@@ -32,18 +72,20 @@ class Third:
     mobile: str = ""
     extcode: str = ""
     process: str | None = None
+    type_code: str | None = None  # Koban's account `Type{Code}` (PRO, PART…), kept as sent
 
     def as_json(self) -> dict[str, object]:
+        """The account as Koban's account structure shows it (`Status{Code}` tells a CGP)."""
         return {
             "Guid": self.guid,
-            "Type": self.type,
-            "Name": self.name,
+            "Label": self.name,
             "FirstName": self.first_name,
+            "Status": {"Code": self.type},
+            "Type": {"Code": self.type_code} if self.type_code else None,
             "EMail": self.email,
             "Phone": self.phone,
-            "Mobile": self.mobile,
+            "Cell": self.mobile,
             "Extcode": self.extcode,
-            "Process": {"Code": self.process} if self.process else None,
         }
 
 
@@ -53,8 +95,17 @@ class Programme:
     code: str
     label: str
 
-    def as_json(self) -> dict[str, str]:
-        return {"Guid": self.guid, "Code": self.code, "Label": self.label}
+    def as_json(self) -> dict[str, object]:
+        """As ncDealProcess/GetAll lists it: the published structure has no `Code`; the
+        programme's code is its `Extcode`."""
+        return {
+            "Label": self.label,
+            "Extcode": self.code,
+            "Regroup": None,
+            "Guid": self.guid,
+            "IsActive": True,
+            "Steps": [{"Label": label, "Extcode": code} for label, code in _STEPS],
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,13 +213,16 @@ class Stock:
         extcode: str = "",
         process: str | None = None,
         guid: str | None = None,
+        type_code: str | None = None,
+        unique_extcode: bool = True,
     ) -> Third:
-        """Create a third, or update the one with the same non-empty `extcode` (upsert)."""
+        """Create a third, or (`unique_extcode`: PostOne's ``uniqueproperty=Extcode``)
+        update the one with the same non-empty `extcode`."""
         kind = type.upper()
         if kind not in THIRD_TYPES:
             raise SandboxRefusal(f"Type must be one of {', '.join(THIRD_TYPES)}", http_status=400)
         existing = None
-        if extcode:
+        if extcode and unique_extcode:
             existing = next((t for t in self.prospects.values() if t.extcode == extcode), None)
         third = Third(
             guid=existing.guid if existing else (guid or self.new_guid()),
@@ -180,6 +234,7 @@ class Stock:
             mobile=mobile,
             extcode=extcode,
             process=process,
+            type_code=type_code,
         )
         self.prospects[third.guid] = third
         return third

@@ -19,6 +19,7 @@ from statecharts import transitions as tr
 from statecharts.drift import drift_event
 from statecharts.errors import ErrorCode, RuleViolation
 from statecharts.model import DomainEvent, Lot, Option
+from statecharts.ticks import ceil_tick, to_iso
 
 __all__ = ["ByRank"]
 
@@ -48,6 +49,14 @@ class ByRank(FlowBase):
                 return _vanished(seen, rank, now, "Prolong"), None
             if option.prolonged and option.deadline == until:
                 return [], option  # the option-prolonged webhook was faster
+            if option.prolonged and option.expiry == ceil_tick(until):
+                # The webhook was faster but told only the tick (a Koban whose PrgDate is
+                # the moment of prolongation): the deadline we sent is the exact one.
+                before = option.deadline
+                option.deadline = until
+                previous = None if before is None else to_iso(before)
+                data = tr.option_data(option, "api", previousDeadline=previous)
+                return [DomainEvent("option.deadline_confirmed", now, data)], option
             events = tr.prolong_option(lot, option.rank, until, option.holder, now, self.rules)
             await_echo(lot, "option_prolonged", option.holder, until)
             if option.rank != rank:

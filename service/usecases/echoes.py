@@ -30,4 +30,4 @@ def await_echo(lot: Lot, kind: EchoKind, third: str | None, date: int | None = N
 
 def take_echo(lot: Lot, kind: EchoKind, third: str | None, date: int | None = None) -> bool:
     """Whether a webhook is the echo of one of our own changes (consumed if so)."""
-    return echoes.take_echo(lot, kind, third, date, wall_now=wall_now())
+    return echoes.take_echo(lot, kind, third, date, wall_now=wall_now()) is not None

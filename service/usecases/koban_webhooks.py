@@ -68,7 +68,7 @@ def _cancelled(f: OptionCancelledForm, ctx: Ctx) -> Step:
 
 
 def _prolonged(f: OptionProlongedForm, ctx: Ctx) -> Step:
-    return rules.option_prolonged(ctx, f.third_guid, f.prg_date)
+    return rules.option_prolonged(ctx, f.third_guid, f.prg_date, f.exp_date)
 
 
 def _expired(f: OptionExpiredForm, ctx: Ctx) -> Step:

@@ -95,8 +95,8 @@ def notice_transition(
     A notice touches no index, count or configuration: only the option's flag, the lot's
     version, sequence and modification time, and its events. Proved equal to
     `generic_notice_transition` (decode, `transitions.expiring_notices`,
-    `LotStore.transition`) by tests/test_notices.py; several times cheaper, which matters
-    when a tick gives tens of thousands of notices.
+    `LotStore.transition`) by tests/integration/test_notices.py; several times cheaper,
+    which matters when a tick gives tens of thousands of notices.
     """
     notice = store.rules.expiring_notice
     if notice <= 0:

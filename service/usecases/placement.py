@@ -19,6 +19,7 @@ from service.koban import (
     KobanOutcomeUnknown,
     KobanUnavailable,
     LotStatus,
+    is_unknown_prospect,
     koban_refusal,
 )
 from service.storage.store import Counts, new_id
@@ -66,7 +67,7 @@ class Placement(FlowBase):
         except (KobanUnavailable, KobanError, RuleViolation) as exc:
             # Nothing reached Koban (or Koban answered in a way that means not applied).
             await self.store.release_intent(extcode, iid, self._now())
-            if sent and isinstance(exc, KobanError) and exc.status == 404:
+            if sent and is_unknown_prospect(exc):
                 # Add answered 404 for a lot GetLotStatus knew: Koban does not know the
                 # prospect (the doc lists no code for it; README "Sandbox").
                 raise KobanRefusal(ErrorCode.PROSPECT_UNKNOWN, None, str(exc)) from exc

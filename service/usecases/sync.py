@@ -10,10 +10,12 @@ with the flows and intents. docs/sync.md tells the rules.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
-from service.koban import KobanClient, KobanError, KobanLot, KobanUnavailable, LotStatus
+import structlog
+
+from service.koban import DealPage, KobanClient, KobanError, KobanLot, KobanUnavailable, LotStatus
 from service.storage import sync_state
 from service.storage.store import Counts
 from service.tenancy import Tenant
@@ -31,6 +33,7 @@ from statecharts.reconcile import (
 )
 
 Progress = Callable[[int, int], None]
+log = structlog.get_logger("service.sync")
 
 
 # Koban's standard statuses → the chart's target configuration (OPTION is refined by count).
@@ -103,6 +106,10 @@ class SyncReport:
     drift: int = 0
     deferred: int = 0
     lots: list[str] = field(default_factory=list)  # extcodes transferred, in order
+    skipped: dict[str, int] = field(default_factory=dict)  # reason → deals not mirrored
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
 def target_of(kl: KobanLot) -> tuple[str, str]:
@@ -197,9 +204,45 @@ async def sync_stock(
     since = 0 if full or last is None else max(0, last - overlap)
     report = SyncReport(since=since, started=now, full=full)
     done = 0
-    async for page in koban.get_updated(since, page_size=page_size):
+    programmes = tenant.settings.programmes
+    if programmes:
+        # Only the tenant's programmes, each read on its own (GetUpdatedProcess).
+        wanted = set(programmes)
+        for code in programmes:
+            pages = koban.get_updated(since, page_size=page_size, process_code=code)
+            done = await _sync_pages(tenant, pages, wanted, now, report, progress, done)
+    else:
+        wanted = {p.code for p in await koban.get_programs()}
+        pages = koban.get_updated(since, page_size=page_size)
+        await _sync_pages(tenant, pages, wanted, now, report, progress, done)
+    await sync_state.set_last_sync(tenant.store, now)
+    return report
+
+
+async def _sync_pages(
+    tenant: Tenant,
+    pages: AsyncIterator[DealPage],
+    wanted: set[str],
+    now: int,
+    report: SyncReport,
+    progress: Progress | None,
+    done: int,
+) -> int:
+    """Mirror the lots of `pages` whose programme is `wanted`; odd deals are counted."""
+    async for page in pages:
         report.pages += 1
+        for skipped in page.skipped:
+            report.skip(skipped.reason)
+            log.info(
+                "sync_deal_skipped", tenant=tenant.name, reason=skipped.reason, deal=skipped.ref
+            )
         for kl in page.items:
+            if kl.program_code not in wanted:
+                report.skip("other_process")
+                log.info(
+                    "sync_deal_skipped", tenant=tenant.name, reason="other_process", deal=kl.extcode
+                )
+                continue
             kind = await sync_lot(tenant, kl, now, now)
             report.seen += 1
             report.lots.append(kl.extcode)
@@ -209,8 +252,7 @@ async def sync_stock(
             done += 1
             if progress is not None:
                 progress(done, max(page.length, done))
-    await sync_state.set_last_sync(tenant.store, now)
-    return report
+    return done
 
 
 # --------------------------------------------------------------------------- reconciliation

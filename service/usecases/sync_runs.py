@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from service.koban import KobanClient, KobanError, KobanUnavailable
@@ -48,11 +48,13 @@ class SyncRun:
     drift: int = 0
     error: str | None = None
     seconds: float | None = None
+    skipped: dict[str, int] = field(default_factory=dict)  # reason → deals not mirrored
 
     def absorb(self, report: SyncReport) -> None:
         self.since = report.since
         for name in ("pages", "seen", "imported", "changed", "unchanged", "deferred", "drift"):
             setattr(self, name, getattr(report, name))
+        self.skipped = dict(report.skipped)
 
 
 async def last_run(tenant: Tenant) -> SyncRun | None:

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from service.koban import wire
 from service.koban.client import (
     KobanClient,
     KobanError,
@@ -87,10 +88,10 @@ async def test_every_call_carries_both_keys_and_the_documented_shapes(
     koban.script("GET", LOT_STATUS, FREE)
     for path in (ADD, PROLONG, UNDO, PRERESV, DESIST):
         koban.script("POST", path, OK)
-    koban.script("POST", THIRD, Reply(json={"success": True, "Guid": "g-new"}))
+    koban.script("POST", THIRD, Reply(json={"Success": True, "Result": "g-new"}))
     koban.script("GET", UPDATED, Reply(json={"Length": 0, "List": []}))
     koban.script("GET", UPDATED_PROCESS, Reply(json={"Length": 0, "List": []}))
-    koban.script("GET", PROGRAMS, Reply(json=[{"Guid": "p1", "Code": "PRG1", "Label": "One"}]))
+    koban.script("GET", PROGRAMS, Reply(json=[{"Guid": "p1", "Extcode": "PRG1", "Label": "One"}]))
 
     assert await client.get_lot_status("A101") == LotStatus(result=0, max_rank=0, end_date=None)
     assert (await client.add_option("A101", "third-1", 1, T0)).success
@@ -138,12 +139,14 @@ async def test_every_call_carries_both_keys_and_the_documented_shapes(
     }
     assert by_path[DESIST][0].body == {"Deal": {"Extcode": "A101"}, "Third": {"Guid": "third-1"}}
     assert by_path[THIRD][0].body == {
-        "Name": "Durand",
+        "Label": "Durand",
         "FirstName": "Anne",
         "EMail": "anne@example.com",
         "Phone": "0600000000",
-        "Type": "PROSPECT",
+        "Status": {"Code": "PROSPECT"},
+        "Extcode": wire.own_extcode("anne@example.com", "Durand", "Anne"),
     }
+    assert by_path[THIRD][0].query == {"uniqueproperty": "Extcode"}
     assert by_path[UPDATED][0].query == {"updated": str(T0), "s": "0", "l": "200"}
     assert by_path[UPDATED_PROCESS][0].query == {
         "updated": str(T0),
@@ -399,7 +402,7 @@ async def test_post_third_without_guid_or_refused(
         await client.post_third("Durand", "Anne", "anne@example.com", kind="CGP")
     with pytest.raises(KobanError, match="duplicate"):
         await client.post_third("Durand", "Anne", "anne@example.com")
-    assert koban.seen[0].body["Type"] == "CGP"
+    assert koban.seen[0].body["Status"] == {"Code": "CGP"}
 
 
 # ------------------------------------------------------------------ rate limit

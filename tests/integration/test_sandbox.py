@@ -285,10 +285,12 @@ async def test_get_updated_paging_and_updated_filter(sb: Harness) -> None:
     _, qua = await sb.koban("ncDeal/GetUpdatedProcess", params={"updated": 0, "processcode": "QUA"})
     assert [x["Extcode"] for x in qua["List"]] == ["QUA-A101"] and qua["Length"] == 1
     _, processes = await sb.koban("ncDealProcess/GetAll")
-    assert processes == [
-        {"Guid": "prog-har", "Code": "HAR", "Label": "Les Jardins d'Harmonie"},
-        {"Guid": "prog-qua", "Code": "QUA", "Label": "Quai des Arts"},
+    # Koban's published process structure: no `Code`, the programme's code is `Extcode`.
+    assert [(p["Guid"], p["Extcode"], p["Label"], p["IsActive"]) for p in processes] == [
+        ("prog-har", "HAR", "Les Jardins d'Harmonie", True),
+        ("prog-qua", "QUA", "Quai des Arts", True),
     ]
+    assert all("Code" not in p for p in processes)
     _, secondary = await sb.koban("ncDeal/GetUpdatedProcess", params={"processcode": "HAR"})
     p01 = next(x for x in secondary["List"] if x["Extcode"] == "HAR-P01")
     assert (p01["Type"], p01["Link"]) == ("Secondary", "lot-a101")
@@ -329,17 +331,17 @@ async def test_post_one_then_option_and_unknown_third(sb: Harness) -> None:
     )
     assert (status, answer["success"], answer["errorcode"]) == (200, False, "02")
 
-    guid = await sb.post_third("Nouveau", Type="PROSPECT", Extcode="CRM-42")
+    guid = await sb.post_third("Nouveau", Type={"Code": "PART"}, Extcode="CRM-42")
     assert await sb.add("HAR-A101", guid) == (200, {"success": True})
     # Same Extcode: the same third is updated (upsert), its Guid returned.
     assert await sb.post_third("Nouveau2", Extcode="CRM-42") == guid
-    cgp = await sb.post_third("Cabinet", Type="CGP", Process={"Code": "HAR"})
+    cgp = await sb.post_third("Cabinet", Status={"Code": "CGP"})
     assert cgp != guid
-    status, answer = await sb.koban("ncThird/PostOne", {"Name": "x", "Type": "ALIEN"})
+    status, answer = await sb.koban("ncThird/PostOne", {"FirstName": "no label"})
     assert status == 400 and answer["success"] is False
     _, thirds = await sb.control("GET", "prospects")
     by_guid = {t["Guid"]: t for t in thirds}
-    assert by_guid[guid]["Name"] == "Nouveau2" and by_guid[cgp]["Type"] == "CGP"
+    assert by_guid[guid]["Label"] == "Nouveau2" and by_guid[cgp]["Status"] == {"Code": "CGP"}
     receiver = await sb.delivered()
     assert receiver.of("option_placed")[0].form["Third_Extcode"] == "CRM-42"
 
@@ -614,7 +616,7 @@ async def test_demo_stock() -> None:
             assert by_guid[lot["Link"]]["Type"] is None
         _, processes = await sb.koban("ncDealProcess/GetAll")
         assert len(processes) == 3
-        assert {x["Process"]["Code"] for x in lots} == {p["Code"] for p in processes}
+        assert {x["Process"]["Code"] for x in lots} == {p["Extcode"] for p in processes}
         statuses = [x["Status"] for x in lots]
         for label in ("LIBRE", "OPTION", "PRERESV", "RESV", "BLOQUE"):
             assert label in statuses
@@ -624,7 +626,7 @@ async def test_demo_stock() -> None:
         assert (await sb.status("HAR-A101"))["Result"] == 0
 
         _, thirds = await sb.control("GET", "prospects")
-        guids = {t["Guid"]: t["Type"] for t in thirds}
+        guids = {t["Guid"]: t["Status"]["Code"] for t in thirds}
         assert {g for g, kind in guids.items() if kind == "PROSPECT"} == {
             f"demo-prospect-{n}" for n in range(1, 9)
         }

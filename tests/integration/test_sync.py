@@ -64,6 +64,9 @@ async def env(redis: Redis, tenant: str) -> AsyncIterator[Env]:
     clock = FixedClock(T0)
     t = make_tenant(redis, tenant, clock)
     async with ScriptedKoban() as server, aiohttp.ClientSession() as session:
+        # Koban's published process structure: the programme's code is its Extcode.
+        programmes = [{"Extcode": "HAR", "Label": "Harmonie", "Guid": "p-har"}]
+        server.script("GET", "/ncDealProcess/GetAll", Reply(json=programmes))
         koban = make_client(session, server.base_url)
         yield Env(t, clock, server, koban, OptionFlows(t, koban, poll_s=0.01))
 
@@ -253,10 +256,11 @@ async def test_reconcile_candidates_and_rate_limited_pass(env: Env) -> None:
 # --- against the Koban sandbox, sharing the service's clock ------------------------------
 
 
-async def test_end_to_end_against_the_sandbox(redis: Redis, tenant: str) -> None:
+@pytest.mark.parametrize("profile", ["doc", "generic"])
+async def test_end_to_end_against_the_sandbox(redis: Redis, tenant: str, profile: Any) -> None:
     clock = FixedClock(T0)
     t = make_tenant(redis, tenant, clock)
-    state = SandboxState(api_key="k-api", user_key="k-user", clock=clock.now)
+    state = SandboxState(api_key="k-api", user_key="k-user", clock=clock.now, profile=profile)
     populate(state)
     for n in range(20):
         state.add_third(guid=f"crowd-{n}", name=f"N{n}", first_name="F", email=f"{n}@x.fr")

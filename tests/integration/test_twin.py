@@ -510,7 +510,9 @@ class WebhooksFirst:
 
 
 @pytest.fixture
-async def twin(redis: Redis, tenant: str) -> AsyncIterator[Twin]:
+async def twin(request: pytest.FixtureRequest, redis: Redis, tenant: str) -> AsyncIterator[Twin]:
+    # (profile, prg_date) of the sandbox; the doc profile unless a test asks otherwise.
+    profile, prg_date = getattr(request, "param", ("doc", "deadline"))
     clock = FixedClock(T0)
     settings = TenantSettings(webhook_secret=SECRET, max_prolongation="P3D")
     rules = rules_from(settings)
@@ -529,6 +531,8 @@ async def twin(redis: Redis, tenant: str) -> AsyncIterator[Twin]:
         clock=clock.now,
         webhooks=WebhookSender(targets, token=SECRET),
         seed=SEED,
+        profile=profile,
+        prg_date=prg_date,
     )
     _stock(state)
     sandbox_app = build_sandbox_app(state, tick_interval=None)
@@ -548,6 +552,9 @@ async def twin(redis: Redis, tenant: str) -> AsyncIterator[Twin]:
         await service.close()
 
 
+@pytest.mark.parametrize(
+    "twin", [("doc", "deadline"), ("generic", "moment")], indirect=True, ids=["doc", "generic"]
+)
 async def test_twin_sandbox_and_service_agree(twin: Twin) -> None:
     report = await sync_stock(twin.tenant, twin.koban, twin.now())
     assert report.imported == len(ALL_LOTS) and report.drift == 0

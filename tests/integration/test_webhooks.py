@@ -39,6 +39,8 @@ class Env:
     store: LotStore
     clock: FixedClock
     tenant: str
+    # "generic": dates go as Koban's generic webhooks write them, /Date(ms)/.
+    profile: str = "doc"
 
     def url(self, name: str) -> str:
         return f"/koban/{self.tenant}/{name}"
@@ -51,9 +53,16 @@ class Env:
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
     ) -> tuple[int, dict[str, Any]]:
+        data = dict(fields)
+        if self.profile == "generic":
+            for key in ("ExpDate", "PrgDate"):
+                value = data.get(key)
+                seconds = isinstance(value, str) and value.isascii() and value.isdigit()
+                if seconds and int(value or 0) <= 10**11:
+                    data[key] = f"/Date({int(value) * 1000})/"
         resp = await self.client.post(
             self.url(name),
-            data=dict(fields),
+            data=data,
             headers={TOKEN_HEADER: SECRET} if headers is None else headers,
             params=params,
         )
@@ -90,8 +99,10 @@ class Env:
 MakeEnv = Callable[..., Awaitable[Env]]
 
 
-@pytest.fixture
-async def make_env(redis: Redis, tenant: str) -> AsyncIterator[MakeEnv]:
+@pytest.fixture(params=["doc", "generic"])
+async def make_env(
+    request: pytest.FixtureRequest, redis: Redis, tenant: str
+) -> AsyncIterator[MakeEnv]:
     clients: list[TestClient[web.Request, web.Application]] = []
 
     async def make(**settings: Any) -> Env:
@@ -107,7 +118,7 @@ async def make_env(redis: Redis, tenant: str) -> AsyncIterator[MakeEnv]:
         client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         clients.append(client)
-        return Env(client, store, clock, tenant)
+        return Env(client, store, clock, tenant, request.param)
 
     yield make
     for client in clients:
@@ -556,7 +567,8 @@ async def test_wrong_method_and_unknown_webhook_answer_json(env: Env) -> None:
         ({"Rank": "3"}, "Rank"),
         ({"Rank": "one"}, "Rank"),
         ({"ExpDate": "tomorrow"}, "ExpDate"),
-        ({"ExpDate": "2026-03-04T10:00:00Z"}, "ExpDate"),
+        ({"ExpDate": "2026-13-45T10:00:00Z"}, "ExpDate"),
+        ({"ExpDate": "/Date(abc)/"}, "ExpDate"),
         ({"ExpDate": "-5"}, "ExpDate"),
         ({"ExpDate": "9" * 30}, "ExpDate"),
         ({"ExpDate": ""}, "ExpDate"),

@@ -157,11 +157,17 @@ class Harness:
         return dict(answer)
 
     async def post_third(self, name: str, **extra: Any) -> str:
-        body = {"Name": name, "FirstName": "Test", "EMail": f"{name}@example.com"}
+        body: dict[str, Any] = {
+            "Label": name,
+            "FirstName": "Test",
+            "EMail": f"{name}@example.com",
+            "Status": {"Code": "PROSPECT"},
+        }
         body.update(extra)
-        code, answer = await self.koban("ncThird/PostOne", body)
+        params = {"uniqueproperty": "Extcode"}
+        code, answer = await self.koban("ncThird/PostOne", body, params=params)
         assert code == 200 and answer["success"] is True, answer
-        return str(answer["Guid"])
+        return str(answer["Result"])
 
 
 def small_stock(state: SandboxState) -> None:

@@ -115,9 +115,9 @@ class _KobanCalls(Collector):
 class _Requests(Collector):
     """``koban_options_http_requests_total`` and ``…_request_duration_seconds``: what a
     prometheus_client `Counter` and `Histogram` (default buckets) report, accumulated in
-    plain Python numbers. Their children lock on every ``inc``/``observe`` (≈ 1.3 µs a
-    request here); the event loop is the only writer, and a scrape (on the same loop)
-    reads them. `tests/test_api_openapi.py` checks the exposition is the classes' own."""
+    plain Python numbers. Their children lock on every ``inc``/``observe``; the event loop
+    is the only writer, and a scrape (on the same loop) reads them.
+    `tests/integration/test_api_openapi.py` checks the exposition is the classes' own."""
 
     COUNT_HELP = "HTTP requests by route template, method and status."
     LATENCY_HELP = "HTTP request duration by route template and method."

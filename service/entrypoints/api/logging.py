@@ -278,8 +278,8 @@ def log_access(method: str, path: str, status: int, seconds: float) -> None:
     checked on every call, this line skips that assembly and structlog's dispatch: the
     event dict it would build goes through what the processors would do to it (for JSON:
     the context variables, the level, the time, orjson; for the console: the processors
-    themselves) to the same logger (`tests/test_api_errors.py` checks both write the same
-    line). Under any other configuration it is logged through structlog."""
+    themselves) to the same logger (`tests/integration/test_api_errors.py` checks both
+    write the same line). Under any other configuration it is logged through structlog."""
     if "token" in path.lower():
         path = redact_token(path)
     duration_ms = round(seconds * 1000, 2)

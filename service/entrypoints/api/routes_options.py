@@ -51,7 +51,7 @@ from service.entrypoints.api.openapi import (
 )
 from service.entrypoints.api.paging import Position, decode_cursor, encode_cursor
 from service.entrypoints.api.routes_lots import BASE, LOT, lot_out, option_out, read_lot
-from service.koban import KobanError
+from service.koban import KobanError, is_unknown_prospect
 from service.storage.codec import decode_lot
 from service.storage.lot_reads import intent_lots, raw_lots
 from service.storage.paging import expiries_after
@@ -291,7 +291,7 @@ async def place_option(request: web.Request) -> web.Response:
         try:
             result = await flows.place(extcode, body.third_guid, partner, body.rank)
         except KobanError as exc:
-            if exc.status == 404:
+            if is_unknown_prospect(exc):
                 raise _ProspectUnknown(
                     ErrorCode.PROSPECT_UNKNOWN, "Koban does not know this prospect."
                 ) from exc

@@ -9,7 +9,8 @@
   credentials → ``503 KOBAN_UNAVAILABLE``. Accepts ``Idempotency-Key`` like every write.
 * ``GET`` → ``{"state": "never" | "running" | "succeeded" | "failed", "full", "startedAt",
   "finishedAt", "since", "pages", "seen", "imported", "changed", "unchanged",
-  "deferred", "drift", "error", "seconds"}``.
+  "deferred", "drift", "error", "seconds", "skipped"}`` (``skipped``: deals not
+  mirrored, counted by reason).
 
 Background runs belong to the app: the app's cleanup cancels the ones still running (their
 lease is released and the run recorded as failed, so the next one starts from the same
@@ -95,6 +96,11 @@ class SyncStatusOut(_Out):
     drift: int = 0
     error: str | None = None
     seconds: float | None = None
+    skipped: dict[str, int] = Field(
+        default_factory=dict,
+        description="Deals Koban listed that were not mirrored, by reason: `no_extcode`, "
+        "`no_status`, `other_process` (not one of the tenant's programmes), `unreadable`.",
+    )
 
 
 async def _optional_json(request: web.Request) -> object:
