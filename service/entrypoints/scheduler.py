@@ -20,6 +20,9 @@ after a stall of a second; see STACK.md).
 * ``heartbeat`` — every `Intervals.heartbeat_s`: `SCHEDULER_HEARTBEAT_KEY` = UNIX seconds,
   with the TTL `HEARTBEAT_TTL_S`.
 
+Beside the table, the daemon runs the webhook deliverer (`service.usecases.delivery`): it
+starts after the catch-up and stops before the summary line.
+
 The three Koban jobs exist only for tenants with Koban credentials. Several daemons may
 run against one Redis: every one fires every job; `process_tick`'s lease makes each
 (tenant, tick) processed once, the sync lease makes syncs single, and the other jobs are
@@ -58,6 +61,7 @@ from service.storage.keys import SCHEDULER_HEARTBEAT_KEY
 from service.storage.redis_client import RedisClient
 from service.storage.retention import trim_events
 from service.tenancy import Tenant, Tenants
+from service.usecases.delivery import Deliverer
 from service.usecases.intents import Resolution, resolve_pending
 from service.usecases.notices import NoticeReport, send_notices
 from service.usecases.sandbox_clock import is_sandbox, refresh, refresh_all
@@ -288,6 +292,7 @@ class Daemon:
         self._scheduler: AsyncIOScheduler | None = None
         self._session: aiohttp.ClientSession | None = None
         self._running: set[asyncio.Task[Any]] = set()
+        self.deliverer: Deliverer | None = None
 
     # ----------------------------------------------------------------- running jobs
 
@@ -379,6 +384,9 @@ class Daemon:
             return
         for job in rest:
             self._add(job)
+        registry = self.metrics.registry if self.metrics is not None else None
+        self.deliverer = Deliverer(self.tenants, registry=registry)
+        await self.deliverer.start()
         log.info("scheduler_started", jobs=len(self.jobs))
 
     def _add(self, job: Job) -> None:
@@ -392,6 +400,9 @@ class Daemon:
         scheduler = self._scheduler
         if scheduler is not None and scheduler.running:
             scheduler.pause()  # no new runs; the running ones go on
+        if self.deliverer is not None:
+            await self.deliverer.stop()  # undelivered heads stay queued for the next one
+            self.deliverer = None
         running = [t for t in self._running if t is not asyncio.current_task()]
         if running:
             _, late = await asyncio.wait(running, timeout=self.shutdown_grace_s)

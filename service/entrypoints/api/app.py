@@ -45,6 +45,7 @@ from service.entrypoints.api.routes_events import routes as event_routes
 from service.entrypoints.api.routes_lots import ANSWERS, hot_routes
 from service.entrypoints.api.routes_lots import routes as lot_routes
 from service.entrypoints.api.routes_options import routes as option_routes
+from service.entrypoints.api.routes_subscriptions import install_subscriptions
 from service.entrypoints.api.routes_sync import install_sync
 from service.storage.redis_client import RedisClient
 from service.tenancy import Tenants
@@ -110,6 +111,7 @@ def build_api_app(
     app.add_routes(event_routes)
     install_sync(app)
     install_clock(app, on_clock_advanced)
+    install_subscriptions(app)
     app.on_shutdown.append(close_event_streams)
     app.on_cleanup.append(close_stream_clients)
     if webhooks:
