@@ -195,25 +195,20 @@ class SubscriptionWorker:
         renewed = time.monotonic()
         try:
             while not self.stopping.is_set():
-                if time.monotonic() - renewed >= renew_every:
-                    if not await self.lease.renew():
-                        log.warning("delivery_lease_lost", subscription=self.sub_id)
+                try:
+                    if time.monotonic() - renewed >= renew_every:
+                        if not await self.lease.renew():
+                            log.warning("delivery_lease_lost", subscription=self.sub_id)
+                            return
+                        renewed = time.monotonic()
+                    if not await self._step():
                         return
-                    renewed = time.monotonic()
-                sub = await self.store.get(self.sub_id)
-                if sub is None or sub.status != "active":
-                    return
-                now = self.tenant.clock.now()
-                await self.store.take_new(sub, now)
-                free = self.max_in_flight - len(self._in_flight)
-                if free > 0:
-                    for partition in await self.store.due(sub.id, now, free + len(self._in_flight)):
-                        if (
-                            partition in self._in_flight
-                            or len(self._in_flight) >= self.max_in_flight
-                        ):
-                            continue
-                        self._launch(partition)
+                except Exception as exc:  # Redis away: the queues wait; try again soon
+                    if self.stopping.is_set():
+                        return
+                    log.warning(
+                        "delivery_worker_error", subscription=self.sub_id, error=type(exc).__name__
+                    )
                 pause = asyncio.ensure_future(asyncio.sleep(self.poll_s))
                 await asyncio.wait(
                     {pause, *self._in_flight.values()}, return_when="FIRST_COMPLETED"
@@ -228,6 +223,22 @@ class SubscriptionWorker:
                     await task
             with contextlib.suppress(Exception):
                 await self.lease.release()
+
+    async def _step(self) -> bool:
+        """Take new events, start the due partitions; False when the subscription is gone
+        or inactive."""
+        sub = await self.store.get(self.sub_id)
+        if sub is None or sub.status != "active":
+            return False
+        now = self.tenant.clock.now()
+        await self.store.take_new(sub, now)
+        free = self.max_in_flight - len(self._in_flight)
+        if free > 0:
+            for partition in await self.store.due(sub.id, now, free + len(self._in_flight)):
+                if partition in self._in_flight or len(self._in_flight) >= self.max_in_flight:
+                    continue
+                self._launch(partition)
+        return True
 
     def _launch(self, partition: str) -> None:
         task = asyncio.create_task(self._partition(partition))
@@ -374,6 +385,7 @@ class Deliverer:
         self.workers: dict[tuple[str, str], tuple[SubscriptionWorker, asyncio.Task[None]]] = {}
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._scanner: asyncio.Task[None] | None = None
+        self._closing = False
 
     def _session(self, tenant: Tenant) -> aiohttp.ClientSession:
         session = self._sessions.get(tenant.name)
@@ -382,13 +394,18 @@ class Deliverer:
         return session
 
     async def start(self) -> None:
+        self._closing = False
         self._scanner = asyncio.create_task(self._scan_forever())
 
     async def _scan_forever(self) -> None:
-        while True:
+        # The flag, not only the cancellation, ends the loop: redis-py may turn a
+        # cancellation that lands inside a command into a ConnectionError.
+        while not self._closing:
             try:
                 await self.scan()
             except Exception as exc:  # Redis away: try again at the next scan
+                if self._closing:
+                    return
                 log.warning("delivery_scan_failed", error=type(exc).__name__)
             await asyncio.sleep(self.scan_s)
 
@@ -423,6 +440,7 @@ class Deliverer:
         return started
 
     async def stop(self) -> None:
+        self._closing = True
         if self._scanner is not None:
             self._scanner.cancel()
             with contextlib.suppress(asyncio.CancelledError):

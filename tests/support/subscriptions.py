@@ -131,7 +131,10 @@ def subs_tenant(redis: RedisClient, name: str, clock: Clock, **settings: Any) ->
 
 
 def add_subscriptions(tenant: Tenant) -> None:
-    """Give a tenant made elsewhere (a shared harness) subscriptions."""
+    """Give a tenant made elsewhere (a shared harness) subscriptions to loopback."""
+    tenant.settings = tenant.settings.model_copy(
+        update={"allow_private_targets": True, "allow_http_targets": True}
+    )
     tenant.subscriptions = SubscriptionStore(tenant.store.redis, tenant.name)
     tenant.secret_box = SecretBox(SUBSCRIPTION_KEY)
 
