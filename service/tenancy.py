@@ -25,6 +25,10 @@ class Tenant:
     subscriptions: SubscriptionStore | None = None
     secret_box: SecretBox | None = None
 
+    def __post_init__(self) -> None:
+        if self.subscriptions is None:  # a tenant built by hand still lists and reads them
+            self.subscriptions = SubscriptionStore(self.store.redis, self.name)
+
 
 class Tenants(Mapping[str, Tenant]):
     """Every configured tenant, by name."""

@@ -48,6 +48,7 @@ from service.sandbox import build_sandbox_app
 from service.storage.redis_client import connect
 from service.tenancy import Tenant, Tenants
 from tests.conftest import delete_tenant_keys
+from tests.support.subscriptions import add_subscriptions
 from tests.test_api_harness import (
     API_KEY,
     T0,
@@ -122,6 +123,8 @@ class _Server:
         tenant = make_tenant(
             self.redis, self.tenant, clock, webhook_secret=SecretStr(WEBHOOK_SECRET)
         )
+        # Subscriptions fuzzed too; private targets allowed, so no URL is looked up in DNS.
+        add_subscriptions(tenant)
 
         def factory(tenant_: Tenant, session: Any) -> KobanClient:
             return KobanClient(
