@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.sweep
 	$(BIN)/python -m bench.ticks
 	$(BIN)/python -m bench.http
+	$(BIN)/python -m bench.delivery
 
 diagrams: $(STAMP)
 	$(BIN)/python -m service.entrypoints.diagram docs

@@ -1,7 +1,7 @@
 -- The outcome of one delivery attempt on the head of a subscription's partition queue,
 -- applied in one step: the queue and its retry schedule, the subscription's counters and
 -- status, and the delivery log. A stale caller (the head changed, the subscription was
--- deleted) changes nothing.
+-- deleted) changes nothing. Returns {status} or {status, the partition's next head}.
 -- KEYS: 1 index, 2 state, 3 due, 4 queue, 5 attempts, 6 log
 -- ARGV: 1 subscription id, 2 partition, 3 the head item as read, 4 outcome
 --   ("ok" | "retry" | "failed"), 5 now (tenant clock, s), 6 next attempt (s, retry only),
@@ -40,4 +40,10 @@ else
   end
 end
 redis.call('XADD', KEYS[6], 'MAXLEN', ARGV[8], '*', 'e', ARGV[7])
-return redis.call('HGET', KEYS[2], 'status') or 'active'
+local status = redis.call('HGET', KEYS[2], 'status') or 'active'
+-- The partition's next head, so the caller goes on without another round trip.
+if outcome ~= 'retry' and status == 'active' then
+  local head = redis.call('LINDEX', KEYS[4], 0)
+  if head then return {status, head} end
+end
+return {status}

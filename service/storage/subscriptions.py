@@ -354,6 +354,25 @@ class SubscriptionStore:
         )
         return [_text(p) for p in cast(list[Any], found)]
 
+    async def heads(
+        self, sub_id: str, partitions: Sequence[str]
+    ) -> list[tuple[str, QueuedEvent, int]]:
+        """Each partition's head and the attempts made on it, in one round trip (empty
+        queues left out)."""
+        if not partitions:
+            return []
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in partitions:
+                pipe.lindex(k.queue(sub_id, p), 0)
+            pipe.hmget(k.attempts(sub_id), list(partitions))
+            *raws, attempts = await pipe.execute()
+        return [
+            (p, QueuedEvent.decode(raw), int(made or 0))
+            for p, raw, made in zip(partitions, raws, attempts, strict=True)
+            if raw is not None
+        ]
+
     async def next_due(self, sub_id: str) -> float | None:
         first = cast(
             list[Any], await self.redis.zrange(self.keys.due(sub_id), 0, 0, withscores=True)
@@ -386,9 +405,11 @@ class SubscriptionStore:
         log_size: int,
         disable_after_s: int,
         disable_reason: str = "",
-    ) -> str:
+    ) -> tuple[str, QueuedEvent | None]:
         """Apply an attempt's outcome (``ok``, ``retry``, ``failed``); returns the
-        subscription's status after it, or ``stale`` / ``deleted`` when nothing changed."""
+        subscription's status after it (``stale`` / ``deleted`` when nothing changed) and,
+        when the head left and the subscription is active, the partition's next head (no
+        attempt made on it yet)."""
         k = self.keys
         result = await self._finish(
             keys=[
@@ -412,7 +433,10 @@ class SubscriptionStore:
                 disable_reason,
             ],
         )
-        return _text(result)
+        if isinstance(result, (bytes, str)):  # 'stale' / 'deleted'
+            return _text(result), None
+        status = _text(result[0])
+        return status, (QueuedEvent.decode(result[1]) if len(result) > 1 else None)
 
     async def pending(self, sub_id: str) -> int:
         """Events queued, in flight included (tests, metrics)."""

@@ -25,7 +25,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from service.config import TenantSettings
-from service.outbound.signing import SecretBoxError, signature_headers
+from service.outbound.signing import SecretBox, SecretBoxError, signature_headers
 from service.outbound.targets import TargetPolicy, TargetRefused, check_url, guarded_session
 from service.storage.lease import Lease
 from service.storage.subscriptions import DeliveryRecord, QueuedEvent, Subscription
@@ -47,6 +47,9 @@ log = structlog.get_logger("service.usecases.delivery")
 CONTENT_TYPE = "application/cloudevents+json"
 ANSWER_KEPT = 1024  # bytes of a receiver's answer read, at most
 GONE_REASON = "the receiver answered 410 Gone"
+# How stale a worker's copy of its subscription may be (a changed URL, a new secret, an
+# operator's "inactive"): one read per step would cost a round trip per completion.
+SUB_REFRESH_S = 0.25
 
 
 def policy_of(settings: TenantSettings) -> TargetPolicy:
@@ -189,6 +192,9 @@ class SubscriptionWorker:
         self.on_ack = on_ack
         self.stopping = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._sub: Subscription | None = None
+        self._read_at = 0.0
+        self._opened: dict[str, str] = {}  # sealed -> secret, for this worker's life
 
     async def run(self) -> None:
         renew_every = self.lease.ttl_ms / 3000
@@ -227,21 +233,24 @@ class SubscriptionWorker:
     async def _step(self) -> bool:
         """Take new events, start the due partitions; False when the subscription is gone
         or inactive."""
-        sub = await self.store.get(self.sub_id)
+        if self._sub is None or time.monotonic() - self._read_at >= SUB_REFRESH_S:
+            self._sub = await self.store.get(self.sub_id)
+            self._read_at = time.monotonic()
+        sub = self._sub
         if sub is None or sub.status != "active":
             return False
         now = self.tenant.clock.now()
         await self.store.take_new(sub, now)
         free = self.max_in_flight - len(self._in_flight)
         if free > 0:
-            for partition in await self.store.due(sub.id, now, free + len(self._in_flight)):
-                if partition in self._in_flight or len(self._in_flight) >= self.max_in_flight:
-                    continue
-                self._launch(partition)
+            due = await self.store.due(sub.id, now, free + len(self._in_flight))
+            starting = [p for p in due if p not in self._in_flight][:free]
+            for partition, item, made in await self.store.heads(sub.id, starting):
+                self._launch(partition, (item, made))
         return True
 
-    def _launch(self, partition: str) -> None:
-        task = asyncio.create_task(self._partition(partition))
+    def _launch(self, partition: str, head: tuple[QueuedEvent, int]) -> None:
+        task = asyncio.create_task(self._partition(partition, head))
         self._in_flight[partition] = task
 
         def forget(_: asyncio.Task[None]) -> None:
@@ -250,34 +259,34 @@ class SubscriptionWorker:
 
         task.add_done_callback(forget)
 
-    async def _partition(self, partition: str) -> None:
-        """Deliver the partition's heads one after the other while they succeed (or are
-        given up); stop at the first that must wait for a retry."""
+    async def _partition(self, partition: str, head: tuple[QueuedEvent, int]) -> None:
+        """Deliver the partition's heads one after the other, starting with the due `head`
+        (and the attempts made on it), while they succeed or are given up; stop at the
+        first that must wait for a retry."""
+        item, made = head
         try:
             while not self.stopping.is_set():
-                sub = await self.store.get(self.sub_id)
+                # The worker's copy, refreshed by its steps: a status change or a delete in
+                # between is caught by `finish` (which reports it and changes nothing).
+                sub = self._sub
                 if sub is None or sub.status != "active":
                     return
-                head = await self.store.head(sub.id, partition)
-                if head is None:
+                outcome, following = await self.attempt(sub, partition, item, made + 1)
+                if following is None or outcome not in ("ok", "failed"):
                     return
-                item, made = head
-                now = self.tenant.clock.now()
-                if made and (await self._due_at(partition)) > now:
-                    return
-                outcome = await self.attempt(sub, partition, item, made + 1)
-                if outcome in ("retry", "stale", "deleted", "inactive"):
-                    return
+                item, made = following, 0
         except Exception as exc:  # logged; the head stays queued and is tried again
             log.error("delivery_error", subscription=self.sub_id, error=type(exc).__name__)
 
-    async def _due_at(self, partition: str) -> float:
-        score = await self.store.redis.zscore(self.store.keys.due(self.sub_id), partition)
-        return float(score) if score is not None else 0.0
+    def _open(self, box: SecretBox, sealed: str) -> str:
+        secret = self._opened.get(sealed)
+        if secret is None:
+            secret = self._opened[sealed] = box.open(sealed)
+        return secret
 
     async def attempt(
         self, sub: Subscription, partition: str, item: QueuedEvent, number: int
-    ) -> str:
+    ) -> tuple[str, QueuedEvent | None]:
         """One signed POST of `item`, and its outcome recorded. Returns ``ok``, ``retry``,
         ``failed``, ``inactive`` (the subscription turned inactive), ``stale`` or ``deleted``."""
         settings = self.tenant.settings
@@ -287,7 +296,7 @@ class SubscriptionWorker:
         if box is None:
             raise SecretBoxError("no subscription key configured")
         now = self.tenant.clock.now()
-        secrets = [box.open(s.sealed) for s in sub.live_secrets(now)]
+        secrets = [self._open(box, s.sealed) for s in sub.live_secrets(now)]
         if not secrets:
             raise SecretBoxError("the subscription has no live secret")
         headers = signature_headers(
@@ -321,7 +330,7 @@ class SubscriptionWorker:
             result.duration_ms,
             next_at,
         )
-        status = await self.store.finish(
+        status, following = await self.store.finish(
             sub.id,
             partition,
             item,
@@ -334,7 +343,7 @@ class SubscriptionWorker:
             disable_reason=GONE_REASON if result.status == 410 else "",
         )
         if status in ("stale", "deleted"):
-            return status
+            return status, None
         if self.metrics is not None:
             self.metrics.attempts.labels(self.tenant.name, sub.id, outcome).inc()
             if result.ok and not item.replay:
@@ -348,10 +357,10 @@ class SubscriptionWorker:
             log.warning(
                 "subscription_disabled", subscription=sub.id, attempt=number, status=result.status
             )
-            return "inactive"
+            return "inactive", None
         if outcome == "failed":
             log.warning("delivery_given_up", subscription=sub.id, event=event_id)
-        return outcome
+        return outcome, following
 
 
 # --------------------------------------------------------------------------- the process
@@ -374,8 +383,10 @@ class Deliverer:
         lease_ttl_ms: int = 15_000,
         max_in_flight: int = 32,
         session_factory: SessionFactory = guarded_session,
+        on_ack: Callable[[str, QueuedEvent], None] | None = None,
     ) -> None:
         self.tenants = tenants
+        self.on_ack = on_ack
         self.metrics = metrics or (DeliveryMetrics(registry) if registry is not None else None)
         self.scan_s = scan_s
         self.poll_s = poll_s
@@ -434,6 +445,7 @@ class Deliverer:
                     max_in_flight=self.max_in_flight,
                     poll_s=self.poll_s,
                     metrics=self.metrics,
+                    on_ack=self.on_ack,
                 )
                 self.workers[key] = (worker, asyncio.create_task(worker.run()))
                 started += 1
