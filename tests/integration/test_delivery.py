@@ -30,6 +30,8 @@ from tests.support.subscriptions import (
     wait_for,
 )
 
+pytestmark = pytest.mark.cluster
+
 T0 = 1_795_000_200  # 2026-11-18T11:10:00Z
 LOTS = [f"L{i}" for i in range(1, 9)]
 

@@ -28,6 +28,8 @@ from tests.support.subscriptions import (
     wait_for,
 )
 
+pytestmark = pytest.mark.cluster
+
 T0 = 1_795_000_200  # 2026-11-18T11:10:00Z, a tick + 10 min
 
 
