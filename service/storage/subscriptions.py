@@ -11,7 +11,6 @@ is one script (``subscriptions.lua``) that ignores a stale caller. Secrets are s
 
 from __future__ import annotations
 
-import contextlib
 import secrets as _random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -165,6 +164,11 @@ class DeliveryRecord:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _stream_pos(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _partition(event: dict[str, Any]) -> str:
@@ -367,30 +371,28 @@ class SubscriptionStore:
                 pipe.lindex(k.queue(sub_id, p), 0)
             pipe.hmget(k.attempts(sub_id), list(partitions))
             *raws, attempts = await pipe.execute()
+        empty = [p for p, raw in zip(partitions, raws, strict=True) if raw is None]
+        if empty:  # never left so by this module; an empty queue must not stay due
+            await self.redis.zrem(k.due(sub_id), *empty)
         return [
             (p, QueuedEvent.decode(raw), int(made or 0))
             for p, raw, made in zip(partitions, raws, attempts, strict=True)
             if raw is not None
         ]
 
-    async def next_due(self, sub_id: str) -> float | None:
-        first = cast(
-            list[Any], await self.redis.zrange(self.keys.due(sub_id), 0, 0, withscores=True)
-        )
-        return float(first[0][1]) if first else None
-
-    async def head(self, sub_id: str, partition: str) -> tuple[QueuedEvent, int] | None:
-        """The partition's event in flight and the attempts already made on it."""
-        k = self.keys
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.lindex(k.queue(sub_id, partition), 0)
-            pipe.hget(k.attempts(sub_id), partition)
-            raw, attempts = await pipe.execute()
-        if raw is None:
-            with contextlib.suppress(Exception):  # an empty queue is never due
-                await self.redis.zrem(k.due(sub_id), partition)
-            return None
-        return QueuedEvent.decode(raw), int(attempts or 0)
+    async def trimmed_after(self, sub_id: str) -> str | None:
+        """The cursor, when events after it were trimmed from the stream before being
+        taken (a subscription inactive for longer than retention); None otherwise."""
+        cursor = _text(await self.redis.get(self.keys.cursor(sub_id)) or b"0-0")
+        try:
+            info = await self.redis.xinfo_stream(self.events_key)
+        except ResponseError:
+            return None  # no stream: nothing was trimmed
+        deleted = _text(info.get("max-deleted-entry-id") or b"0-0")
+        if _stream_pos(cursor) < _stream_pos(deleted):
+            await self.redis.set(self.keys.cursor(sub_id), deleted)
+            return cursor
+        return None
 
     async def finish(
         self,

@@ -47,6 +47,7 @@ log = structlog.get_logger("service.usecases.delivery")
 CONTENT_TYPE = "application/cloudevents+json"
 ANSWER_KEPT = 1024  # bytes of a receiver's answer read, at most
 GONE_REASON = "the receiver answered 410 Gone"
+GAP_TYPE = "koban.subscription.gap"  # a delivery log line: events lost to retention
 # How stale a worker's copy of its subscription may be (a changed URL, a new secret, an
 # operator's "inactive"): one read per step would cost a round trip per completion.
 SUB_REFRESH_S = 0.25
@@ -194,6 +195,7 @@ class SubscriptionWorker:
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._sub: Subscription | None = None
         self._read_at = 0.0
+        self._started = False
         self._opened: dict[str, str] = {}  # sealed -> secret, for this worker's life
 
     async def run(self) -> None:
@@ -240,6 +242,19 @@ class SubscriptionWorker:
         if sub is None or sub.status != "active":
             return False
         now = self.tenant.clock.now()
+        if not self._started:
+            self._started = True
+            await self._check_gap(sub, now)
+        try:
+            box = self.tenant.secret_box
+            if box is None:
+                raise SecretBoxError("no subscription key")
+            for sealed in sub.live_secrets(now):
+                self._open(box, sealed.sealed)
+        except SecretBoxError:
+            # Never send unsigned: stop (the scan tries again) and say so, by id only.
+            log.error("subscription_secret_unreadable", subscription=sub.id)
+            return False
         await self.store.take_new(sub, now)
         free = self.max_in_flight - len(self._in_flight)
         if free > 0:
@@ -277,6 +292,25 @@ class SubscriptionWorker:
                 item, made = following, 0
         except Exception as exc:  # logged; the head stays queued and is tried again
             log.error("delivery_error", subscription=self.sub_id, error=type(exc).__name__)
+
+    async def _check_gap(self, sub: Subscription, now: int) -> None:
+        """A subscription back after longer than retention: the trimmed events cannot be
+        sent; the log and a warning say so, and delivery goes on from what is retained."""
+        cursor = await self.store.trimmed_after(sub.id)
+        if cursor is None:
+            return
+        log.warning("delivery_gap", subscription=sub.id, after=cursor)
+        record = DeliveryRecord(
+            "",
+            GAP_TYPE,
+            0,
+            now,
+            None,
+            f"events after stream entry {cursor} were trimmed (event_retention) before delivery",
+            0,
+            None,
+        )
+        await self.store.log(sub.id, record, self.tenant.settings.delivery_log_size)
 
     def _open(self, box: SecretBox, sealed: str) -> str:
         secret = self._opened.get(sealed)

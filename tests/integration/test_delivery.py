@@ -292,3 +292,30 @@ async def test_a_mixed_workload_through_the_api_ticks_and_sandbox_webhooks(
             await d.stop()
         assert sorted(set(receiver.acked_ids())) == sorted(e["id"] for e in expected)
     check_order_and_duplicates(receiver, expected, stack.name)
+
+
+async def test_events_trimmed_while_inactive_are_logged_as_a_gap(shop: Tenant) -> None:
+    import time
+
+    from service.storage.retention import trim_events
+
+    assert shop.subscriptions is not None
+    receiver = Receiver()
+    async with serving(receiver):
+        sub_id = await subscribe(shop, receiver)
+        await shop.subscriptions.set_status(sub_id, "inactive", shop.clock.now())
+        await shop.store.place_local("L1", "p1", None, T0)
+        assert await trim_events(shop.store, shop.name, time.time() + 60, 1) > 0
+        await shop.store.place_local("L2", "p2", None, T0)
+        kept = [e["id"] for e in await stream(shop)]
+        assert kept == ["L2-000000000002"]
+        await shop.subscriptions.set_status(sub_id, "active", shop.clock.now())
+        d = deliverer(shop)
+        await d.start()
+        try:
+            await wait_for(lambda: receiver.acked_ids() == kept)
+        finally:
+            await d.stop()
+        log, _ = await shop.subscriptions.deliveries(sub_id, 10, None)
+        assert [r.type for r in log] == ["koban.option.placed", "koban.subscription.gap"]
+        assert "trimmed" in (log[1].error or "")
