@@ -19,7 +19,7 @@ import aiohttp
 import orjson
 import structlog
 from aiohttp import web
-from pydantic import Field, StringConstraints, field_validator
+from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from service.entrypoints.api import errors as e
 from service.entrypoints.api.auth import Caller
@@ -454,8 +454,27 @@ def _errors(*, one: bool = False, write: bool = False) -> dict[int, list[str]]:
 
 
 def _describe() -> None:
-    def op(summary: str, replies: dict[int, Reply], **kw: object) -> Operation:
-        return Operation(summary, _TAG, replies, scope="admin", **kw)  # type: ignore[arg-type]
+    def op(
+        summary: str,
+        replies: dict[int, Reply],
+        *,
+        errors: dict[int, list[str]],
+        query: type[BaseModel],
+        body: type[BaseModel] | None = None,
+        idempotent: bool = False,
+        description: str | None = None,
+    ) -> Operation:
+        return Operation(
+            summary,
+            _TAG,
+            replies,
+            errors,
+            scope="admin",
+            query=query,
+            body=body,
+            idempotent=idempotent,
+            description=description,
+        )
 
     describe(
         "POST",
