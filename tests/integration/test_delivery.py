@@ -1,5 +1,5 @@
-"""The deliverer (SPEC §14) against real receivers on loopback that verify every request
-with `standardwebhooks`: at least once, in order per entity, retries on the tenant's
+"""The deliverer (docs/subscriptions.md) against real receivers on loopback that verify
+every request with `standardwebhooks`: at least once, in order per entity, retries on the tenant's
 clock, a receiver down for six hours of clock, a 410, `disable_after`, a killed deliverer,
 two deliverers racing for one subscription, and a mixed workload through the API and the
 Koban sandbox."""

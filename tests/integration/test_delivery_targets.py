@@ -1,6 +1,7 @@
-"""Target checks at connect time (SPEC §14): every address a connection is about to use is
-checked after DNS, so literals, names resolving to loopback and a rebinding resolver are
-refused before a byte is sent; no redirects followed; a slow receiver times out.
+"""Target checks at connect time (docs/subscriptions.md): every address a connection is
+about to use is checked after DNS, so literals, names resolving to loopback and a
+rebinding resolver are refused before a byte is sent; no redirects followed; a slow
+receiver times out.
 
 Refused targets are never contacted: the check runs in the connector's socket factory,
 before ``connect()`` (10.0.0.1 and 169.254.169.254 are refused, not tried)."""

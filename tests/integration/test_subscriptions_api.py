@@ -1,4 +1,4 @@
-"""Webhook subscriptions over HTTP (SPEC §14 routes): the envelope for bad input, target
+"""Webhook subscriptions over HTTP (docs/subscriptions.md): the envelope for bad input, target
 refusals, secrets shown once (never in a replay, a read or a log line), the delivery log,
 replay, rotation and ping against a real receiver on loopback."""
 
