@@ -9,6 +9,7 @@ from service.clock import FixedClock
 from service.config import Settings
 from service.entrypoints.run import dev_settings
 from service.entrypoints.scheduler import Daemon
+from service.storage.keys import SCHEDULER_HEARTBEAT_KEY
 from service.tenancy import Tenants
 from service.usecases.subscriptions import create_subscription
 from tests.support.subscriptions import Receiver, serving, subs_tenant, wait_for
@@ -31,6 +32,7 @@ async def test_the_scheduler_daemon_delivers_and_stops_cleanly(redis: Redis, ten
             await wait_for(lambda: receiver.acked_ids() == ["L1-000000000002"])
         finally:
             await daemon.stop()
+            await redis.delete(SCHEDULER_HEARTBEAT_KEY)  # service-wide: /readyz tests expect none
         assert daemon.deliverer is None
     assert receiver.forged == 0
 
