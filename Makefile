@@ -60,6 +60,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.webhooks
 	$(BIN)/python -m bench.http
 	$(BIN)/python -m bench.ui
+	$(BIN)/python -m bench.delivery
 
 diagrams: $(STAMP)
 	$(BIN)/python -m service.entrypoints.diagram docs

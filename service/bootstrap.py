@@ -12,8 +12,10 @@ import aiohttp
 from service.clock import Clock, SystemClock, TestClock
 from service.config import ENV_DELIMITER, ENV_PREFIX, Settings, TenantSettings
 from service.koban import KobanClient
+from service.outbound.signing import SecretBox
 from service.storage.redis_client import RedisClient
 from service.storage.store import LotStore
+from service.storage.subscriptions import SubscriptionStore
 from service.tenancy import Tenant, Tenants
 from statecharts.model import Rules
 
@@ -37,6 +39,7 @@ def rules_from(settings: TenantSettings) -> Rules:
 def build_tenants(settings: Settings, redis: RedisClient, clock: Clock | None = None) -> Tenants:
     """One context per configured tenant; sandbox tenants get their own test clock."""
     base = clock or SystemClock()
+    box = secret_box(settings)
     out = {}
     for name, ts in settings.tenants.items():
         rules = rules_from(ts)
@@ -46,8 +49,16 @@ def build_tenants(settings: Settings, redis: RedisClient, clock: Clock | None = 
             rules=rules,
             store=LotStore(redis, name, rules, history_cap=ts.history_cap),
             clock=TestClock(base) if ts.sandbox else base,
+            subscriptions=SubscriptionStore(redis, name),
+            secret_box=box,
         )
     return Tenants(out)
+
+
+def secret_box(settings: Settings) -> SecretBox | None:
+    """The box sealing subscription secrets, from ``KOBAN_OPTIONS_SUBSCRIPTION_KEY``."""
+    key = settings.subscription_key
+    return SecretBox(key.get_secret_value()) if key is not None else None
 
 
 class KobanConfigError(ValueError):

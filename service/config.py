@@ -37,6 +37,7 @@ from pydantic import (
     field_validator,
 )
 
+from service.outbound.signing import SecretBox, SecretBoxError
 from service.storage.redis_client import CLUSTER_SCHEMES
 from statecharts.ticks import IsoDuration, check_zone, parse_duration
 
@@ -57,8 +58,10 @@ CONFIG_DIR_VAR = f"{ENV_PREFIX}CONFIG_DIR"
 DEFAULTS_FILE = "defaults.toml"
 EXAMPLE_TENANTS_FILE = "tenants.example.toml"
 
-# Tenant keys that only the environment may set.
-SECRET_KEYS = frozenset({"koban_api_key", "koban_user_key", "webhook_secret", "api_tokens"})
+# Keys that only the environment may set (tenant keys, and the subscription key).
+SECRET_KEYS = frozenset(
+    {"koban_api_key", "koban_user_key", "webhook_secret", "api_tokens", "subscription_key"}
+)
 TENANT_NAME_PATTERN = r"^[a-z0-9-]{1,32}$"
 _TENANT_NAME_RE = re.compile(TENANT_NAME_PATTERN)
 # Env values decoded as JSON (lists); WEBHOOK_AUTH also takes "header,query".
@@ -191,6 +194,18 @@ class TenantSettings(BaseModel):
     koban_base_url: str = "https://app-koban.com/api/v1"
     webhook_auth: set[WebhookAuth] = Field(default={"header", "query"}, min_length=1)
     koban_rate_limit_per_s: PositiveFloat = 5
+    # Webhook subscriptions (service.usecases.delivery).
+    allow_private_targets: bool = False
+    allow_http_targets: bool = False
+    delivery_retry_schedule: list[PositiveElapsedDuration] = Field(
+        default_factory=lambda: [
+            IsoDuration(seconds=s) for s in (5, 300, 1800, 7200, 18000, 36000, 36000)
+        ],
+        max_length=20,
+    )
+    disable_after: PositiveElapsedDuration = IsoDuration(days=5)
+    delivery_timeout: PositiveElapsedDuration = IsoDuration(seconds=10)
+    delivery_log_size: PositiveInt = 1000
 
     # Secrets: environment only.
     koban_api_key: SecretStr | None = None
@@ -232,6 +247,8 @@ class Settings(BaseModel):
     history_cap: PositiveInt = 500
     sweep_batch: PositiveInt = 500
     tenants: dict[TenantName, TenantSettings] = Field(default_factory=dict)
+    # Fernet key(s) sealing webhook subscription secrets (environment only).
+    subscription_key: SecretStr | None = None
 
     @field_validator("redis_url")
     @classmethod
@@ -244,6 +261,16 @@ class Settings(BaseModel):
             )
         if parts.scheme in CLUSTER_SCHEMES and parts.path not in ("", "/", "/0"):
             raise ValueError("a Redis Cluster has only database 0")
+        return value
+
+    @field_validator("subscription_key")
+    @classmethod
+    def _subscription_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                SecretBox(value.get_secret_value())
+            except SecretBoxError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
 

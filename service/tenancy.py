@@ -8,7 +8,9 @@ from dataclasses import dataclass
 
 from service.clock import Clock
 from service.config import TenantSettings
+from service.outbound.signing import SecretBox
 from service.storage.store import LotStore
+from service.storage.subscriptions import SubscriptionStore
 from statecharts.model import Rules
 
 
@@ -19,6 +21,13 @@ class Tenant:
     rules: Rules
     store: LotStore
     clock: Clock
+    # Webhook subscriptions; `secret_box` is None when no subscription key is configured.
+    subscriptions: SubscriptionStore | None = None
+    secret_box: SecretBox | None = None
+
+    def __post_init__(self) -> None:
+        if self.subscriptions is None:  # a tenant built by hand still lists and reads them
+            self.subscriptions = SubscriptionStore(self.store.redis, self.name)
 
 
 class Tenants(Mapping[str, Tenant]):

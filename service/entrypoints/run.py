@@ -55,6 +55,9 @@ class DevDefaults:
 
 
 DEV = DevDefaults()
+# Seals the demo's subscription secrets when KOBAN_OPTIONS_SUBSCRIPTION_KEY is unset: a
+# fixed development Fernet key, like the banner's values, used by nothing but `run`.
+DEV_SUBSCRIPTION_KEY = "ZGV2LXN1YnNjcmlwdGlvbi1rZXktMzItYnl0ZXMhISE="
 VAR = Path("var")
 REDIS_START_TIMEOUT_S = 20.0
 HEADER_ONLY: tuple[TokenPlace, ...] = ("header",)
@@ -171,9 +174,15 @@ def dev_settings(base: Settings, sandbox_url: str, dev: DevDefaults = DEV) -> Se
             "koban_rate_limit_per_s": max(
                 50.0, configured.koban_rate_limit_per_s if configured else 0
             ),
+            # A receiver on this machine (docs/subscriptions.md) is the demo's point.
+            "allow_private_targets": True,
+            "allow_http_targets": True,
         }
     )
-    return base.model_copy(update={"tenants": {dev.tenant: demo}, "log_format": "console"})
+    update: dict[str, object] = {"tenants": {dev.tenant: demo}, "log_format": "console"}
+    if base.subscription_key is None:
+        update["subscription_key"] = SecretStr(DEV_SUBSCRIPTION_KEY)
+    return base.model_copy(update=update)
 
 
 # --------------------------------------------------------------------------- banner

@@ -6,6 +6,7 @@ seconds on a sandbox tenant's test clock), notices, stock sync, reconciliation, 
 stream retention and a heartbeat. Every job runs with ``misfire_grace_time=None,
 coalesce=True, max_instances=1``: the default grace of one second skips a tick after a
 stall. Several daemons may share one Redis; leases and idempotent jobs make that safe.
+Beside the table, the daemon runs the webhook deliverer (`service.usecases.delivery`).
 `Daemon` starts (catch-up first) and stops (grace, one summary line) it. Nothing is
 created at import time. The job table and its reasons: docs/architecture.md.
 """
@@ -35,6 +36,7 @@ from service.storage.heartbeat import beat, read_heartbeat
 from service.storage.redis_client import RedisClient
 from service.storage.retention import trim_events
 from service.tenancy import Tenant, Tenants
+from service.usecases.delivery import Deliverer
 from service.usecases.intents import Resolution, resolve_pending
 from service.usecases.notices import NoticeReport, send_notices
 from service.usecases.sandbox_clock import is_sandbox, refresh, refresh_all
@@ -265,6 +267,7 @@ class Daemon:
         self._scheduler: AsyncIOScheduler | None = None
         self._session: aiohttp.ClientSession | None = None
         self._running: set[asyncio.Task[Any]] = set()
+        self.deliverer: Deliverer | None = None
 
     # ----------------------------------------------------------------- running jobs
 
@@ -356,6 +359,9 @@ class Daemon:
             return
         for job in rest:
             self._add(job)
+        registry = self.metrics.registry if self.metrics is not None else None
+        self.deliverer = Deliverer(self.tenants, registry=registry)
+        await self.deliverer.start()
         log.info("scheduler_started", jobs=len(self.jobs))
 
     def _add(self, job: Job) -> None:
@@ -369,6 +375,9 @@ class Daemon:
         scheduler = self._scheduler
         if scheduler is not None and scheduler.running:
             scheduler.pause()  # no new runs; the running ones go on
+        if self.deliverer is not None:
+            await self.deliverer.stop()  # undelivered heads stay queued for the next one
+            self.deliverer = None
         running = [t for t in self._running if t is not asyncio.current_task()]
         if running:
             _, late = await asyncio.wait(running, timeout=self.shutdown_grace_s)

@@ -167,3 +167,51 @@ def ui_session(digest: str) -> str:
     its opaque id, so the stored keys cannot be replayed as cookies. Service-wide, not under
     a tenant's hash tag: the cookie alone must find it before the tenant is known."""
     return f"kol:ui:session:{digest}"
+
+
+# --------------------------------------------------------------------------- subscriptions
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionKeys:
+    """Webhook subscriptions of a tenant (service.storage.subscriptions), in its hash slot."""
+
+    tenant: str
+
+    @property
+    def prefix(self) -> str:
+        return f"kol:{{{self.tenant}}}:"
+
+    @property
+    def index(self) -> str:
+        """Hash ``<id>`` -> JSON: name, url, types, createdAt and the sealed secrets."""
+        return f"{self.prefix}subs"
+
+    def state(self, sub: str) -> str:
+        """Hash: status, disabledReason, failureCount, lastSuccessAt, failingSince."""
+        return f"{self.prefix}sub:{sub}:state"
+
+    def cursor(self, sub: str) -> str:
+        """String: the last stream entry id taken into the subscription's queues."""
+        return f"{self.prefix}sub:{sub}:cursor"
+
+    def due(self, sub: str) -> str:
+        """Sorted set ``<partitionkey>`` scored by its head event's next attempt (tenant
+        clock, seconds): the durable retry schedule."""
+        return f"{self.prefix}sub:{sub}:due"
+
+    def queue(self, sub: str, partition: str) -> str:
+        """List, oldest first: the partition's events still to deliver (head in flight)."""
+        return f"{self.prefix}sub:{sub}:q:{partition}"
+
+    def attempts(self, sub: str) -> str:
+        """Hash ``<partitionkey>`` -> attempts already made on the head of its queue."""
+        return f"{self.prefix}sub:{sub}:att"
+
+    def log(self, sub: str) -> str:
+        """Stream: the delivery log, capped at the tenant's ``delivery_log_size``."""
+        return f"{self.prefix}sub:{sub}:log"
+
+    def lease(self, sub: str) -> str:
+        """String (PX lease, real time): the process delivering this subscription."""
+        return f"{self.prefix}sub:{sub}:lease"

@@ -33,6 +33,7 @@ from tests.support.api_harness import (
     make_sandbox,
     make_tenant,
 )
+from tests.support.subscriptions import add_subscriptions
 
 WEBHOOK_SECRET = "wh-secret"
 CHECKS = [
@@ -94,6 +95,8 @@ class LiveServer:
         tenant = make_tenant(
             self.redis, self.tenant, clock, webhook_secret=SecretStr(WEBHOOK_SECRET)
         )
+        # Subscriptions fuzzed too; private targets allowed, so no URL is looked up in DNS.
+        add_subscriptions(tenant)
 
         def factory(tenant_: Tenant, session: Any) -> KobanClient:
             return KobanClient(

@@ -38,6 +38,7 @@ from service.entrypoints.api.routes_lots import ANSWERS, hot_routes
 from service.entrypoints.api.routes_lots import routes as lot_routes
 from service.entrypoints.api.routes_openapi import install_openapi
 from service.entrypoints.api.routes_options import routes as option_routes
+from service.entrypoints.api.routes_subscriptions import install_subscriptions
 from service.entrypoints.api.routes_sync import install_sync
 from service.entrypoints.koban_webhooks import add_webhook_routes
 from service.entrypoints.ui.install import install_ui
@@ -104,6 +105,7 @@ def build_api_app(
     app.add_routes(event_routes)
     install_sync(app)
     install_clock(app, on_clock_advanced)
+    install_subscriptions(app)
     app.on_shutdown.append(close_event_streams)
     app.on_cleanup.append(close_stream_clients)
     if webhooks:
