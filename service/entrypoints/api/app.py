@@ -46,6 +46,7 @@ from service.entrypoints.api.routes_lots import ANSWERS, hot_routes
 from service.entrypoints.api.routes_lots import routes as lot_routes
 from service.entrypoints.api.routes_options import routes as option_routes
 from service.entrypoints.api.routes_sync import install_sync
+from service.entrypoints.api.throttle import needs_throttle, throttle_middleware
 from service.storage.redis_client import RedisClient
 from service.tenancy import Tenants
 from service.usecases.koban_webhooks import add_webhook_routes
@@ -78,8 +79,9 @@ def build_api_app(
     the tenant's Koban sandbox follow the same clock with it."""
     tenants = source if isinstance(source, Tenants) else build_tenants(source, redis, clock)
     factory = koban_factory or koban_from_settings
+    throttled = needs_throttle(tenants)
     app = web.Application(
-        middlewares=[api_middleware],
+        middlewares=[api_middleware, throttle_middleware] if throttled else [api_middleware],
         client_max_size=MAX_BODY,
     )
     app[TENANTS_KEY] = tenants
