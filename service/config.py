@@ -248,6 +248,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     history_cap: PositiveInt = 500
     sweep_batch: PositiveInt = 500
+    tracing: bool = False  # OpenTelemetry traces (the `otel` extra), exported over OTLP
     tenants: dict[TenantName, TenantSettings] = Field(default_factory=dict)
 
     @field_validator("redis_url")

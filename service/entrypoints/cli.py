@@ -187,6 +187,10 @@ async def _scheduler() -> int:
 
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
+    if settings.tracing:
+        from service.telemetry import enable_tracing
+
+        enable_tracing()
     url = _redis_url(settings)
     redis = connect(url)
     try:

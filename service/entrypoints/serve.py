@@ -34,6 +34,7 @@ from service.entrypoints.api.logging import configure_logging
 from service.entrypoints.api.routes_lots import install_fast_reads
 from service.entrypoints.api.worker_metrics import WORKERS_KEY, Workers
 from service.storage.redis_client import RedisClient, connect
+from service.telemetry import enable_tracing, tracing_enabled
 from service.tenancy import Tenants
 
 __all__ = [
@@ -127,7 +128,8 @@ def build_served_api(source: Settings | Tenants, redis: RedisClient, **kw: Any) 
     """The API app as the serving commands serve it (`build_api_app`, `kw` passed on, with
     the shared-connection fast reads installed): `api` and `run` alike."""
     app = build_api_app(source, redis, **kw)
-    install_fast_reads(app, redis)
+    if not tracing_enabled():  # traced, every Redis call goes through redis-py
+        install_fast_reads(app, redis)
     return app
 
 
@@ -153,6 +155,8 @@ async def serve_api(
     """`koban-options api`: the internal API and Koban's webhooks until SIGTERM/SIGINT;
     `workers`: one of `api --workers N`'s processes (its siblings scraped through it)."""
     configure_logging(settings.log_format, settings.log_level)
+    if settings.tracing:
+        enable_tracing()
     redis = connect(redis_url)
     try:
         app = build_served_api(settings, redis)
