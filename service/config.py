@@ -200,6 +200,9 @@ class TenantSettings(BaseModel):
     koban_base_url: str = "https://app-koban.com/api/v1"
     webhook_auth: set[WebhookAuth] = Field(default={"header", "query"}, min_length=1)
     koban_rate_limit_per_s: PositiveFloat = 5
+    # Per API token, shared by every worker and replica (a Redis bucket); unset: no limit.
+    api_rate_per_s: PositiveFloat | None = None
+    api_burst: PositiveInt | None = None  # requests admitted at once; unset: the rate, ≥ 1
 
     # Secrets: environment only.
     koban_api_key: SecretStr | None = None
@@ -245,6 +248,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     history_cap: PositiveInt = 500
     sweep_batch: PositiveInt = 500
+    tracing: bool = False  # OpenTelemetry traces (the `otel` extra), exported over OTLP
     tenants: dict[TenantName, TenantSettings] = Field(default_factory=dict)
 
     @field_validator("redis_url")

@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import copy
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -82,7 +83,7 @@ from service.koban import (
     LotStatus,
     koban_refusal,
 )
-from service.storage.lease import Lease
+from service.storage.lease import Held, Lease
 from service.storage.store import ChangeFn, Counts, StoreConflict, new_id
 from service.tenancy import Tenant
 from service.usecases.echoes import await_echo
@@ -104,6 +105,9 @@ _STORE_DOWN = (RedisConnectionError, RedisTimeoutError)
 # (renewed every third of it while the call lasts; a process dying mid-call, or a release
 # lost to a Redis outage, frees the lot within it); waiters poll this often.
 LOT_WRITE_LEASE_MS = 5_000
+# The lot's write lease held by the running by-rank write, checked right before its Koban
+# call: a lease that lapsed meanwhile may let another write reach the same ranks.
+_LOT_WRITE: contextvars.ContextVar[Held | None] = contextvars.ContextVar("lot_write", default=None)
 LOT_WRITE_POLL_S = 0.02
 T = TypeVar("T")
 
@@ -524,8 +528,12 @@ class OptionFlows:
                     f"lot {extcode}: another change of its options is in flight with Koban"
                 )
             await asyncio.sleep(min(self.poll_s, LOT_WRITE_POLL_S))
-        async with lease.kept():
-            yield
+        async with lease.kept(cancel_on_loss=False) as held:
+            token = _LOT_WRITE.set(held)
+            try:
+                yield
+            finally:
+                _LOT_WRITE.reset(token)
 
     async def _check(self, extcode: str, validate: OptionValidate) -> Option:
         """Validate on a copy under the lot's current revision; the option addressed."""
@@ -610,7 +618,13 @@ class OptionFlows:
             await mark_needs_sync(self.tenant, extcode)
         return option
 
-    async def _call(self, extcode: str, request: Awaitable[KobanAnswer]) -> KobanAnswer:
+    async def _call(self, extcode: str, request: Coroutine[Any, Any, KobanAnswer]) -> KobanAnswer:
+        held = _LOT_WRITE.get()
+        if held is not None and held.lost:
+            request.close()  # never sent
+            raise StoreConflict(
+                f"lot {extcode}: the write lease lapsed before the Koban call; nothing was sent"
+            )
         try:
             return await request
         except KobanOutcomeUnknown:

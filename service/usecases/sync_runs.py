@@ -18,7 +18,7 @@ from typing import Any, Literal, cast
 import orjson
 
 from service.koban import KobanClient, KobanError, KobanUnavailable
-from service.storage.lease import Lease
+from service.storage.lease import Lease, LeaseLost
 from service.tenancy import Tenant
 from service.usecases.sync import Progress, SyncReport, sync_stock
 
@@ -83,7 +83,13 @@ class SyncClaim:
             await self._record(run)
             try:
                 report = await sync_stock(self.tenant, koban, now, full=full, progress=progress)
-            except (KobanUnavailable, KobanError, OSError, asyncio.CancelledError) as exc:
+            except (
+                KobanUnavailable,
+                KobanError,
+                OSError,
+                LeaseLost,
+                asyncio.CancelledError,
+            ) as exc:
                 run.state, run.error = "failed", f"{type(exc).__name__}: {exc}".rstrip(": ")
                 run.finished_at = self.tenant.clock.now()
                 run.seconds = round(time.monotonic() - started, 3)

@@ -43,7 +43,7 @@ from typing import Literal
 
 import structlog
 
-from service.storage.lease import Lease
+from service.storage.lease import Lease, LeaseLost
 from service.storage.monotonic import raise_to, read_int
 from service.tenancy import Tenant
 from service.usecases.notices import send_notices
@@ -67,7 +67,7 @@ log = structlog.get_logger("service.usecases.ticking")
 LEASE_TTL_MS = 10_000
 POLL_S = 0.2
 
-Outcome = Literal["processed", "done_elsewhere", "already_done"]
+Outcome = Literal["processed", "done_elsewhere", "already_done", "lease_lost"]
 # Called with the tenant and its new instant after its test clock moved (and its ticks ran).
 ClockHook = Callable[[Tenant, int], Awaitable[None] | None]
 
@@ -142,29 +142,35 @@ async def process_tick(
             report = TickReport(tenant.name, tick, "done_elsewhere")
             _log(report)
             return report
-    async with lease.kept():
-        if await _done(tenant, tick):  # the holder finished between our two looks
-            report = TickReport(tenant.name, tick, "done_elsewhere")
-            _log(report)
-            return report
-        started = time.perf_counter()
-        report = TickReport(
-            tenant.name,
-            tick,
-            "processed",
-            took_over=waited,
-            started_at=time.time(),
-            lateness_s=tenant.clock.now() - tick,
-        )
-        report.due = int(await store.redis.zcount(store.keys.expiries, "-inf", tick))
-        # Notices of options expiring by this tick first (normally none: they were given
-        # at earlier ticks), the expiries, then the notices of the window ahead.
-        first = await send_notices(store, tick, through=tick)
-        sweep = await sweep_expiries(store, tick, batch=batch)
-        report.swept_at = time.time()
-        ahead = await send_notices(store, tick)
-        await raise_to(store.redis, store.keys.ticked, tick)
-        report.duration_s = time.perf_counter() - started
+    try:
+        async with lease.kept():
+            if await _done(tenant, tick):  # the holder finished between our two looks
+                report = TickReport(tenant.name, tick, "done_elsewhere")
+                _log(report)
+                return report
+            started = time.perf_counter()
+            report = TickReport(
+                tenant.name,
+                tick,
+                "processed",
+                took_over=waited,
+                started_at=time.time(),
+                lateness_s=tenant.clock.now() - tick,
+            )
+            report.due = int(await store.redis.zcount(store.keys.expiries, "-inf", tick))
+            # Notices of options expiring by this tick first (normally none: they were given
+            # at earlier ticks), the expiries, then the notices of the window ahead.
+            first = await send_notices(store, tick, through=tick)
+            sweep = await sweep_expiries(store, tick, batch=batch)
+            report.swept_at = time.time()
+            ahead = await send_notices(store, tick)
+            await raise_to(store.redis, store.keys.ticked, tick)
+            report.duration_s = time.perf_counter() - started
+    except LeaseLost:
+        # Another daemon may hold the tick now: it finishes it (the sweep is idempotent).
+        report = TickReport(tenant.name, tick, "lease_lost", took_over=waited)
+        _log(report)
+        return report
     report.sweep = sweep
     report.expired = sweep.expired
     report.promoted = sweep.promoted
@@ -201,9 +207,12 @@ async def catch_up(
     for tick in ticks:
         if stop is not None and stop.is_set():
             break
-        reports.append(
-            await process_tick(tenant, tick, batch=batch, lease_ttl_ms=lease_ttl_ms, poll_s=poll_s)
+        report = await process_tick(
+            tenant, tick, batch=batch, lease_ttl_ms=lease_ttl_ms, poll_s=poll_s
         )
+        reports.append(report)
+        if report.outcome == "lease_lost":
+            break  # later ticks wait for the next firing, after the holder's
     return reports
 
 

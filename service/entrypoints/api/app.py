@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from service.bootstrap import KobanFactory, build_tenants, koban_from_settings
 from service.clock import Clock
@@ -46,7 +47,9 @@ from service.entrypoints.api.routes_lots import ANSWERS, hot_routes
 from service.entrypoints.api.routes_lots import routes as lot_routes
 from service.entrypoints.api.routes_options import routes as option_routes
 from service.entrypoints.api.routes_sync import install_sync
+from service.entrypoints.api.throttle import needs_throttle, throttle_middleware
 from service.storage.redis_client import RedisClient
+from service.telemetry import tracing_enabled, tracing_middleware
 from service.tenancy import Tenants
 from service.usecases.koban_webhooks import add_webhook_routes
 from service.usecases.ticking import ClockHook
@@ -78,10 +81,12 @@ def build_api_app(
     the tenant's Koban sandbox follow the same clock with it."""
     tenants = source if isinstance(source, Tenants) else build_tenants(source, redis, clock)
     factory = koban_factory or koban_from_settings
-    app = web.Application(
-        middlewares=[api_middleware],
-        client_max_size=MAX_BODY,
-    )
+    middlewares: list[Middleware] = [api_middleware]
+    if needs_throttle(tenants):
+        middlewares.append(throttle_middleware)
+    if tracing_enabled():  # outermost: the span covers the envelope and the final status
+        middlewares.insert(0, tracing_middleware)
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
     app[TENANTS_KEY] = tenants
     app[TOKENS_KEY] = TokenIndex(tenants)
     app[REDIS_KEY] = redis

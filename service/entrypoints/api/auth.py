@@ -89,7 +89,7 @@ class TokenIndex:
         return found
 
     def authenticate(self, request: web.Request, tenant_name: str, scope: Scope) -> Caller:
-        presented = _bearer(request)
+        presented = bearer(request)
         entry = self.identify(presented) if presented is not None else None
         if entry is None:
             raise ApiError(
@@ -106,7 +106,7 @@ class TokenIndex:
         return caller  # immutable: made once per token
 
 
-def _bearer(request: web.Request) -> str | None:
+def bearer(request: web.Request) -> str | None:
     header = request.headers.get("Authorization")
     if header is None:
         return None

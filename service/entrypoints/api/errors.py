@@ -19,6 +19,7 @@ traceback; never the answer to bad input).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -46,6 +47,16 @@ __all__ = [
 log = structlog.get_logger("service.entrypoints.api")
 
 KOBAN_RETRY_AFTER = "5"
+
+
+def _koban_retry_after(exc: KobanUnavailable) -> str:
+    """Koban's own Retry-After when it gave one (a 429 asking for longer than the client
+    waits), else the default."""
+    if exc.retry_after is None:
+        return KOBAN_RETRY_AFTER
+    return str(max(1, math.ceil(exc.retry_after)))
+
+
 STORE_RETRY_AFTER = "1"
 
 # API-level codes (the business ones are statecharts.errors.ErrorCode values).
@@ -63,6 +74,7 @@ KOBAN_UNAVAILABLE = "KOBAN_UNAVAILABLE"
 KOBAN_ERROR = "KOBAN_ERROR"
 KOBAN_OUTCOME_UNKNOWN = "KOBAN_OUTCOME_UNKNOWN"
 STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+RATE_LIMITED = "RATE_LIMITED"
 INTERNAL_ERROR = "INTERNAL_ERROR"
 CLOCK_BACKWARDS = "CLOCK_BACKWARDS"
 CLOCK_NOT_SANDBOX = "CLOCK_NOT_SANDBOX"
@@ -162,7 +174,7 @@ def as_api_error(exc: BaseException) -> ApiError:
             503,
             KOBAN_UNAVAILABLE,
             "Koban cannot be reached right now; nothing was changed. Retry later.",
-            headers={"Retry-After": KOBAN_RETRY_AFTER},
+            headers={"Retry-After": _koban_retry_after(exc)},
         )
     if isinstance(exc, KobanError):
         return ApiError(502, KOBAN_ERROR, "Koban answered unexpectedly; nothing was changed.")
