@@ -44,7 +44,13 @@ def build_tenants(settings: Settings, redis: RedisClient, clock: Clock | None = 
             name=name,
             settings=ts,
             rules=rules,
-            store=LotStore(redis, name, rules, history_cap=ts.history_cap),
+            store=LotStore(
+                redis,
+                name,
+                rules,
+                history_cap=ts.history_cap,
+                public_base_url=settings.public_base_url,
+            ),
             clock=TestClock(base) if ts.sandbox else base,
         )
     return Tenants(out)

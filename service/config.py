@@ -49,6 +49,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from service.storage.events import DEFAULT_PUBLIC_BASE_URL
 from service.storage.redis_client import CLUSTER_SCHEMES
 from statecharts.ticks import IsoDuration, check_zone, parse_duration
 
@@ -249,6 +250,8 @@ class Settings(BaseSettings):
     history_cap: PositiveInt = 500
     sweep_batch: PositiveInt = 500
     tracing: bool = False  # OpenTelemetry traces (the `otel` extra), exported over OTLP
+    # Where clients reach this API: events' `dataschema` URIs are built under it.
+    public_base_url: str = DEFAULT_PUBLIC_BASE_URL
     tenants: dict[TenantName, TenantSettings] = Field(default_factory=dict)
 
     @field_validator("redis_url")
@@ -263,6 +266,11 @@ class Settings(BaseSettings):
         if parts.scheme in CLUSTER_SCHEMES and parts.path not in ("", "/", "/0"):
             raise ValueError("a Redis Cluster has only database 0")
         return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        return _http_url(value)
 
     @classmethod
     def settings_customise_sources(

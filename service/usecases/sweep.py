@@ -264,7 +264,7 @@ class _Sweeper:
         """Plans for the chunk's lots (each with its whole new history), and the lots to
         repair."""
         store, tick, report = self.store, self.tick, self.report
-        t = templates(store.tenant)
+        t = templates(store.tenant, store.public_base_url)
         own = store.rules.rank2_clock == "own"
         cap = store.history_cap
         decisions = self.decisions

@@ -46,6 +46,7 @@ from service.entrypoints.api.routes_events import routes as event_routes
 from service.entrypoints.api.routes_lots import ANSWERS, hot_routes
 from service.entrypoints.api.routes_lots import routes as lot_routes
 from service.entrypoints.api.routes_options import routes as option_routes
+from service.entrypoints.api.routes_schemas import routes as schema_routes
 from service.entrypoints.api.routes_sync import install_sync
 from service.entrypoints.api.throttle import needs_throttle, throttle_middleware
 from service.storage.redis_client import RedisClient
@@ -113,6 +114,7 @@ def build_api_app(
     app.add_routes(lot_routes)
     app.add_routes(option_routes)
     app.add_routes(event_routes)
+    app.add_routes(schema_routes)
     install_sync(app)
     install_clock(app, on_clock_advanced)
     app.on_shutdown.append(close_event_streams)

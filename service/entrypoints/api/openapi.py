@@ -42,6 +42,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from service.config import TENANT_NAME_PATTERN
 from service.entrypoints.api import errors as e
+from service.entrypoints.api.event_schemas import EVENT_SCHEMAS
 from service.entrypoints.api.health import HealthOut, ReadyOut
 from service.entrypoints.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from service.entrypoints.api.idempotency import MAX_KEY_LENGTH, REPLAYED_HEADER
@@ -74,6 +75,7 @@ from service.entrypoints.api.routes_events import (
     StreamQuery,
 )
 from service.entrypoints.api.routes_lots import BASE, LOT
+from service.entrypoints.api.routes_schemas import SCHEMA, SCHEMAS
 from service.entrypoints.api.routes_sync import (
     SYNC,
     SYNC_IN_PROGRESS,
@@ -468,6 +470,58 @@ def _register_builtin() -> None:
             query=StreamQuery,
             description="Resumes after the `Last-Event-ID` header (a reconnecting "
             "EventSource sends it; it wins over `after`), else after `after`, else from now.",
+        ),
+    )
+    # --- event schemas (the same for every tenant: any tenant's read token)
+    schema_errors = {k: v for k, v in _AUTH.items() if k not in (404, 503)}
+    describe(
+        "GET",
+        SCHEMAS,
+        Operation(
+            "The event types and the URI of each one's JSON Schema",
+            events,
+            {
+                200: Reply(
+                    None,
+                    "`types`: each event type and its schema's URI (its `dataschema`).",
+                    JSON,
+                    {
+                        "type": "object",
+                        "required": ["types"],
+                        "properties": {
+                            "types": {
+                                "type": "object",
+                                "additionalProperties": {"type": "string", "format": "uri"},
+                            }
+                        },
+                    },
+                )
+            },
+            schema_errors,
+            scope=_READ,
+            query=NoQuery,
+            description="A token of any tenant with the `read` scope reads them.",
+        ),
+    )
+    describe(
+        "GET",
+        SCHEMA,
+        Operation(
+            "The JSON Schema (2020-12) of one event type's `data`",
+            events,
+            {
+                200: Reply(
+                    None,
+                    "The schema; its `$id` is the events' `dataschema`.",
+                    JSON,
+                    {"type": "object"},
+                )
+            },
+            _merge(schema_errors, {404: ["EVENT_TYPE_UNKNOWN"]}),
+            scope=_READ,
+            query=NoQuery,
+            path_schemas={"type": {"type": "string", "enum": sorted(EVENT_SCHEMAS)}},
+            description="A token of any tenant with the `read` scope reads them.",
         ),
     )
     # --- stock sync
