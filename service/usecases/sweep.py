@@ -13,6 +13,7 @@ a crash loses and duplicates nothing, and running the sweep twice changes nothin
 from __future__ import annotations
 
 import gc
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -47,6 +48,13 @@ class SweepReport:
     repaired: int = 0
     fast: int = 0
     events_by_type: dict[str, int] = field(default_factory=dict)
+    # Where the sweep's wall time went, measured per chunk (a few clock reads per chunk):
+    # waiting for Redis on the index and lot reads, on the script calls; deciding (events
+    # rendered included) and packing the script calls.
+    reads_s: float = 0.0
+    script_s: float = 0.0
+    decide_s: float = 0.0
+    pack_s: float = 0.0
 
     def count(self, types: Iterable[str]) -> None:
         self.lots += 1
@@ -176,6 +184,7 @@ class _Sweeper:
         """The next reply; an apply's reply is settled here and gives None."""
         assert self.conn is not None
         kind, what = self.expected.popleft()
+        waited = time.perf_counter()
         try:
             reply = await self.conn.read_response()
         except NoScriptError:  # the script cache was flushed: load it, apply again
@@ -184,8 +193,11 @@ class _Sweeper:
             self.sha = await self.store.redis.script_load(LUA_SWEEP)
             await self.send_apply(what)
             return None
+        waited = time.perf_counter() - waited
         if kind != "apply":
+            self.report.reads_s += waited
             return kind, what, reply
+        self.report.script_s += waited
         await self.settle(what, reply)
         return None
 
@@ -247,8 +259,12 @@ class _Sweeper:
             values = await self.next_reply("read")
             n = len(codes)
             with _collector_paused():  # no awaits inside: no other task runs meanwhile
+                started = time.perf_counter()
                 plans, broken = self.decide(codes, values[:n], values[n:])
+                decided = time.perf_counter()
                 command = self.apply_command(plans) if plans else b""
+                self.report.decide_s += decided - started
+                self.report.pack_s += time.perf_counter() - decided
             if plans:
                 await self.send_apply(plans, command)
                 self.report.batches += 1

@@ -86,7 +86,9 @@ class TickReport:
     retried: int = 0
     lateness_s: int = 0  # processing start (the tenant's clock) - tick
     duration_s: float = 0.0  # processing start -> recorded
-    started_at: float = 0.0  # wall clock (time.time()) at processing start
+    entered_at: float = 0.0  # wall clock (time.time()) when process_tick was called
+    started_at: float = 0.0  # wall clock at processing start (the lease held)
+    sweep_started_at: float = 0.0  # wall clock when the sweep began
     swept_at: float = 0.0  # wall clock when the sweep's last chunk (the tick's last expiry) landed
     sweep: SweepReport | None = field(default=None, repr=False)
 
@@ -130,6 +132,7 @@ async def process_tick(
     """Process one tick of one tenant, exactly once across daemons (see the module doc)."""
     if tick % TICK_SECONDS:
         raise ValueError(f"{tick} is not a tick")
+    entered = time.time()
     store = tenant.store
     if await _done(tenant, tick):
         return TickReport(tenant.name, tick, "already_done")
@@ -154,6 +157,7 @@ async def process_tick(
                 tick,
                 "processed",
                 took_over=waited,
+                entered_at=entered,
                 started_at=time.time(),
                 lateness_s=tenant.clock.now() - tick,
             )
@@ -161,6 +165,7 @@ async def process_tick(
             # Notices of options expiring by this tick first (normally none: they were given
             # at earlier ticks), the expiries, then the notices of the window ahead.
             first = await send_notices(store, tick, through=tick)
+            report.sweep_started_at = time.time()
             sweep = await sweep_expiries(store, tick, batch=batch)
             report.swept_at = time.time()
             ahead = await send_notices(store, tick)
