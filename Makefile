@@ -36,6 +36,7 @@ bench: $(STAMP)
 	.ci/ensure-wrk
 	$(BIN)/python -m bench.sweep
 	$(BIN)/python -m bench.ticks
+	$(BIN)/python -m bench.peers
 	$(BIN)/python -m bench.http
 
 diagrams: $(STAMP)

@@ -53,10 +53,14 @@ def _nothing(lot: Lot, counts: Counts) -> tuple[list[DomainEvent], None]:
     return [], None
 
 
-async def commandstats(redis: RedisClient) -> Counter[str]:
-    """Calls per command so far (scripts' own commands included)."""
+async def commandstats(redis: RedisClient) -> tuple[Counter[str], Counter[str]]:
+    """Calls and microseconds per command so far (scripts' own commands included; a
+    script's time includes theirs)."""
     info = await redis.info("commandstats")
-    return Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()})
+    names = [k.removeprefix("cmdstat_") for k in info]
+    calls = Counter({n: int(v["calls"]) for n, v in zip(names, info.values(), strict=True)})
+    usec = Counter({n: int(v["usec"]) for n, v in zip(names, info.values(), strict=True)})
+    return calls, usec
 
 
 async def job_per_option(store: LotStore, codes: list[str]) -> tuple[float, int, int]:
@@ -138,17 +142,24 @@ async def run(url: str) -> None:
     left = await redis.zcard(peer.keys.expiries)
     print(f"  job per option: {missed} jobs missed, {failed} failed, {left} options left")
 
-    before = await commandstats(redis)
+    calls_before, usec_before = await commandstats(redis)
     t = time.perf_counter()
     report = await sweep_expiries(ours, TICK)
     sweep_s = time.perf_counter() - t
-    calls = await commandstats(redis) - before
+    calls_after, usec_after = await commandstats(redis)
+    calls, usec = calls_after - calls_before, usec_after - usec_before
     calls.pop("info", None)
+    usec.pop("info", None)
     assert report.expired == N_DUE, report
     per_expiry = calls.total() / report.expired
     print(
         "  sweep's Redis commands per expiry: "
         + ", ".join(f"{name} {n / report.expired:.3g}" for name, n in calls.most_common()),
+        flush=True,
+    )
+    print(
+        "  sweep's Redis time (ms; evalsha includes the commands its script calls): "
+        + ", ".join(f"{name} {n / 1000:.1f}" for name, n in usec.most_common()),
         flush=True,
     )
     await redis.aclose()
