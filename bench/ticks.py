@@ -48,15 +48,26 @@ def p99(values: list[float]) -> float:
     return ordered[max(0, -(-99 * len(ordered) // 100) - 1)]
 
 
-SPLIT = ("wake_up", "lease", "before_sweep", "reads", "decisions", "pack", "script", "other")
+SPLIT = (
+    "wake_up",
+    "lease",
+    "before_sweep",
+    "reads",
+    "decisions",
+    "pack",
+    "send",
+    "script",
+    "other",
+)
 
 
 def split(fired: float, r: TickReport) -> dict[str, float]:
     """Milliseconds of each phase from the firing to the last expiry written (they add up
     to it): the call reaching process_tick, the lease, what runs before the sweep (the due
-    count, the notices of options expiring by the tick), then the sweep's waits on Redis
-    for its reads and its script calls, its decisions (events rendered included), the
-    packing of its script calls and the rest of its loop."""
+    count, the notices of options expiring by the tick), then the sweep's: waits for its
+    reads, decisions (events rendered included), packing of its script calls, handing its
+    commands to the socket (Redis busy reading them), waits for its script calls, and the
+    rest of its loop."""
     assert r.sweep is not None
     s = r.sweep
     sweep_s = r.swept_at - r.sweep_started_at
@@ -67,8 +78,9 @@ def split(fired: float, r: TickReport) -> dict[str, float]:
         "reads": s.reads_s,
         "decisions": s.decide_s,
         "pack": s.pack_s,
+        "send": s.send_s,
         "script": s.script_s,
-        "other": sweep_s - s.reads_s - s.decide_s - s.pack_s - s.script_s,
+        "other": sweep_s - s.reads_s - s.decide_s - s.pack_s - s.send_s - s.script_s,
     }
     return {k: v * 1000 for k, v in parts.items()}
 

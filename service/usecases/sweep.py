@@ -28,7 +28,7 @@ from service.storage.keys import glob_escape
 from service.storage.redis_client import own_connection
 from service.storage.resp import pack
 from service.storage.store import LotStore, view
-from service.storage.sweep_script import LUA_SWEEP, MAX_BATCH, Plan, apply_command
+from service.storage.sweep_script import LUA_SWEEP, MAX_BATCH, SWEEP_SHA, Plan, apply_command
 from service.usecases.event_templates import EXPIRED, PROMOTED, templates
 from service.usecases.expiry_plans import generic_expiry, plan_of
 from service.usecases.fast_expiry import ExpiryDecisions, planned
@@ -49,10 +49,11 @@ class SweepReport:
     fast: int = 0
     events_by_type: dict[str, int] = field(default_factory=dict)
     # Where the sweep's wall time went, measured per chunk (a few clock reads per chunk):
-    # waiting for Redis on the index and lot reads, on the script calls; deciding (events
-    # rendered included) and packing the script calls.
+    # waiting for Redis on the index and lot reads, on the script calls, to take what we
+    # send; deciding (events rendered included) and packing the script calls.
     reads_s: float = 0.0
     script_s: float = 0.0
+    send_s: float = 0.0
     decide_s: float = 0.0
     pack_s: float = 0.0
 
@@ -144,7 +145,7 @@ class _Sweeper:
         self.batch = batch
         self.window = window
         self.report = SweepReport(tick)
-        self.sha = ""
+        self.sha = SWEEP_SHA
         self.conn: AbstractConnection | None = None
         # what each reply not read yet answers: ("range", None) | ("read", codes) |
         # ("apply", plans)
@@ -155,7 +156,9 @@ class _Sweeper:
 
     async def send_packed(self, kind: str, what: Any, command: bytes) -> None:
         assert self.conn is not None
+        started = time.perf_counter()
         await self.conn.send_packed_command(command, check_health=False)
+        self.report.send_s += time.perf_counter() - started
         self.expected.append((kind, what))
 
     async def send_range(self) -> None:
@@ -222,7 +225,6 @@ class _Sweeper:
 
     async def run(self) -> SweepReport:
         store = self.store
-        self.sha = await store.redis.script_load(LUA_SWEEP)
         # The tenant's server (on a cluster, the master of its slot); disconnected rather
         # than reused if we leave with replies unread.
         async with own_connection(store.redis, store.keys.expiries) as conn:

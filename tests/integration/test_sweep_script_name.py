@@ -1,0 +1,28 @@
+"""The sweep calls its script by name without loading it first (one round trip less per
+tick): the name is Redis's own, and a server that does not know the script gets it."""
+
+from __future__ import annotations
+
+from service.storage.redis_client import RedisClient
+from service.storage.store import LotStore
+from service.storage.sweep_script import LUA_SWEEP, SWEEP_SHA
+from service.usecases.sweep import sweep_expiries
+from tests.loading import load_options
+
+TICK = 1_795_000_000 - 1_795_000_000 % 1800
+
+
+async def test_the_sweep_names_its_script_as_redis_does(redis: RedisClient) -> None:
+    assert await redis.script_load(LUA_SWEEP) == SWEEP_SHA
+
+
+async def test_a_server_without_the_script_still_gets_every_expiry(
+    redis: RedisClient, store: LotStore
+) -> None:
+    await load_options(store, (f"N{n}" for n in range(7)), TICK, TICK - 86400, noticed=True)
+    await redis.script_flush()
+    assert await redis.script_exists(SWEEP_SHA) == [False]
+    report = await sweep_expiries(store, TICK, batch=2)  # four chunks, all sent ahead
+    assert report.expired == 7
+    assert await redis.zcard(store.keys.expiries) == 0
+    assert await redis.script_exists(SWEEP_SHA) == [True]
