@@ -16,8 +16,7 @@ from service.storage.resp import append_bulks, encode_arg
 from service.storage.scripts import lua_script
 
 LUA_SWEEP = lua_script("sweep.lua")
-# Redis names a script by the SHA-1 of its text: the sweep calls it by this name without
-# asking Redis first, and loads it only when Redis answers that it does not know it.
+# Redis names a script by the SHA-1 of its text: the sweep calls it by this name.
 SWEEP_SHA = hashlib.sha1(LUA_SWEEP.encode()).hexdigest()
 MAX_BATCH = 2000  # the script unpacks per-lot keys onto Lua's stack (limit 8000)
 

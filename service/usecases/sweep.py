@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -35,6 +36,10 @@ from service.usecases.fast_expiry import ExpiryDecisions, planned
 from statecharts.decide import COMPILED, DecisionEngine
 
 READ_AHEAD = 2  # chunks read ahead of the one being decided
+# Clients whose server was handed the sweep's script: it is loaded once per client, not
+# at every tick; a server that lost it since (restart, flush) answers NOSCRIPT and gets it
+# again then.
+_LOADED: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
 @dataclass(slots=True)
@@ -225,6 +230,9 @@ class _Sweeper:
 
     async def run(self) -> SweepReport:
         store = self.store
+        if not _LOADED.get(store.redis):
+            self.sha = await store.redis.script_load(LUA_SWEEP)
+            _LOADED[store.redis] = True
         # The tenant's server (on a cluster, the master of its slot); disconnected rather
         # than reused if we leave with replies unread.
         async with own_connection(store.redis, store.keys.expiries) as conn:
