@@ -337,6 +337,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--redis", required=True)
     p.add_argument("--workers", type=int, default=1, help="processes on the port, as the API")
     p.add_argument("--reuse-port", action="store_true")
+    # What the API's supervisor gives each worker (its /metrics gathering); hello has none.
+    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--workers-dir", help=argparse.SUPPRESS)
     p = sub.add_parser("sandbox", help="(child) the Koban sandbox with bench stock")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--lots", type=int, required=True)

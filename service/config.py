@@ -38,6 +38,7 @@ from pydantic import (
 )
 
 from service.outbound.signing import SecretBox, SecretBoxError
+from service.storage.events import DEFAULT_PUBLIC_BASE_URL
 from service.storage.redis_client import CLUSTER_SCHEMES
 from statecharts.ticks import IsoDuration, check_zone, parse_duration
 
@@ -206,6 +207,9 @@ class TenantSettings(BaseModel):
     disable_after: PositiveElapsedDuration = IsoDuration(days=5)
     delivery_timeout: PositiveElapsedDuration = IsoDuration(seconds=10)
     delivery_log_size: PositiveInt = 1000
+    # Per API token, shared by every worker and replica (a Redis bucket); unset: no limit.
+    api_rate_per_s: PositiveFloat | None = None
+    api_burst: PositiveInt | None = None  # requests admitted at once; unset: the rate, ≥ 1
 
     # Secrets: environment only.
     koban_api_key: SecretStr | None = None
@@ -246,6 +250,9 @@ class Settings(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     history_cap: PositiveInt = 500
     sweep_batch: PositiveInt = 500
+    tracing: bool = False  # OpenTelemetry traces (the `otel` extra), exported over OTLP
+    # Where clients reach this API: events' `dataschema` URIs are built under it.
+    public_base_url: str = DEFAULT_PUBLIC_BASE_URL
     tenants: dict[TenantName, TenantSettings] = Field(default_factory=dict)
     # Fernet key(s) sealing webhook subscription secrets (environment only).
     subscription_key: SecretStr | None = None
@@ -262,6 +269,11 @@ class Settings(BaseModel):
         if parts.scheme in CLUSTER_SCHEMES and parts.path not in ("", "/", "/0"):
             raise ValueError("a Redis Cluster has only database 0")
         return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        return _http_url(value)
 
     @field_validator("subscription_key")
     @classmethod

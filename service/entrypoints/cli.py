@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import orjson
@@ -28,6 +29,7 @@ import orjson
 from service.bootstrap import KobanConfigError, build_tenants, koban_session, missing_keys
 from service.config import ENV_PREFIX, ConfigError, Settings, load_settings
 from service.entrypoints import diagram, run_file
+from service.entrypoints.api.worker_metrics import Workers
 from service.entrypoints.run_file import RunInfo
 from service.koban import KobanClient, KobanError, KobanUnavailable
 from service.storage.errors import STORE_FAILURES
@@ -318,7 +320,13 @@ async def _tail(tenant_name: str, from_start: bool, as_json: bool) -> int:
 # --------------------------------------------------------------------------- api, daemons
 
 
-async def _api(host: str | None, port: int | None, workers: int, reuse_port: bool) -> int:
+async def _api(
+    host: str | None,
+    port: int | None,
+    workers: int,
+    reuse_port: bool,
+    worker: Workers | None = None,
+) -> int:
     from service.entrypoints.serve import serve_api, supervise
 
     settings = _settings()
@@ -329,7 +337,9 @@ async def _api(host: str | None, port: int | None, workers: int, reuse_port: boo
         configure_logging(settings.log_format, settings.log_level)
         command = [sys.executable, "-m", "service.entrypoints.cli", "api", "--host", host]
         return await supervise([*command, "--port", str(port), "--reuse-port"], workers)
-    return await serve_api(settings, _redis_url(settings), host, port, reuse_port=reuse_port)
+    return await serve_api(
+        settings, _redis_url(settings), host, port, reuse_port=reuse_port, workers=worker
+    )
 
 
 async def _scheduler() -> int:
@@ -339,6 +349,10 @@ async def _scheduler() -> int:
 
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
+    if settings.tracing:
+        from service.telemetry import enable_tracing
+
+        enable_tracing()
     url = _redis_url(settings)
     redis = connect(url)
     try:
@@ -802,6 +816,9 @@ def _parser() -> argparse.ArgumentParser:
         default=1,
         help="API processes sharing the port (SO_REUSEPORT), each a replica (default 1)",
     )
+    # Set by the supervisor of `--workers N` for each of its processes.
+    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--workers-dir", help=argparse.SUPPRESS)
     p.add_argument(
         "--reuse-port",
         action="store_true",
@@ -865,7 +882,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "api":
             if args.workers < 1:
                 parser.error("--workers must be at least 1")
-            return asyncio.run(_api(args.host, args.port, args.workers, args.reuse_port))
+            worker = None
+            if args.workers_dir is not None:
+                worker = Workers(Path(args.workers_dir), args.worker_index)
+            return asyncio.run(_api(args.host, args.port, args.workers, args.reuse_port, worker))
         if args.command == "scheduler":
             return asyncio.run(_scheduler_check(as_json) if args.check else _scheduler())
     except KeyboardInterrupt:

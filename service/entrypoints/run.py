@@ -264,6 +264,10 @@ async def run_all(settings: Settings, redis_url: str | None) -> int:
     sandbox_url = f"http://{settings.sandbox_host}:{settings.sandbox_port}"
     settings = dev_settings(settings, sandbox_url + "/api/v1")
     configure_logging("console", settings.log_level)
+    if settings.tracing:
+        from service.telemetry import enable_tracing
+
+        enable_tracing()
     child = None if redis_url else RedisChild(VAR / "redis")
     async with contextlib.AsyncExitStack() as stack:
         if child is not None:

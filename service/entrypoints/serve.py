@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import signal
+import tempfile
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -25,7 +27,9 @@ from service.config import Settings
 from service.entrypoints.api.app import build_api_app
 from service.entrypoints.api.logging import configure_logging
 from service.entrypoints.api.routes_lots import install_fast_reads
+from service.entrypoints.api.worker_metrics import WORKERS_KEY, Workers
 from service.storage.redis_client import RedisClient, connect
+from service.telemetry import enable_tracing, tracing_enabled
 from service.tenancy import Tenants
 
 __all__ = [
@@ -77,8 +81,20 @@ async def start_site(
 async def supervise(command: Sequence[str], workers: int) -> int:
     """Run `workers` processes of `command` (each binding its port with SO_REUSEPORT)
     until SIGTERM/SIGINT (forwarded; 0) or until one ends on its own (the others are
-    stopped; its exit code, or 1)."""
-    procs = [await asyncio.create_subprocess_exec(*command) for _ in range(workers)]
+    stopped; its exit code, or 1). Each gets `--worker-index i --workers-dir D`: the
+    directory of the unix sockets through which `/metrics` gathers every worker."""
+    with tempfile.TemporaryDirectory(prefix="koban-options-workers-") as directory:
+        os.chmod(directory, 0o700)
+        return await _supervise(command, workers, directory)
+
+
+async def _supervise(command: Sequence[str], workers: int, directory: str) -> int:
+    procs = [
+        await asyncio.create_subprocess_exec(
+            *command, "--worker-index", str(i), "--workers-dir", directory
+        )
+        for i in range(workers)
+    ]
     ended = [asyncio.ensure_future(p.wait()) for p in procs]
     stop = asyncio.ensure_future(wait_for_stop())
     done, _ = await asyncio.wait([stop, *ended], return_when=asyncio.FIRST_COMPLETED)
@@ -107,7 +123,8 @@ def build_served_api(source: Settings | Tenants, redis: RedisClient, **kw: Any) 
     """The API app as the serving commands serve it (`build_api_app`, `kw` passed on, with
     the shared-connection fast reads installed): `api` and `run` alike."""
     app = build_api_app(source, redis, **kw)
-    install_fast_reads(app, redis)
+    if not tracing_enabled():  # traced, every Redis call goes through redis-py
+        install_fast_reads(app, redis)
     return app
 
 
@@ -121,14 +138,28 @@ def freeze_startup_objects() -> None:
 
 
 async def serve_api(
-    settings: Settings, redis_url: str, host: str, port: int, *, reuse_port: bool = False
+    settings: Settings,
+    redis_url: str,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
+    workers: Workers | None = None,
 ) -> int:
-    """`koban-options api`: the internal API and Koban's webhooks until SIGTERM/SIGINT."""
+    """`koban-options api`: the internal API and Koban's webhooks until SIGTERM/SIGINT;
+    `workers`: one of `api --workers N`'s processes (its siblings scraped through it)."""
     configure_logging(settings.log_format, settings.log_level)
+    if settings.tracing:
+        enable_tracing()
     redis = connect(redis_url)
     try:
         app = build_served_api(settings, redis)
+        if workers is not None:
+            app[WORKERS_KEY] = workers
         runner = await start_site(app, host, port, reuse_port=reuse_port)
+        if workers is not None:
+            workers.socket().unlink(missing_ok=True)
+            await web.UnixSite(runner, str(workers.socket())).start()
         freeze_startup_objects()
         log.info("api_started", url=f"http://{host}:{port}", tenants=sorted(settings.tenants))
         try:

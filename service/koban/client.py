@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import email.utils
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from enum import StrEnum
 from typing import Any, NoReturn, TypeVar
@@ -73,10 +75,18 @@ class KobanUnavailable(Exception):
 
     ``transient`` is true when the failure was of a retryable kind (network, 5xx)."""
 
-    def __init__(self, message: str, *, status: int | None = None, transient: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        transient: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.transient = transient
+        self.retry_after = retry_after  # seconds Koban asked us to wait (its 429's Retry-After)
 
 
 class KobanOutcomeUnknown(KobanUnavailable):
@@ -163,6 +173,23 @@ _NETWORK_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 _NOT_SENT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
+def _retry_after(value: str | None) -> float | None:
+    """A Retry-After header in seconds (delta-seconds or an HTTP-date); None if absent or
+    unreadable. An HTTP-date is real time, like the header itself, not a tenant's clock."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
 def _is_transient(exc: BaseException) -> bool:
     return (
         isinstance(exc, KobanUnavailable)
@@ -221,6 +248,7 @@ class KobanClient:
         retries: int = 3,
         backoff_base_s: float = 0.2,
         backoff_max_s: float = 5.0,
+        retry_after_max_s: float = 30.0,
         rate_per_s: float = 5.0,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
@@ -244,6 +272,7 @@ class KobanClient:
         self._retries = retries
         self._backoff_base_s = backoff_base_s
         self._backoff_max_s = backoff_max_s
+        self._retry_after_max_s = retry_after_max_s
         self._sleep = sleep
         # Bucket of max(1, rate) so rates below one per second still admit one request.
         burst = max(1.0, rate_per_s)
@@ -286,6 +315,17 @@ class KobanClient:
                 allow_redirects=False,
             ) as response:
                 status, raw = response.status, await response.read()
+                if status == 429:
+                    # Koban turned the request away before doing anything: resending is
+                    # safe for a write too, once the wait it asked for has passed.
+                    wait = _retry_after(response.headers.get("Retry-After"))
+                    raise self._unavailable(
+                        endpoint,
+                        "HTTP 429 (rate limited)",
+                        status=status,
+                        transient=wait is None or wait <= self._retry_after_max_s,
+                        retry_after=wait,
+                    )
         except _NOT_SENT_ERRORS as exc:
             raise self._unavailable(endpoint, f"cannot connect: {exc!r}", transient=True) from exc
         except aiohttp.InvalidURL as exc:
@@ -331,10 +371,17 @@ class KobanClient:
         def before_sleep(_state: RetryCallState) -> None:
             self.calls[(endpoint.name, "retry")] += 1
 
+        backoff = wait_random_exponential(multiplier=self._backoff_base_s, max=self._backoff_max_s)
+
+        def wait(state: RetryCallState) -> float:
+            failed = state.outcome.exception() if state.outcome is not None else None
+            asked = getattr(failed, "retry_after", None)
+            return max(asked, backoff(state)) if asked is not None else backoff(state)
+
         retrying = AsyncRetrying(
             sleep=self._sleep,
             stop=stop_after_attempt(1 + self._retries),
-            wait=wait_random_exponential(multiplier=self._backoff_base_s, max=self._backoff_max_s),
+            wait=wait,
             retry=retry_if_exception(_is_transient),
             before_sleep=before_sleep,
             reraise=True,
@@ -359,8 +406,6 @@ class KobanClient:
         self, endpoint: Endpoint, status: int, raw: bytes
     ) -> KobanError | KobanUnavailable:
         detail = raw[:200].decode("utf-8", "replace")
-        if status == 429:
-            return self._unavailable(endpoint, "HTTP 429 (rate limited)", status=status)
         return KobanError(
             f"Koban {endpoint.name}: HTTP {status}: {detail}",
             status=status,
@@ -402,7 +447,7 @@ class KobanClient:
             if answer is None:
                 # Koban took the request and answered 2xx: it may well have applied it.
                 self._fail(endpoint, self._unknown(endpoint, f"unreadable {status} answer"))
-        elif 400 <= status < 500 and status not in (401, 403, 407, 429):
+        elif 400 <= status < 500 and status not in (401, 403, 407):
             # A refusal carried by a 4xx is still a refusal when it has a code.
             if answer is None or answer.success or answer.error_code is None:
                 self._fail(endpoint, self._client_error(endpoint, status, raw))

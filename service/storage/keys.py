@@ -113,6 +113,11 @@ class TenantKeys:
         """String: a sandbox tenant's test-clock offset in seconds; only grows (Lua max)."""
         return f"{self.prefix}clock"
 
+    def rate_limit(self, token_id: str) -> str:
+        """String: an API token's rate-limit bucket (GCRA: the theoretical arrival time in
+        ms, with a PX TTL); `token_id` is the token's hash, never the token."""
+        return f"{self.prefix}rl:{token_id}"
+
 
 SCHEDULER_HEARTBEAT_KEY = "kol:scheduler:heartbeat"
 """String, UNIX seconds of a scheduler's last beat (service-wide, with a TTL): ``/readyz``

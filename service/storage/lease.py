@@ -12,9 +12,13 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
+import structlog
+
 from service.storage.redis_client import RedisClient
 
-__all__ = ["Lease"]
+__all__ = ["Held", "Lease", "LeaseLost"]
+
+log = structlog.get_logger("service.storage.lease")
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -26,6 +30,31 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+class LeaseLost(Exception):
+    """The holder's lease lapsed or was taken by another holder: stop, do not act on it."""
+
+
+class Held:
+    """What a holder of a kept lease can ask: whether the lease is still believed held.
+
+    `ensure()` raises `LeaseLost` once the renewer found the lease gone (taken by another
+    holder, or lapsed), or could not renew it for so long that it may lapse before the next
+    attempt. A holder calls it right before an action the lease exists to serialize."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.lost_reason: str | None = None
+        self.gone = asyncio.Event()  # set when the lease is found lost
+
+    @property
+    def lost(self) -> bool:
+        return self.lost_reason is not None
+
+    def ensure(self) -> None:
+        if self.lost_reason is not None:
+            raise LeaseLost(f"lease {self.key}: {self.lost_reason}")
 
 
 class Lease:
@@ -53,22 +82,66 @@ class Lease:
         return raw.decode() if isinstance(raw, bytes) else raw
 
     @contextlib.asynccontextmanager
-    async def kept(self) -> AsyncIterator[None]:
+    async def kept(self, *, cancel_on_loss: bool = True) -> AsyncIterator[Held]:
         """Renew the (acquired) lease in the background while the block runs; release it
-        at the end. A renewal that fails (Redis away) is retried at the next period."""
+        at the end.
+
+        The lease is lost when a renewal finds another token (or none), or when renewals
+        failed (Redis away) so long that it could lapse before the next attempt. Then the
+        `Held` it yields is marked lost and, with `cancel_on_loss`, the block is cancelled
+        and `LeaseLost` raised in its place; without, the holder checks `Held.ensure()`
+        before each action the lease guards (a Koban call already sent cannot be undone
+        by cancelling it)."""
+        held = Held(self.key)
+        holder = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        period = self.ttl_ms / 3000
+        ttl_s = self.ttl_ms / 1000
 
         async def renew_forever() -> None:
+            last_ok = loop.time()
             while True:
-                await asyncio.sleep(self.ttl_ms / 3000)
-                with contextlib.suppress(Exception):
-                    await self.renew()
+                await asyncio.sleep(period)
+                try:
+                    renewed: bool | None = await asyncio.wait_for(self.renew(), period)
+                except Exception:  # Redis away or slow: retried while the lease may hold
+                    renewed = None
+                now = loop.time()
+                if renewed:
+                    last_ok = now
+                    continue
+                if renewed is False:
+                    held.lost_reason = "taken by another holder or lapsed"
+                elif now - last_ok + period >= ttl_s:
+                    held.lost_reason = "not renewed in time (Redis unreachable)"
+                else:
+                    continue
+                held.gone.set()
+                log.warning("lease_lost", key=self.key, reason=held.lost_reason)
+                if cancel_on_loss and holder is not None:
+                    holder.cancel()
+                return
 
         task = asyncio.create_task(renew_forever())
         try:
-            yield
+            yield held
+        except asyncio.CancelledError:
+            if not (cancel_on_loss and held.lost):
+                raise
+        else:
+            if not (cancel_on_loss and held.lost):
+                return
+            # The block ended before our cancellation reached it: take it here, so it
+            # does not surface at the holder's next await.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0)
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            with contextlib.suppress(Exception):
-                await self.release()
+            if not held.lost:
+                with contextlib.suppress(Exception):
+                    await self.release()
+        if holder is not None and holder.cancelling():
+            holder.uncancel()
+        raise LeaseLost(f"lease {self.key}: {held.lost_reason}")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import ssl
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +31,33 @@ from service.storage.redis_client import RedisClient
 __all__ = ["Command", "MuxReader"]
 
 Command = tuple[str | bytes | int | float, ...]
+
+# What this reader is for: reads, resent freely after a lost connection. Scripts go
+# through `evalsha` (only scripts safe to send twice); every other command stays with
+# redis-py, whose transactions and retries it would bypass.
+READS = frozenset({"GET", "MGET", "HGET", "HMGET", "EXISTS", "ZSCORE", "ZCARD"})
+# Idle connections are probed so a peer gone silently (a NAT or load balancer dropping
+# the flow) is noticed before the next request waits for the timeout.
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 60, 10, 3
+
+
+def _keep_alive(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE_S),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+        ("TCP_KEEPCNT", KEEPALIVE_PROBES),
+    ):
+        if hasattr(socket, name):  # Linux; elsewhere the system's defaults apply
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
+def _name(command: Command) -> str:
+    head = command[0]
+    return (head.decode() if isinstance(head, bytes) else str(head)).upper()
 
 
 @dataclass(slots=True)
@@ -137,8 +166,10 @@ class MuxReader:
         path: str | None = None,
         timeout: float | None = 5.0,
         connect_timeout: float | None = 5.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.host, self.port, self.path = host, port, path
+        self.tls = tls
         self.db, self.username, self.password = db, username, password
         self.timeout, self.connect_timeout = timeout, connect_timeout
         self._protocol: _Protocol | None = None
@@ -146,14 +177,18 @@ class MuxReader:
 
     @classmethod
     def for_client(cls, redis: RedisClient) -> MuxReader | None:
-        """A reader of the server, database and credentials `redis` uses (None over TLS,
-        which stays with redis-py, and for a client without one pool of one server: a Redis
-        Cluster client, whose reads stay with redis-py, routed to each key's master)."""
+        """A reader of the server, database, credentials and TLS settings `redis` uses; None
+        for a client without one pool of one server (a Redis Cluster client, whose reads
+        stay with redis-py, routed to each key's master)."""
         pool = getattr(redis, "connection_pool", None)
-        if pool is None or issubclass(pool.connection_class, SSLConnection):
+        if pool is None:
             return None
         kw = pool.connection_kwargs
         unix = issubclass(pool.connection_class, UnixDomainSocketConnection)
+        tls = None
+        if issubclass(pool.connection_class, SSLConnection):
+            # The context redis-py would use: same certificates, checks and versions.
+            tls = pool.connection_class(**kw).ssl_context.get()
         return cls(
             str(kw.get("host", "127.0.0.1")),
             int(kw.get("port", 6379)),
@@ -163,10 +198,18 @@ class MuxReader:
             path=str(kw["path"]) if unix else None,
             timeout=kw.get("socket_timeout", 5.0),
             connect_timeout=kw.get("socket_connect_timeout", 5.0),
+            tls=tls,
         )
 
     async def execute(self, *commands: Command) -> list[Any]:
-        """The replies to `commands` (sent together, in order); see the module doc."""
+        """The replies to the read `commands` (sent together, in order); see the module
+        doc. Anything but the reads it was built for is refused before it is sent."""
+        for command in commands:
+            if _name(command) not in READS:
+                raise ValueError(f"MuxReader sends reads only, not {_name(command)}")
+        return await self._send(commands)
+
+    async def _send(self, commands: Sequence[Command]) -> list[Any]:
         for attempt in (1, 2):
             protocol = await self._connected()
             try:
@@ -190,11 +233,11 @@ class MuxReader:
         or EVAL when the server's script cache lost it (NOSCRIPT), which caches it again.
         Only for scripts that may safely be sent twice (see the module doc)."""
         try:
-            (reply,) = await self.execute(("EVALSHA", sha, len(keys), *keys, *args))
+            (reply,) = await self._send([("EVALSHA", sha, len(keys), *keys, *args)])
         except ResponseError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-            (reply,) = await self.execute(("EVAL", script, len(keys), *keys, *args))
+            (reply,) = await self._send([("EVAL", script, len(keys), *keys, *args)])
         return reply
 
     async def _connected(self) -> _Protocol:
@@ -221,9 +264,10 @@ class MuxReader:
             if self.path is not None:
                 opening = loop.create_unix_connection(make, self.path)
             else:
-                opening = loop.create_connection(make, self.host, self.port)
-            _, protocol = await asyncio.wait_for(opening, self.connect_timeout)
-        except (OSError, TimeoutError) as exc:
+                opening = loop.create_connection(make, self.host, self.port, ssl=self.tls)
+            transport, protocol = await asyncio.wait_for(opening, self.connect_timeout)
+            _keep_alive(transport)
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
             raise RedisConnectionError(f"Cannot connect to Redis at {where}: {exc!r}") from exc
         setup: list[Command] = []
         if self.password is not None:

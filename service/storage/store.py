@@ -21,7 +21,12 @@ from redis.asyncio.cluster import RedisCluster
 
 from service.storage.codec import decode_lot, encode_lot
 from service.storage.commit_script import LUA_COMMIT, Transition, flatten
-from service.storage.events import cloud_event, expand_history_entry, history_entry
+from service.storage.events import (
+    DEFAULT_PUBLIC_BASE_URL,
+    cloud_event,
+    expand_history_entry,
+    history_entry,
+)
 from service.storage.keys import API_USER_FIELD, TenantKeys, prospect_field
 from service.storage.redis_client import RedisClient
 from service.storage.redis_mux import Command, MuxReader
@@ -97,9 +102,11 @@ class LotStore:
         *,
         history_cap: int = 500,
         max_attempts: int = 200,
+        public_base_url: str = DEFAULT_PUBLIC_BASE_URL,
     ) -> None:
         self.redis = redis
         self.tenant = tenant
+        self.public_base_url = public_base_url  # events' `dataschema` lives under it
         self.rules = rules
         self.keys = TenantKeys(tenant)
         self.history_cap = history_cap
@@ -164,13 +171,14 @@ class LotStore:
         raw = cast(bytes | None, await self.redis.get(self.keys.history(extcode)))
         if not raw:
             return []
-        return [expand_history_entry(self.tenant, extcode, line) for line in raw.split(b"\n")]
+        base = self.public_base_url
+        return [expand_history_entry(self.tenant, extcode, line, base) for line in raw.split(b"\n")]
 
     # --- the one write path -----------------------------------------------------------------
 
     def event(self, extcode: str, event: DomainEvent, sequence: int, version: int) -> bytes:
         """The stream's CloudEvent for one of this tenant's events."""
-        return cloud_event(self.tenant, extcode, event, sequence, version)
+        return cloud_event(self.tenant, extcode, event, sequence, version, self.public_base_url)
 
     @staticmethod
     def history_line(event: DomainEvent, sequence: int, version: int) -> bytes:

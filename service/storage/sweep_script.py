@@ -8,6 +8,7 @@ says the argument layout, which `apply_command` follows section by section.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, NamedTuple
 
 from service.storage.keys import TenantKeys
@@ -15,6 +16,8 @@ from service.storage.resp import append_bulks, encode_arg
 from service.storage.scripts import lua_script
 
 LUA_SWEEP = lua_script("sweep.lua")
+# Redis names a script by the SHA-1 of its text: the sweep calls it by this name.
+SWEEP_SHA = hashlib.sha1(LUA_SWEEP.encode()).hexdigest()
 MAX_BATCH = 2000  # the script unpacks per-lot keys onto Lua's stack (limit 8000)
 
 

@@ -27,7 +27,13 @@ from service.storage.codec import (
     OPT_RANK,
     decode_option,
 )
-from service.storage.events import cloud_event, event_id, history_entry, iso
+from service.storage.events import (
+    DEFAULT_PUBLIC_BASE_URL,
+    cloud_event,
+    event_id,
+    history_entry,
+    iso,
+)
 from statecharts import transitions as tr
 from statecharts.model import DomainEvent, Option
 
@@ -66,14 +72,16 @@ class Templates:
     history: dict[str, bytes]
 
 
-def templates(tenant: str) -> Templates | None:
-    """The tenant's templates (derived once), or None when they cannot express the events."""
-    if tenant not in _TEMPLATES:
-        _TEMPLATES[tenant] = _derive(tenant)
-    return _TEMPLATES[tenant]
+def templates(tenant: str, base_url: str = DEFAULT_PUBLIC_BASE_URL) -> Templates | None:
+    """The tenant's templates (derived once per schema base URL), or None when they cannot
+    express the events."""
+    key = (tenant, base_url)
+    if key not in _TEMPLATES:
+        _TEMPLATES[key] = _derive(tenant, base_url)
+    return _TEMPLATES[key]
 
 
-_TEMPLATES: dict[str, Templates | None] = {}
+_TEMPLATES: dict[tuple[str, str], Templates | None] = {}
 
 
 def _fill(sample: bytes, needles: list[tuple[bytes, bytes]]) -> bytes | None:
@@ -108,7 +116,7 @@ def _sample_event(type_: str) -> DomainEvent:
     return DomainEvent(type_, _TIME, tr.option_data(o, "sweep"))
 
 
-def _derive(tenant: str) -> Templates | None:
+def _derive(tenant: str, base_url: str) -> Templates | None:
     cloud: dict[str, bytes] = {}
     history: dict[str, bytes] = {}
     slots = [(dumps(s), b"%s") for s in _SENTINELS]
@@ -121,7 +129,7 @@ def _derive(tenant: str) -> Templates | None:
         if dumps(event_id(_CODE, _SEQ)) != code[:-1] + b'-%012d"' % _SEQ:
             return None
         c = _fill(
-            cloud_event(tenant, _CODE, sample, _SEQ, _VER),
+            cloud_event(tenant, _CODE, sample, _SEQ, _VER, base_url),
             [
                 (dumps(event_id(_CODE, _SEQ)), b'%s-%012d"'),
                 (code, b"%s"),
@@ -140,12 +148,12 @@ def _derive(tenant: str) -> Templates | None:
             return None
         cloud[type_], history[type_] = c, h
     derived = Templates(cloud, history)
-    if not _self_check(tenant, derived):
+    if not _self_check(tenant, base_url, derived):
         return None
     return derived
 
 
-def _self_check(tenant: str, t: Templates) -> bool:
+def _self_check(tenant: str, base_url: str, t: Templates) -> bool:
     """The templates against `service.storage.events` on real values (the tests do it at
     random)."""
     samples = [
@@ -159,7 +167,7 @@ def _self_check(tenant: str, t: Templates) -> bool:
             code = dumps('L"%1')
             c = t.cloud[type_] % (code[:-1], 7, code, time_json(e.time), code, 7, 3, *pieces[0])
             h = t.history[type_] % (7, 3, e.time, *pieces[1])
-            if c != cloud_event(tenant, 'L"%1', e, 7, 3) or h != history_entry(e, 7, 3):
+            if c != cloud_event(tenant, 'L"%1', e, 7, 3, base_url) or h != history_entry(e, 7, 3):
                 return False
     return True
 

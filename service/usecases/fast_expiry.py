@@ -100,7 +100,7 @@ def fast_expiry(
     due options on several ticks, a promotion restarting the clock...): the generic path
     decides those. The chart decides here as everywhere.
     """
-    t = templates(store.tenant)
+    t = templates(store.tenant, store.public_base_url)
     if t is None:
         return None
     own = store.rules.rank2_clock == "own"

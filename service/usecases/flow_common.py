@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import copy
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
 from service.koban import KobanAnswer, KobanClient, KobanOutcomeUnknown
 from service.storage.errors import STORE_DOWN
+from service.storage.lease import Held
 from service.storage.leases import lot_write_lease
 from service.storage.store import ChangeFn, Counts, StoreConflict
 from service.tenancy import Tenant
@@ -38,6 +40,9 @@ __all__ = [
 # lost to a Redis outage, frees the lot within it); waiters poll this often.
 LOT_WRITE_LEASE_MS = 5_000
 LOT_WRITE_POLL_S = 0.02
+# The lot's write lease held by the running by-rank write, checked right before its Koban
+# call: a lease that lapsed meanwhile may let another write reach the same ranks.
+_LOT_WRITE: contextvars.ContextVar[Held | None] = contextvars.ContextVar("lot_write", default=None)
 T = TypeVar("T")
 
 # (copy to run the transition on, the lot itself, now) → what the caller needs.
@@ -185,8 +190,12 @@ class FlowBase:
                     f"lot {extcode}: another change of its options is in flight with Koban"
                 )
             await asyncio.sleep(min(self.poll_s, LOT_WRITE_POLL_S))
-        async with lease.kept():
-            yield
+        async with lease.kept(cancel_on_loss=False) as held:
+            token = _LOT_WRITE.set(held)
+            try:
+                yield
+            finally:
+                _LOT_WRITE.reset(token)
 
     async def _check(self, extcode: str, validate: OptionValidate) -> Option:
         """Validate on a copy under the lot's current revision; the option addressed."""
@@ -208,7 +217,13 @@ class FlowBase:
 
         await self.store.mutate(extcode, change, now=now)
 
-    async def _call(self, extcode: str, request: Awaitable[KobanAnswer]) -> KobanAnswer:
+    async def _call(self, extcode: str, request: Coroutine[Any, Any, KobanAnswer]) -> KobanAnswer:
+        held = _LOT_WRITE.get()
+        if held is not None and held.lost:
+            request.close()  # never sent
+            raise StoreConflict(
+                f"lot {extcode}: the write lease lapsed before the Koban call; nothing was sent"
+            )
         try:
             return await request
         except KobanOutcomeUnknown:

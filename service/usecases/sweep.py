@@ -13,6 +13,8 @@ a crash loses and duplicates nothing, and running the sweep twice changes nothin
 from __future__ import annotations
 
 import gc
+import time
+import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -27,13 +29,17 @@ from service.storage.keys import glob_escape
 from service.storage.redis_client import own_connection
 from service.storage.resp import pack
 from service.storage.store import LotStore, view
-from service.storage.sweep_script import LUA_SWEEP, MAX_BATCH, Plan, apply_command
+from service.storage.sweep_script import LUA_SWEEP, MAX_BATCH, SWEEP_SHA, Plan, apply_command
 from service.usecases.event_templates import EXPIRED, PROMOTED, templates
 from service.usecases.expiry_plans import generic_expiry, plan_of
 from service.usecases.fast_expiry import ExpiryDecisions, fast_plan
 from statecharts.decide import COMPILED, DecisionEngine
 
 READ_AHEAD = 2  # chunks read ahead of the one being decided
+# Clients whose server was handed the sweep's script: it is loaded once per client, not
+# at every tick; a server that lost it since (restart, flush) answers NOSCRIPT and gets it
+# again then.
+_LOADED: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
 @dataclass(slots=True)
@@ -47,6 +53,14 @@ class SweepReport:
     repaired: int = 0
     fast: int = 0
     events_by_type: dict[str, int] = field(default_factory=dict)
+    # Where the sweep's wall time went, measured per chunk (a few clock reads per chunk):
+    # waiting for Redis on the index and lot reads, on the script calls, to take what we
+    # send; deciding (events rendered included) and packing the script calls.
+    reads_s: float = 0.0
+    script_s: float = 0.0
+    send_s: float = 0.0
+    decide_s: float = 0.0
+    pack_s: float = 0.0
 
     def count(self, types: Iterable[str]) -> None:
         self.lots += 1
@@ -136,7 +150,7 @@ class _Sweeper:
         self.batch = batch
         self.window = window
         self.report = SweepReport(tick)
-        self.sha = ""
+        self.sha = SWEEP_SHA
         self.conn: AbstractConnection | None = None
         # what each reply not read yet answers: ("range", None) | ("read", codes) |
         # ("apply", plans)
@@ -147,7 +161,9 @@ class _Sweeper:
 
     async def send_packed(self, kind: str, what: Any, command: bytes) -> None:
         assert self.conn is not None
+        started = time.perf_counter()
         await self.conn.send_packed_command(command, check_health=False)
+        self.report.send_s += time.perf_counter() - started
         self.expected.append((kind, what))
 
     async def send_range(self) -> None:
@@ -176,6 +192,7 @@ class _Sweeper:
         """The next reply; an apply's reply is settled here and gives None."""
         assert self.conn is not None
         kind, what = self.expected.popleft()
+        waited = time.perf_counter()
         try:
             reply = await self.conn.read_response()
         except NoScriptError:  # the script cache was flushed: load it, apply again
@@ -184,8 +201,11 @@ class _Sweeper:
             self.sha = await self.store.redis.script_load(LUA_SWEEP)
             await self.send_apply(what)
             return None
+        waited = time.perf_counter() - waited
         if kind != "apply":
+            self.report.reads_s += waited
             return kind, what, reply
+        self.report.script_s += waited
         await self.settle(what, reply)
         return None
 
@@ -210,7 +230,9 @@ class _Sweeper:
 
     async def run(self) -> SweepReport:
         store = self.store
-        self.sha = await store.redis.script_load(LUA_SWEEP)
+        if not _LOADED.get(store.redis):
+            self.sha = await store.redis.script_load(LUA_SWEEP)
+            _LOADED[store.redis] = True
         # The tenant's server (on a cluster, the master of its slot); disconnected rather
         # than reused if we leave with replies unread.
         async with own_connection(store.redis, store.keys.expiries) as conn:
@@ -247,8 +269,12 @@ class _Sweeper:
             values = await self.next_reply("read")
             n = len(codes)
             with _collector_paused():  # no awaits inside: no other task runs meanwhile
+                started = time.perf_counter()
                 plans, broken = self.decide(codes, values[:n], values[n:])
+                decided = time.perf_counter()
                 command = self.apply_command(plans) if plans else b""
+                self.report.decide_s += decided - started
+                self.report.pack_s += time.perf_counter() - decided
             if plans:
                 await self.send_apply(plans, command)
                 self.report.batches += 1
@@ -264,7 +290,7 @@ class _Sweeper:
         """Plans for the chunk's lots (each with its whole new history), and the lots to
         repair."""
         store, tick, report = self.store, self.tick, self.report
-        t = templates(store.tenant)
+        t = templates(store.tenant, store.public_base_url)
         own = store.rules.rank2_clock == "own"
         cap = store.history_cap
         decisions = self.decisions

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from service.koban import KobanClient, KobanError, KobanUnavailable
-from service.storage.lease import Lease
+from service.storage.lease import Lease, LeaseLost
 from service.storage.leases import sync_lease
 from service.storage.tenant_state import load_sync_run, save_sync_run
 from service.tenancy import Tenant
@@ -81,7 +81,13 @@ class SyncClaim:
             await self._record(run)
             try:
                 report = await sync_stock(self.tenant, koban, now, full=full, progress=progress)
-            except (KobanUnavailable, KobanError, OSError, asyncio.CancelledError) as exc:
+            except (
+                KobanUnavailable,
+                KobanError,
+                OSError,
+                LeaseLost,
+                asyncio.CancelledError,
+            ) as exc:
                 run.state, run.error = "failed", f"{type(exc).__name__}: {exc}".rstrip(": ")
                 run.finished_at = self.tenant.clock.now()
                 run.seconds = round(time.monotonic() - started, 3)

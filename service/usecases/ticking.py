@@ -43,6 +43,7 @@ from typing import Literal
 
 import structlog
 
+from service.storage.lease import LeaseLost
 from service.storage.leases import tick_lease
 from service.storage.tenant_state import count_due, last_tick, raise_last_tick
 from service.tenancy import Tenant
@@ -67,7 +68,7 @@ log = structlog.get_logger("service.usecases.ticking")
 LEASE_TTL_MS = 10_000
 POLL_S = 0.2
 
-Outcome = Literal["processed", "done_elsewhere", "already_done"]
+Outcome = Literal["processed", "done_elsewhere", "already_done", "lease_lost"]
 # Called with the tenant and its new instant after its test clock moved (and its ticks ran).
 ClockHook = Callable[[Tenant, int], Awaitable[None] | None]
 
@@ -86,7 +87,9 @@ class TickReport:
     retried: int = 0
     lateness_s: int = 0  # processing start (the tenant's clock) - tick
     duration_s: float = 0.0  # processing start -> recorded
-    started_at: float = 0.0  # wall clock (time.time()) at processing start
+    entered_at: float = 0.0  # wall clock (time.time()) when process_tick was called
+    started_at: float = 0.0  # wall clock at processing start (the lease held)
+    sweep_started_at: float = 0.0  # wall clock when the sweep began
     swept_at: float = 0.0  # wall clock when the sweep's last chunk (the tick's last expiry) landed
     sweep: SweepReport | None = field(default=None, repr=False)
 
@@ -129,6 +132,7 @@ async def process_tick(
     """Process one tick of one tenant, exactly once across daemons (see the module doc)."""
     if tick % TICK_SECONDS:
         raise ValueError(f"{tick} is not a tick")
+    entered = time.time()
     store = tenant.store
     if await _done(tenant, tick):
         return TickReport(tenant.name, tick, "already_done")
@@ -141,29 +145,37 @@ async def process_tick(
             report = TickReport(tenant.name, tick, "done_elsewhere")
             _log(report)
             return report
-    async with lease.kept():
-        if await _done(tenant, tick):  # the holder finished between our two looks
-            report = TickReport(tenant.name, tick, "done_elsewhere")
-            _log(report)
-            return report
-        started = time.perf_counter()
-        report = TickReport(
-            tenant.name,
-            tick,
-            "processed",
-            took_over=waited,
-            started_at=time.time(),
-            lateness_s=tenant.clock.now() - tick,
-        )
-        report.due = await count_due(store, tick)
-        # Notices of options expiring by this tick first (normally none: they were given
-        # at earlier ticks), the expiries, then the notices of the window ahead.
-        first = await send_notices(store, tick, through=tick)
-        sweep = await sweep_expiries(store, tick, batch=batch)
-        report.swept_at = time.time()
-        ahead = await send_notices(store, tick)
-        await raise_last_tick(store, tick)
-        report.duration_s = time.perf_counter() - started
+    try:
+        async with lease.kept():
+            if await _done(tenant, tick):  # the holder finished between our two looks
+                report = TickReport(tenant.name, tick, "done_elsewhere")
+                _log(report)
+                return report
+            started = time.perf_counter()
+            report = TickReport(
+                tenant.name,
+                tick,
+                "processed",
+                took_over=waited,
+                entered_at=entered,
+                started_at=time.time(),
+                lateness_s=tenant.clock.now() - tick,
+            )
+            report.due = await count_due(store, tick)
+            # Notices of options expiring by this tick first (normally none: they were given
+            # at earlier ticks), the expiries, then the notices of the window ahead.
+            first = await send_notices(store, tick, through=tick)
+            report.sweep_started_at = time.time()
+            sweep = await sweep_expiries(store, tick, batch=batch)
+            report.swept_at = time.time()
+            ahead = await send_notices(store, tick)
+            await raise_last_tick(store, tick)
+            report.duration_s = time.perf_counter() - started
+    except LeaseLost:
+        # Another daemon may hold the tick now: it finishes it (the sweep is idempotent).
+        report = TickReport(tenant.name, tick, "lease_lost", took_over=waited)
+        _log(report)
+        return report
     report.sweep = sweep
     report.expired = sweep.expired
     report.promoted = sweep.promoted
@@ -200,9 +212,12 @@ async def catch_up(
     for tick in ticks:
         if stop is not None and stop.is_set():
             break
-        reports.append(
-            await process_tick(tenant, tick, batch=batch, lease_ttl_ms=lease_ttl_ms, poll_s=poll_s)
+        report = await process_tick(
+            tenant, tick, batch=batch, lease_ttl_ms=lease_ttl_ms, poll_s=poll_s
         )
+        reports.append(report)
+        if report.outcome == "lease_lost":
+            break  # later ticks wait for the next firing, after the holder's
     return reports
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 import pytest
 
+from service.entrypoints.api.errors import as_api_error
 from service.koban import wire
 from service.koban.client import (
     KobanClient,
@@ -319,14 +322,45 @@ async def test_no_retry_on_4xx(
     assert sleep.delays == []
 
 
-async def test_429_is_unavailable_without_retry(
+async def test_a_429_is_retried_after_the_wait_koban_asked_for_even_for_a_write(
     koban: ScriptedKoban, client: KobanClient, sleep: FakeSleep
 ) -> None:
-    koban.script("POST", ADD, Reply(429))
+    koban.script("POST", ADD, Reply(429, headers={"Retry-After": "7"}), OK)
+    answer = await client.add_option("A101", "third-1", 1, T0)
+    assert answer.success
+    assert len(koban.seen) == 2  # turned away, then sent again: nothing was done the first time
+    assert sleep.delays and sleep.delays[0] >= 7
+    assert client.calls[("Add", "retry")] == 1
+
+
+async def test_a_429_without_retry_after_backs_off_like_any_transient_failure(
+    koban: ScriptedKoban, client: KobanClient, sleep: FakeSleep
+) -> None:
+    koban.script("GET", LOT_STATUS, Reply(429), FREE)
+    assert (await client.get_lot_status("A101")).result == 0
+    assert len(koban.seen) == 2 and len(sleep.delays) == 1 and sleep.delays[0] <= 0.2
+
+
+async def test_a_429_asking_for_longer_than_the_client_waits_is_unavailable_with_its_wait(
+    koban: ScriptedKoban, client: KobanClient, sleep: FakeSleep
+) -> None:
+    koban.script("POST", ADD, Reply(429, headers={"Retry-After": "120"}))
     with pytest.raises(KobanUnavailable) as caught:
         await client.add_option("A101", "third-1", 1, T0)
     assert not isinstance(caught.value, KobanOutcomeUnknown)
+    assert caught.value.retry_after == 120
     assert len(koban.seen) == 1 and sleep.delays == []
+    error = as_api_error(caught.value)
+    assert error.status == 503 and error.headers["Retry-After"] == "120"
+
+
+async def test_a_429_with_an_http_date_waits_until_that_date(
+    koban: ScriptedKoban, client: KobanClient, sleep: FakeSleep
+) -> None:
+    later = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=12), usegmt=True)
+    koban.script("GET", LOT_STATUS, Reply(429, headers={"Retry-After": later}), FREE)
+    assert (await client.get_lot_status("A101")).result == 0
+    assert 5 <= sleep.delays[0] <= 12
 
 
 async def test_unreadable_bodies(koban: ScriptedKoban, client: KobanClient) -> None:

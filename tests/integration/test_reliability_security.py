@@ -322,7 +322,7 @@ async def test_every_route_but_the_public_ones_needs_a_token(dep: Deployment) ->
     before = both_snapshots(dep)
     sandbox, calls = dep.sandbox_options(), dep.koban_calls()
     seen_public: set[str] = set()
-    checked: dict[str, int] = {"v1": 0, "webhook": 0, "catch-all": 0, "ui": 0}
+    checked: dict[str, int] = {"v1": 0, "schemas": 0, "webhook": 0, "catch-all": 0, "ui": 0}
     near_miss = dep.secrets.tokens["admin"] + "x"
     for method, template in routes:
         path = concrete(template, dep.name)
@@ -331,6 +331,16 @@ async def test_every_route_but_the_public_ones_needs_a_token(dep: Deployment) ->
             answer = await dep.call(method, path)
             assert answer.status == 200, where
             seen_public.add(template)
+        elif template.startswith("/v1/schemas/"):
+            # The event schemas are the same for every tenant: any tenant's read token.
+            checked["schemas"] += 1
+            for token in (None, "garbage-" + uuid.uuid4().hex, near_miss, ""):
+                answer = await dep.call(method, path, token=token)
+                assert answer.status == 401, (where, token, answer.status, answer.body)
+            other = await dep.call(method, path, token=dep.secrets.other_token)
+            assert other.status in (200, 404), (where, other.status, other.body)
+            if other.status == 404 and method != "HEAD":
+                assert other.code == "EVENT_TYPE_UNKNOWN", where
         elif template.startswith("/v1/"):
             checked["v1"] += 1
             for token in (None, "garbage-" + uuid.uuid4().hex, near_miss, ""):
@@ -395,6 +405,7 @@ async def test_every_route_but_the_public_ones_needs_a_token(dep: Deployment) ->
     assert seen_public == PUBLIC
     assert checked["v1"] >= 20 and checked["webhook"] >= 7 and checked["catch-all"] == 1
     assert checked["ui"] >= 4
+    assert checked["schemas"] >= 2
     assert not changed(before, both_snapshots(dep))
     assert (dep.sandbox_options(), dep.koban_calls()) == (sandbox, calls)
     public = len(seen_public)

@@ -28,6 +28,7 @@ class Reply:
     json: Any = None
     raw: bytes | None = None
     action: Literal["reply", "drop", "hang"] = "reply"
+    headers: dict[str, str] | None = None
 
 
 DROP = Reply(action="drop")
@@ -111,8 +112,8 @@ class ScriptedKoban:
             await self._release.wait()
             return web.Response(status=504)
         if reply.raw is not None:
-            return web.Response(status=reply.status, body=reply.raw)
-        return web.json_response(reply.json, status=reply.status)
+            return web.Response(status=reply.status, body=reply.raw, headers=reply.headers)
+        return web.json_response(reply.json, status=reply.status, headers=reply.headers)
 
     async def start(self) -> ScriptedKoban:
         app = web.Application()

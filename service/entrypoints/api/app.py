@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from service.bootstrap import KobanFactory, build_tenants, koban_from_settings
 from service.clock import Clock
@@ -38,11 +39,14 @@ from service.entrypoints.api.routes_lots import ANSWERS, hot_routes
 from service.entrypoints.api.routes_lots import routes as lot_routes
 from service.entrypoints.api.routes_openapi import install_openapi
 from service.entrypoints.api.routes_options import routes as option_routes
+from service.entrypoints.api.routes_schemas import routes as schema_routes
 from service.entrypoints.api.routes_subscriptions import install_subscriptions
 from service.entrypoints.api.routes_sync import install_sync
+from service.entrypoints.api.throttle import needs_throttle, throttle_middleware
 from service.entrypoints.koban_webhooks import add_webhook_routes
 from service.entrypoints.ui.install import install_ui
 from service.storage.redis_client import RedisClient
+from service.telemetry import tracing_enabled, tracing_middleware
 from service.tenancy import Tenants
 from service.usecases.ticking import ClockHook
 
@@ -73,10 +77,12 @@ def build_api_app(
     the tenant's Koban sandbox follow the same clock with it."""
     tenants = source if isinstance(source, Tenants) else build_tenants(source, redis, clock)
     factory = koban_factory or koban_from_settings
-    app = web.Application(
-        middlewares=[api_middleware],
-        client_max_size=MAX_BODY,
-    )
+    middlewares: list[Middleware] = [api_middleware]
+    if needs_throttle(tenants):
+        middlewares.append(throttle_middleware)
+    if tracing_enabled():  # outermost: the span covers the envelope and the final status
+        middlewares.insert(0, tracing_middleware)
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
     app[TENANTS_KEY] = tenants
     app[TOKENS_KEY] = TokenIndex(tenants)
     app[REDIS_KEY] = redis
@@ -103,6 +109,7 @@ def build_api_app(
     app.add_routes(lot_routes)
     app.add_routes(option_routes)
     app.add_routes(event_routes)
+    app.add_routes(schema_routes)
     install_sync(app)
     install_clock(app, on_clock_advanced)
     install_subscriptions(app)

@@ -11,6 +11,7 @@ unknown / unexpected answer → 502; the store unreachable or a lot too contende
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -42,6 +43,16 @@ __all__ = [
 log = structlog.get_logger("service.entrypoints.api")
 
 KOBAN_RETRY_AFTER = "5"
+
+
+def _koban_retry_after(exc: KobanUnavailable) -> str:
+    """Koban's own Retry-After when it gave one (a 429 asking for longer than the client
+    waits), else the default."""
+    if exc.retry_after is None:
+        return KOBAN_RETRY_AFTER
+    return str(max(1, math.ceil(exc.retry_after)))
+
+
 STORE_RETRY_AFTER = "1"
 
 # API-level codes (the business ones are statecharts.errors.ErrorCode values).
@@ -50,6 +61,7 @@ UNAUTHENTICATED = "UNAUTHENTICATED"
 FORBIDDEN = "FORBIDDEN"
 TENANT_UNKNOWN = "TENANT_UNKNOWN"
 NOT_FOUND = "NOT_FOUND"
+EVENT_TYPE_UNKNOWN = "EVENT_TYPE_UNKNOWN"
 METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
 VALIDATION_FAILED = "VALIDATION_FAILED"
 IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
@@ -59,6 +71,7 @@ KOBAN_UNAVAILABLE = "KOBAN_UNAVAILABLE"
 KOBAN_ERROR = "KOBAN_ERROR"
 KOBAN_OUTCOME_UNKNOWN = "KOBAN_OUTCOME_UNKNOWN"
 STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+RATE_LIMITED = "RATE_LIMITED"
 INTERNAL_ERROR = "INTERNAL_ERROR"
 CLOCK_BACKWARDS = "CLOCK_BACKWARDS"
 CLOCK_NOT_SANDBOX = "CLOCK_NOT_SANDBOX"
@@ -158,7 +171,7 @@ def as_api_error(exc: BaseException) -> ApiError:
             503,
             KOBAN_UNAVAILABLE,
             "Koban cannot be reached right now; nothing was changed. Retry later.",
-            headers={"Retry-After": KOBAN_RETRY_AFTER},
+            headers={"Retry-After": _koban_retry_after(exc)},
         )
     if isinstance(exc, KobanError):
         return ApiError(502, KOBAN_ERROR, "Koban answered unexpectedly; nothing was changed.")

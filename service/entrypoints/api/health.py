@@ -17,7 +17,16 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, cast
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
@@ -28,6 +37,7 @@ from pydantic.alias_generators import to_camel
 from service.entrypoints.api.context import FLOWS_KEY
 from service.entrypoints.api.errors import json_response
 from service.entrypoints.api.models import Instant, dump
+from service.entrypoints.api.worker_metrics import LOCAL_QUERY, WORKERS_KEY, merged_exposition
 from service.koban import KobanClient
 from service.storage.errors import STORE_FAILURES, STORE_FAILURES_OR_TIMEOUT
 from service.storage.event_stream import event_types_after
@@ -205,6 +215,10 @@ class Metrics:
             registry=r,
         )
         r.register(_KobanCalls(koban_clients))
+        # The process's own figures (CPU, memory, descriptors; GC collections and pauses).
+        ProcessCollector(registry=r)
+        GCCollector(registry=r)
+        PlatformCollector(registry=r)
         # Stream ids are "<ms>-<seq>" of Redis' clock: drift is counted from the app's start.
         start = started_ms if started_ms is not None else int(time.time() * 1000)
         self._drift_after = {name: f"{start}-0" for name in tenants}
@@ -324,7 +338,11 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     collected = request.app[METRICS_KEY]
     await collected.refresh()
-    return web.Response(body=collected.exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+    body = collected.exposition()
+    workers = request.app.get(WORKERS_KEY)
+    if workers is not None and request.query_string != LOCAL_QUERY:
+        body = await merged_exposition(workers, body)
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 def _clients_of(app: web.Application) -> Callable[[], Mapping[str, KobanClient]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 import orjson
+import structlog
 from aiohttp import web
 
 from service.entrypoints.api.answers import AvailabilityAnswers
@@ -83,6 +84,7 @@ SCAN_BUDGET = 5000
 START: Position = (-(2**53), None)
 # The availability route's Redis reads go through this reader when the app has one
 # (`install_fast_reads`; `koban-options api` does it), else through the tenant's client.
+log = structlog.get_logger("service.entrypoints.api")
 FAST_READS = web.AppKey("api_fast_reads", MuxReader)
 # The availability answers remembered per lot (`build_api_app` gives every app one).
 ANSWERS = web.AppKey("api_availability_answers", AvailabilityAnswers)
@@ -439,9 +441,14 @@ def install_fast_reads(app: web.Application, redis: RedisClient) -> None:
     """Let the availability route, and the hot path of the stores of the app's tenants
     that use `redis` (`LotStore.fast`: reads, the read and commit of every transition),
     go through a `MuxReader` of `redis`'s server (one shared connection, closed with the
-    app); nothing changes over TLS."""
+    app), TLS included. A Redis Cluster client keeps redis-py's per-key routing: said in
+    one line at start-up, so a slower API is never a silent surprise."""
     reader = MuxReader.for_client(redis)
     if reader is None:
+        log.warning(
+            "fast_reads_off",
+            reason="Redis Cluster client: reads go through redis-py, routed per key",
+        )
         return
     app[FAST_READS] = reader
     stores = [t.store for t in app[TENANTS_KEY].values() if t.store.redis is redis]
