@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import aiohttp
 import orjson
 
+from service.event_schemas import EVENT_SCHEMAS
 from service.outbound.signing import SecretBox, new_secret, signature_headers
 from service.outbound.targets import check_url, resolve_and_check
 from service.storage.events import iso, source
@@ -34,28 +35,8 @@ __all__ = [
 
 PING_TYPE = "koban.subscription.ping"
 ROTATION_OVERLAP_S = 24 * 3600
-EVENT_TYPES = frozenset(
-    "koban." + t
-    for t in (
-        "option.placed",
-        "option.prolonged",
-        "option.promoted",
-        "option.expired",
-        "option.cancelled",
-        "option.converted",
-        "option.superseded",
-        "option.expiring",
-        "option.deadline_confirmed",
-        "lot.imported",
-        "lot.prereserved",
-        "lot.reserved",
-        "lot.withdrawn",
-        "lot.status_changed",
-        "sync.drift_detected",
-        "intent.resolved",
-        "subscription.ping",
-    )
-)
+# The one catalogue of event types, with their schemas.
+EVENT_TYPES = frozenset(EVENT_SCHEMAS)
 
 
 def type_error(pattern: str) -> str | None:

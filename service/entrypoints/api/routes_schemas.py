@@ -11,7 +11,6 @@ from aiohttp import web
 
 from service.entrypoints.api.context import TOKENS_KEY
 from service.entrypoints.api.errors import EVENT_TYPE_UNKNOWN, ApiError, json_response
-from service.entrypoints.api.event_schemas import EVENT_SCHEMAS, event_schema
 from service.entrypoints.api.models import NoQuery
 from service.entrypoints.api.openapi import (
     AUTH_ERRORS,
@@ -22,6 +21,7 @@ from service.entrypoints.api.openapi import (
     documented,
     merge,
 )
+from service.event_schemas import EVENT_SCHEMAS, event_schema
 from service.storage.events import SCHEMA_PATH
 
 __all__ = ["SCHEMA", "SCHEMAS", "routes"]

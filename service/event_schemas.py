@@ -1,4 +1,6 @@
-"""JSON Schemas of the events' `data`, one pydantic model per event type (`EVENT_SCHEMAS`).
+"""Every event type the service publishes, with the JSON Schema of its `data`: one pydantic
+model per type (`EVENT_SCHEMAS`), the one catalogue of event types (subscriptions' type
+patterns are checked against it).
 
 Served at ``GET /v1/schemas/events/{type}``; every CloudEvent names its schema in
 `dataschema` (`service.storage.events.dataschema`). A new event type is one model here and
@@ -16,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSc
 from service.storage.events import dataschema
 from statecharts.model import Actor
 
-__all__ = ["EVENT_SCHEMAS", "event_schema"]
+__all__ = ["DIRECT_ONLY", "EVENT_SCHEMAS", "event_schema"]
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -135,6 +137,16 @@ class IntentResolvedData(_Data):
 
 
 # Every event type (with its "koban." prefix) and the model of its `data`.
+# Types sent to a subscriber directly, never written to the stream.
+DIRECT_ONLY = frozenset({"koban.subscription.ping"})
+
+
+class SubscriptionPingData(_Data):
+    """`koban.subscription.ping`: sent to one subscriber on demand, never in the stream."""
+
+    subscription_id: str = Field(alias="subscriptionId")
+
+
 EVENT_SCHEMAS: dict[str, type[BaseModel]] = {
     "koban.option.placed": OptionPlacedData,
     "koban.option.prolonged": OptionProlongedData,
@@ -152,6 +164,7 @@ EVENT_SCHEMAS: dict[str, type[BaseModel]] = {
     "koban.lot.status_changed": LotStatusChangedData,
     "koban.sync.drift_detected": DriftDetectedData,
     "koban.intent.resolved": IntentResolvedData,
+    "koban.subscription.ping": SubscriptionPingData,
 }
 
 
