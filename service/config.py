@@ -169,6 +169,8 @@ class ApiToken(BaseModel):
     token: SecretStr
     scopes: set[Scope] = Field(min_length=1)
     partner_guid: str | None = Field(default=None, min_length=1)
+    # The CGP a partner's dénonciations are made `By` (Koban's third guid of that CGP).
+    cgp_guid: str | None = Field(default=None, min_length=1)
 
     @field_validator("token")
     @classmethod

@@ -15,6 +15,7 @@ from aiohttp import web
 from statecharts.ticks import add_duration, parse_duration
 
 from .clock import ClockBackwards
+from .denonciations import DENONCIATION_CONTROLS
 from .faults import Fault
 from .httpio import (
     STATE_KEY,
@@ -274,6 +275,7 @@ CONTROL_ROUTES: tuple[tuple[str, str, ControlHandler], ...] = (
     ("PUT", "/_sandbox/webhooks", webhooks_put),
     ("POST", "/_sandbox/webhooks/drop", webhooks_drop),
     ("POST", "/_sandbox/settings", settings_post),
+    *DENONCIATION_CONTROLS,
 )
 
 

@@ -23,6 +23,8 @@ KOBAN_METHODS: tuple[str, ...] = (
     "ncDeal/GetUpdatedProcess",
     "ncDealProcess/GetAll",
     "ncThird/PostOne",
+    "ncDenonc/CheckDenonc",
+    "ncDenonc/Create",
 )
 
 

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from .denonciations import DENONCIATION_ROUTES
 from .faults import Fault
 from .httpio import (
     SHUTDOWN_KEY,
@@ -241,6 +242,7 @@ KOBAN_ROUTES: tuple[tuple[str, str, KobanHandler], ...] = (
     ("GET", "ncDeal/GetUpdatedProcess", deal_get_updated_process),
     ("GET", "ncDealProcess/GetAll", deal_process_get_all),
     ("POST", "ncThird/PostOne", third_post_one),
+    *DENONCIATION_ROUTES,
 )
 
 

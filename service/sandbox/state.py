@@ -25,6 +25,7 @@ from statecharts.ticks import latest_tick, parse_duration
 
 from . import rendering
 from .clock import Clock, ClockBackwards, SandboxClock, real_clock
+from .denonciation_book import Denonciations
 from .faults import Fault, Faults
 from .refusals import ADD_CODES, PROLONG_CODES, UNDO_CODES, SandboxRefusal, refuse_undocumented
 from .stock import SalesRep, Stock
@@ -93,6 +94,7 @@ class SandboxState(Stock):
         # integers, timestamps in milliseconds (exercises a client's tolerant parsing).
         self.quirks = quirks
         self.faults = Faults()
+        self.denonciations = Denonciations()
         # Koban API calls received with valid keys, per method (faulted ones included).
         self.calls: Counter[str] = Counter()
         self._muted = False

@@ -32,12 +32,14 @@ from service.entrypoints.api.health import install_health
 from service.entrypoints.api.middleware import api_middleware
 from service.entrypoints.api.models import MAX_BODY
 from service.entrypoints.api.routes_clock import install_clock
+from service.entrypoints.api.routes_denonciations import routes as denonciation_routes
 from service.entrypoints.api.routes_events import close_event_streams, close_stream_clients
 from service.entrypoints.api.routes_events import routes as event_routes
 from service.entrypoints.api.routes_lots import ANSWERS, hot_routes
 from service.entrypoints.api.routes_lots import routes as lot_routes
 from service.entrypoints.api.routes_openapi import install_openapi
 from service.entrypoints.api.routes_options import routes as option_routes
+from service.entrypoints.api.routes_prospects import routes as prospect_routes
 from service.entrypoints.api.routes_sync import install_sync
 from service.entrypoints.koban_webhooks import add_webhook_routes
 from service.storage.redis_client import RedisClient
@@ -101,6 +103,8 @@ def build_api_app(
     app.add_routes(lot_routes)
     app.add_routes(option_routes)
     app.add_routes(event_routes)
+    app.add_routes(prospect_routes)
+    app.add_routes(denonciation_routes)
     install_sync(app)
     install_clock(app, on_clock_advanced)
     app.on_shutdown.append(close_event_streams)
