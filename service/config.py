@@ -202,6 +202,8 @@ class TenantSettings(BaseModel):
     koban_base_url: str = "https://app-koban.com/api/v1"
     webhook_auth: set[WebhookAuth] = Field(default={"header", "query"}, min_length=1)
     koban_rate_limit_per_s: PositiveFloat = 5
+    lead_dedup: PositiveElapsedDuration = IsoDuration(days=1)
+    lead_retention: PositiveElapsedDuration = IsoDuration(days=30)
 
     # Secrets: environment only.
     koban_api_key: SecretStr | None = None

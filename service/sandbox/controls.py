@@ -26,6 +26,7 @@ from .httpio import (
     json_object,
     plain_error,
 )
+from .leads import LEAD_CONTROLS
 from .refusals import SandboxRefusal
 from .state import SandboxState
 
@@ -276,6 +277,7 @@ CONTROL_ROUTES: tuple[tuple[str, str, ControlHandler], ...] = (
     ("POST", "/_sandbox/webhooks/drop", webhooks_drop),
     ("POST", "/_sandbox/settings", settings_post),
     *DENONCIATION_CONTROLS,
+    *LEAD_CONTROLS,
 )
 
 

@@ -35,12 +35,14 @@ from service.entrypoints.api.routes_clock import install_clock
 from service.entrypoints.api.routes_denonciations import routes as denonciation_routes
 from service.entrypoints.api.routes_events import close_event_streams, close_stream_clients
 from service.entrypoints.api.routes_events import routes as event_routes
+from service.entrypoints.api.routes_leads import routes as lead_routes
 from service.entrypoints.api.routes_lots import ANSWERS, hot_routes
 from service.entrypoints.api.routes_lots import routes as lot_routes
 from service.entrypoints.api.routes_openapi import install_openapi
 from service.entrypoints.api.routes_options import routes as option_routes
 from service.entrypoints.api.routes_prospects import routes as prospect_routes
 from service.entrypoints.api.routes_sync import install_sync
+from service.entrypoints.koban_lead_webhook import add_lead_webhook
 from service.entrypoints.koban_webhooks import add_webhook_routes
 from service.storage.redis_client import RedisClient
 from service.tenancy import Tenants
@@ -105,11 +107,13 @@ def build_api_app(
     app.add_routes(event_routes)
     app.add_routes(prospect_routes)
     app.add_routes(denonciation_routes)
+    app.add_routes(lead_routes)
     install_sync(app)
     install_clock(app, on_clock_advanced)
     app.on_shutdown.append(close_event_streams)
     app.on_cleanup.append(close_stream_clients)
     if webhooks:
+        add_lead_webhook(app, tenants)  # first: the webhooks end with a catch-all route
         add_webhook_routes(app, tenants)
     install_health(app, redis, tenants)
     install_openapi(app)
