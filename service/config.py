@@ -204,6 +204,7 @@ class TenantSettings(BaseModel):
     koban_rate_limit_per_s: PositiveFloat = 5
     lead_dedup: PositiveElapsedDuration = IsoDuration(days=1)
     lead_retention: PositiveElapsedDuration = IsoDuration(days=30)
+    assigned_to_guid: str | None = Field(default=None, min_length=1)
 
     # Secrets: environment only.
     koban_api_key: SecretStr | None = None

@@ -12,7 +12,10 @@ from urllib.parse import parse_qsl
 
 import structlog
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
 
+from service.entrypoints.api.openapi import FORM, Operation, Reply, describe
+from service.entrypoints.api.openapi_webhooks import WebhookOkOut
 from service.entrypoints.koban_webhooks import (
     FORM_CONTENT_TYPE,
     MAX_FIELDS,
@@ -28,11 +31,53 @@ from service.storage.errors import STORE_FAILURES
 from service.tenancy import Tenants
 from service.usecases.leads import receive_lead
 
-__all__ = ["LEAD", "add_lead_webhook"]
+__all__ = ["LEAD", "LeadWebhookForm", "add_lead_webhook"]
 
 log = structlog.get_logger("service.entrypoints.koban_webhooks")
 
 LEAD = "lead"
+
+
+class LeadWebhookForm(BaseModel):
+    """Koban's "Transmission d'une demande d'un lead". ``Lead_Guid`` or ``Third_Guid`` is
+    required; ``Tags`` / ``MoreFields`` are JSON text, or indexed fields instead
+    (``Tags[0].TagCategoryCode``, ``Tags[0].Label``, ``MoreFields[0].FieldId``, …)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    contact_type: str | None = Field(default=None, alias="Contact_Type")
+    lead_guid: str | None = Field(default=None, alias="Lead_Guid", max_length=200)
+    third_guid: str | None = Field(default=None, alias="Third_Guid", max_length=200)
+    name: str | None = Field(default=None, alias="Name")
+    first_name: str | None = Field(default=None, alias="FirstName")
+    email: str | None = Field(default=None, alias="EMail")
+    phone: str | None = Field(default=None, alias="Phone")
+    mobile: str | None = Field(default=None, alias="Mobile")
+    tags: str | None = Field(default=None, alias="Tags")
+    more_fields: str | None = Field(default=None, alias="MoreFields")
+    optin: str | None = Field(default=None, alias="Optin")
+    comments: str | None = Field(default=None, alias="Comments")
+
+
+describe(
+    "POST",
+    PREFIX + LEAD,
+    Operation(
+        "Koban's lead webhook",
+        "koban webhooks",
+        {200: Reply(WebhookOkOut, "Received (a repeat inside `lead_dedup` included).")},
+        {
+            400: ["MALFORMED_REQUEST"],
+            401: ["UNAUTHENTICATED"],
+            404: ["TENANT_UNKNOWN"],
+            503: ["STORE_UNAVAILABLE"],
+        },
+        auth="webhook",
+        body=LeadWebhookForm,
+        body_media=FORM,
+        description=LeadWebhookForm.__doc__,
+    ),
+)
 
 
 async def read_lead_form(request: web.Request) -> LeadForm:

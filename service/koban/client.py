@@ -31,8 +31,8 @@ from tenacity import (
 )
 from yarl import URL
 
+from service.koban import add_valid, wire
 from service.koban import denonciation as denonc
-from service.koban import wire
 from service.koban.denonciation import Contact, DenonciationCheck
 from service.koban.wire import DealPage, Endpoint, KobanAnswer, LotStatus, Program, ThirdKind
 from statecharts.errors import ErrorCode
@@ -500,3 +500,12 @@ class KobanClient:
         """ncDenonc/Create; `by` is the CGP's guid. A refusal is an answer, not raised."""
         body = denonc.denonciation_body(programme, contact, by)
         return await self._write(denonc.CREATE_DENONC, body)
+
+    # ---------------------------------------------------------------- validated préréservation
+
+    async def add_valid_prereservation(
+        self, extcode: str, values: Mapping[str, Any]
+    ) -> KobanAnswer:
+        """ncPreresv/AddValid; `values` keyed as `add_valid.FIELDS` names them."""
+        body = add_valid.add_valid_body(extcode, values)
+        return await self._write(add_valid.ADD_VALID, body)

@@ -25,6 +25,7 @@ KOBAN_METHODS: tuple[str, ...] = (
     "ncThird/PostOne",
     "ncDenonc/CheckDenonc",
     "ncDenonc/Create",
+    "ncPreresv/AddValid",
 )
 
 

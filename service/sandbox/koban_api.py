@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from .add_valid import ADD_VALID_ROUTES
 from .denonciations import DENONCIATION_ROUTES
 from .faults import Fault
 from .httpio import (
@@ -243,6 +244,7 @@ KOBAN_ROUTES: tuple[tuple[str, str, KobanHandler], ...] = (
     ("GET", "ncDealProcess/GetAll", deal_process_get_all),
     ("POST", "ncThird/PostOne", third_post_one),
     *DENONCIATION_ROUTES,
+    *ADD_VALID_ROUTES,
 )
 
 

@@ -95,6 +95,8 @@ class SandboxState(Stock):
         self.quirks = quirks
         self.faults = Faults()
         self.denonciations = Denonciations()
+        # ncPreresv/AddValid bodies as received, per lot (the dossier's fields).
+        self.dossiers: dict[str, dict[str, object]] = {}
         # Koban API calls received with valid keys, per method (faulted ones included).
         self.calls: Counter[str] = Counter()
         self._muted = False

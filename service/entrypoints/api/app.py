@@ -40,6 +40,9 @@ from service.entrypoints.api.routes_lots import ANSWERS, hot_routes
 from service.entrypoints.api.routes_lots import routes as lot_routes
 from service.entrypoints.api.routes_openapi import install_openapi
 from service.entrypoints.api.routes_options import routes as option_routes
+from service.entrypoints.api.routes_prereservation_validated import (
+    routes as validated_prereservation_routes,
+)
 from service.entrypoints.api.routes_prospects import routes as prospect_routes
 from service.entrypoints.api.routes_sync import install_sync
 from service.entrypoints.koban_lead_webhook import add_lead_webhook
@@ -108,6 +111,7 @@ def build_api_app(
     app.add_routes(prospect_routes)
     app.add_routes(denonciation_routes)
     app.add_routes(lead_routes)
+    app.add_routes(validated_prereservation_routes)
     install_sync(app)
     install_clock(app, on_clock_advanced)
     app.on_shutdown.append(close_event_streams)
