@@ -17,6 +17,7 @@ from service.koban import KobanClient, KobanError, KobanLot, KobanUnavailable, L
 from service.storage import sync_state
 from service.storage.store import Counts
 from service.tenancy import Tenant
+from service.usecases.programmes import refresh_programmes
 from statecharts import drift
 from statecharts import transitions as tr
 from statecharts.drift import drift_event as drift_event  # re-exported: a shared helper
@@ -193,6 +194,7 @@ async def sync_stock(
     backwards to absorb clock skew with Koban (re-reading a lot is harmless).
     `progress(done, total)` is called after each lot.
     """
+    await refresh_programmes(tenant, koban)
     last = await sync_state.last_sync(tenant.store)
     since = 0 if full or last is None else max(0, last - overlap)
     report = SyncReport(since=since, started=now, full=full)

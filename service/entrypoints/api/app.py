@@ -43,6 +43,7 @@ from service.entrypoints.api.routes_options import routes as option_routes
 from service.entrypoints.api.routes_prereservation_validated import (
     routes as validated_prereservation_routes,
 )
+from service.entrypoints.api.routes_programmes import routes as programme_routes
 from service.entrypoints.api.routes_prospects import routes as prospect_routes
 from service.entrypoints.api.routes_sync import install_sync
 from service.entrypoints.koban_lead_webhook import add_lead_webhook
@@ -112,6 +113,7 @@ def build_api_app(
     app.add_routes(denonciation_routes)
     app.add_routes(lead_routes)
     app.add_routes(validated_prereservation_routes)
+    app.add_routes(programme_routes)
     install_sync(app)
     install_clock(app, on_clock_advanced)
     app.on_shutdown.append(close_event_streams)
