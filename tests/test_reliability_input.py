@@ -284,6 +284,24 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "option-expired": ("Deal_Extcode", "Deal_Guid", "Third_Extcode", "Third_Guid"),
     "reservation-validated": ("Lot_Code", "DealId", "ThirdId", "_id", "PrixVente", "Garantie"),
     "reservation-withdrawn": ("Deal_Extcode", "Deal_Guid"),
+    # Koban's lead webhook, Tags/MoreFields both as JSON text and as indexed fields.
+    "lead": (
+        "Contact_Type",
+        "Lead_Guid",
+        "Third_Guid",
+        "Name",
+        "FirstName",
+        "EMail",
+        "Phone",
+        "Tags",
+        "MoreFields",
+        "Tags[0].TagCategoryCode",
+        "Tags[0].Label",
+        "MoreFields[0][FieldId]",
+        "MoreFields[0][Value]",
+        "Optin",
+        "Comments",
+    ),
 }
 ALL_FIELDS = sorted({f for names in FIELDS.values() for f in names} | {"extcode", "token"})
 ENDPOINTS = [*FIELDS, "option-check"]
@@ -301,6 +319,12 @@ def _good(name: str) -> st.SearchStrategy[str]:
         return st.sampled_from(THIRDS)
     if name == "Rank":
         return st.sampled_from(["1", "2", ""])
+    if name == "Lead_Guid":
+        return st.sampled_from(["ld-1", "ld-2", ""])
+    if name in ("Tags", "MoreFields"):
+        return st.sampled_from(
+            ['[{"TagCategoryCode": "PROGRAMME", "Label": "HAR"}]', '[{"FieldId": "f"}]', "[]", ""]
+        )
     if name in ("ExpDate", "PrgDate"):
         seconds = st.integers(-4, 200).map(lambda k: T0 - T0 % TICK + k * TICK)
         return st.one_of(
