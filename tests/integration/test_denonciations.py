@@ -8,11 +8,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
+from service.config import ApiToken
 from service.entrypoints.api.auth import Caller
 from service.entrypoints.api.errors import ApiError
 from service.entrypoints.api.routes_denonciations import _by
+from tests.support.running import running_api_with
 from tests.test_api_harness import Api, running_api
 
 ALICE = {"lastName": "Martin", "firstName": "Alice", "email": "alice@example.fr"}
@@ -173,3 +176,31 @@ async def test_prospects_and_cgps_are_made_by_extcode(api: Api) -> None:
     assert refused.status == 403
     types = [e["type"] for e in await non_lot_events(api)]
     assert types == ["koban.prospect.created"] * 4
+
+
+async def test_a_partner_token_s_denonciation_is_by_its_configured_cgp(
+    redis: Redis, tenant: str
+) -> None:
+    tokens = [
+        ApiToken(
+            token=SecretStr("tok-cgp-conf"),
+            scopes={"write"},
+            partner_guid="part-9",
+            cgp_guid="cgp-1",
+        ),
+        ApiToken(token=SecretStr("tok-admin"), scopes={"admin"}),
+    ]
+    async with running_api_with(redis, tenant, api_tokens=tokens) as api:
+        made = await denounce(api, ALICE, token="tok-cgp-conf")
+        assert made.status == 201, made.body
+        assert made.body["by"] == "cgp-1"
+        assert api.koban.denonciations.made == {("HAR", made.body["thirdGuid"]): "cgp-1"}
+        other = await denounce(
+            api,
+            {**ALICE, "email": "b@example.fr"},
+            token="tok-cgp-conf",
+            extra={"cgpGuid": "cgp-2"},
+        )
+        assert (other.status, other.code) == (403, "FORBIDDEN")
+        events = await non_lot_events(api)
+        assert [e["data"]["partnerGuid"] for e in events] == ["part-9", "part-9"]
