@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.sweep
 	$(BIN)/python -m bench.ticks
 	$(BIN)/python -m bench.webhooks
+	$(BIN)/python -m bench.leads
 	$(BIN)/python -m bench.http
 
 diagrams: $(STAMP)
