@@ -169,6 +169,10 @@ def _pinned(live: Live, path: str) -> list[dict[str, Any]]:
         variants += [{**base, "extcode": code} for code in ("L1", "L2", "L3", "L4", "L5")]
     if "{third}" in path:
         variants += [{**base, "third": third} for third in ("p1", "p4")]
+    if "{code}" in path:  # a programme
+        variants += [{**base, "code": code} for code in ("HAR", "BEL")]
+    if "{leadId}" in path:
+        variants += [{**base, "leadId": "ld-1"}]
     if "{rank}" in path:
         variants += [{**v, "rank": r} for v in variants if "extcode" in v for r in (1, 2)]
     return variants
