@@ -22,7 +22,6 @@ from service.entrypoints.koban_webhooks import (
     PREFIX,
     WebhookError,
     _charset,
-    _error,
     _malformed,
     _read_body,
     _Webhooks,
@@ -127,8 +126,4 @@ def add_lead_webhook(app: web.Application, tenants: Tenants) -> None:
         )
         return web.json_response({"success": True})
 
-    async def wrong_method(request: web.Request) -> web.Response:
-        return _error(405, "METHOD_NOT_ALLOWED", "use POST", {"Allow": "POST"})
-
     app.router.add_post(PREFIX + LEAD, handle)
-    app.router.add_route("*", PREFIX + LEAD, wrong_method)

@@ -158,10 +158,3 @@ def test_both_encodings_read_the_same() -> None:
         parse_lead_form([("Lead_Guid", "g"), ("Tags", "{not json")])
     with pytest.raises(LeadFormError):
         parse_lead_form([("Lead_Guid", "g"), ("Name", "a"), ("Name", "b")])
-
-
-async def test_a_lead_webhook_with_another_method_is_405(api: Api) -> None:
-    async with api.client.get(f"/koban/{api.name}/lead") as response:
-        assert response.status == 405
-        assert response.headers["Allow"] == "POST"
-        assert (await response.json())["error"]["code"] == "METHOD_NOT_ALLOWED"
