@@ -59,6 +59,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.ticks
 	$(BIN)/python -m bench.webhooks
 	$(BIN)/python -m bench.peers
+	$(BIN)/python -m bench.leads
 	$(BIN)/python -m bench.http
 	$(BIN)/python -m bench.ui
 	$(BIN)/python -m bench.delivery

@@ -161,6 +161,8 @@ class ApiToken(BaseModel):
     token: SecretStr
     scopes: set[Scope] = Field(min_length=1)
     partner_guid: str | None = Field(default=None, min_length=1)
+    # The CGP a partner's dénonciations are made `By` (Koban's third guid of that CGP).
+    cgp_guid: str | None = Field(default=None, min_length=1)
 
     @field_validator("token")
     @classmethod
@@ -210,6 +212,9 @@ class TenantSettings(BaseModel):
     # Per API token, shared by every worker and replica (a Redis bucket); unset: no limit.
     api_rate_per_s: PositiveFloat | None = None
     api_burst: PositiveInt | None = None  # requests admitted at once; unset: the rate, ≥ 1
+    lead_dedup: PositiveElapsedDuration = IsoDuration(days=1)
+    lead_retention: PositiveElapsedDuration = IsoDuration(days=30)
+    assigned_to_guid: str | None = Field(default=None, min_length=1)
 
     # Secrets: environment only.
     koban_api_key: SecretStr | None = None

@@ -83,6 +83,7 @@ class Prereservation:
     price_cents: int
     deposit_cents: int
     at: int
+    validated: bool = False  # placed with ncPreresv/AddValid (a complete dossier)
 
 
 @dataclass(slots=True)

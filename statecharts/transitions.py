@@ -407,29 +407,29 @@ def prereserve(
     now: int,
     rules: Rules,
     actor: Actor = "api",
+    *,
+    validated: bool = False,
 ) -> list[DomainEvent]:
-    """The lot goes PRERESV; the same third's option is converted, the others stay."""
+    """The lot goes PRERESV; the same third's option is converted, the others stay.
+    `validated`: a complete dossier (AddValid), said in the event's ``validated``."""
     target = decide(lot.config, "prereserve")
     own = lot.option_of(holder)
     events: list[DomainEvent] = []
     _set_config(lot, target)
     if own is not None:
         events.extend(_end(lot, [own], "converted", now, actor, rules))
-    lot.prereservation = Prereservation(holder, partner, price_cents, deposit_cents, now)
-    events.append(
-        DomainEvent(
-            "lot.prereserved",
-            now,
-            {
-                "thirdGuid": holder,
-                "partnerGuid": partner,
-                "price": price_cents / 100,
-                "deposit": deposit_cents / 100,
-                "convertedOptionId": own.id if own else None,
-                "actor": actor,
-            },
-        )
-    )
+    lot.prereservation = Prereservation(holder, partner, price_cents, deposit_cents, now, validated)
+    data: dict[str, object] = {
+        "thirdGuid": holder,
+        "partnerGuid": partner,
+        "price": price_cents / 100,
+        "deposit": deposit_cents / 100,
+        "convertedOptionId": own.id if own else None,
+        "actor": actor,
+    }
+    if validated:
+        data["validated"] = True
+    events.append(DomainEvent("lot.prereserved", now, data))
     return events
 
 

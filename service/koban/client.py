@@ -33,7 +33,9 @@ from tenacity import (
 )
 from yarl import URL
 
-from service.koban import wire
+from service.koban import add_valid, wire
+from service.koban import denonciation as denonc
+from service.koban.denonciation import Contact, DenonciationCheck
 from service.koban.wire import (
     Account,
     DealPage,
@@ -562,3 +564,39 @@ class KobanClient:
         return await self.post_account(
             wire.account(label, first_name, email, phone, kind, cell=cell, extcode=extcode)
         )
+
+    # ---------------------------------------------------------------- dénonciations
+
+    async def check_denonciation(self, programme: str, contact: Contact) -> DenonciationCheck:
+        """ncDenonc/CheckDenonc. It changes nothing in Koban, so a lost answer is only
+        ``KobanUnavailable`` (asking again is harmless), never an unknown outcome."""
+        endpoint = denonc.CHECK_DENONC
+        try:
+            status, raw = await self._exchange(
+                endpoint, body=denonc.denonciation_body(programme, contact)
+            )
+        except KobanOutcomeUnknown as exc:
+            raise KobanUnavailable(str(exc), status=exc.status, transient=True) from exc
+        if not 200 <= status < 300:
+            self._fail(endpoint, self._client_error(endpoint, status, raw))
+        try:
+            payload = _decode(raw)
+        except ValueError as exc:
+            self._fail(endpoint, KobanError(f"Koban {endpoint.name}: unreadable body: {exc}"))
+        return self._parse_read(endpoint, denonc.parse_check, payload)
+
+    async def create_denonciation(
+        self, programme: str, contact: Contact, by: str | None = None
+    ) -> KobanAnswer:
+        """ncDenonc/Create; `by` is the CGP's guid. A refusal is an answer, not raised."""
+        body = denonc.denonciation_body(programme, contact, by)
+        return await self._write(denonc.CREATE_DENONC, body)
+
+    # ---------------------------------------------------------------- validated préréservation
+
+    async def add_valid_prereservation(
+        self, extcode: str, values: Mapping[str, Any]
+    ) -> KobanAnswer:
+        """ncPreresv/AddValid; `values` keyed as `add_valid.FIELDS` names them."""
+        body = add_valid.add_valid_body(extcode, values)
+        return await self._write(add_valid.ADD_VALID, body)

@@ -15,6 +15,7 @@ from aiohttp import web
 from statecharts.ticks import add_duration, parse_duration
 
 from .clock import ClockBackwards
+from .denonciations import DENONCIATION_CONTROLS
 from .faults import Fault
 from .httpio import (
     STATE_KEY,
@@ -25,6 +26,7 @@ from .httpio import (
     json_object,
     plain_error,
 )
+from .leads import LEAD_CONTROLS
 from .refusals import SandboxRefusal
 from .state import SandboxState
 from .stock import check_prg_date, check_profile
@@ -287,6 +289,8 @@ CONTROL_ROUTES: tuple[tuple[str, str, ControlHandler], ...] = (
     ("PUT", "/_sandbox/webhooks", webhooks_put),
     ("POST", "/_sandbox/webhooks/drop", webhooks_drop),
     ("POST", "/_sandbox/settings", settings_post),
+    *DENONCIATION_CONTROLS,
+    *LEAD_CONTROLS,
 )
 
 

@@ -23,6 +23,9 @@ KOBAN_METHODS: tuple[str, ...] = (
     "ncDeal/GetUpdatedProcess",
     "ncDealProcess/GetAll",
     "ncThird/PostOne",
+    "ncDenonc/CheckDenonc",
+    "ncDenonc/Create",
+    "ncPreresv/AddValid",
 )
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .add_valid import ADD_VALID_ROUTES
+from .denonciations import DENONCIATION_ROUTES
 from .faults import Fault
 from .httpio import (
     SHUTDOWN_KEY,
@@ -278,6 +280,8 @@ KOBAN_ROUTES: tuple[tuple[str, str, KobanHandler], ...] = (
     ("GET", "ncDeal/GetUpdatedProcess", deal_get_updated_process),
     ("GET", "ncDealProcess/GetAll", deal_process_get_all),
     ("POST", "ncThird/PostOne", third_post_one),
+    *DENONCIATION_ROUTES,
+    *ADD_VALID_ROUTES,
 )
 
 

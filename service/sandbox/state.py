@@ -25,6 +25,7 @@ from statecharts.ticks import latest_tick, parse_duration
 
 from . import rendering
 from .clock import Clock, ClockBackwards, SandboxClock, real_clock
+from .denonciation_book import Denonciations
 from .faults import Fault, Faults
 from .refusals import ADD_CODES, PROLONG_CODES, UNDO_CODES, SandboxRefusal, refuse_undocumented
 from .stock import PrgDateMeaning, Profile, SalesRep, Stock, check_prg_date, check_profile
@@ -99,6 +100,9 @@ class SandboxState(Stock):
         self.profile: Profile = check_profile(profile)
         self.prg_date: PrgDateMeaning = check_prg_date(prg_date)
         self.faults = Faults()
+        self.denonciations = Denonciations()
+        # ncPreresv/AddValid bodies as received, per lot (the dossier's fields).
+        self.dossiers: dict[str, dict[str, object]] = {}
         # Koban API calls received with valid keys, per method (faulted ones included).
         self.calls: Counter[str] = Counter()
         self._muted = False

@@ -38,6 +38,7 @@ WebhookKind = Literal[
     "option_expired",
     "reservation_validated",
     "reservation_withdrawn",
+    "lead",
 ]
 WEBHOOK_KINDS: tuple[WebhookKind, ...] = get_args(WebhookKind)
 # Koban's pre-check (GET ?extcode=) before a placement made in Koban's UI; optional.
@@ -132,6 +133,22 @@ FIELDS: dict[WebhookKind, tuple[str, ...]] = {
     "option_expired": ("Deal_Extcode", "Deal_Guid", "Third_Extcode", "Third_Guid"),
     "reservation_validated": _RESERVATION_VALIDATED,
     "reservation_withdrawn": ("Deal_Extcode", "Deal_Guid"),
+    # "Transmission d'une demande d'un lead"; `Tags` and `MoreFields` may also be sent as
+    # indexed fields (`Tags[0].Label`), which `service.sandbox.leads` builds itself.
+    "lead": (
+        "Contact_Type",
+        "Lead_Guid",
+        "Third_Guid",
+        "Name",
+        "FirstName",
+        "EMail",
+        "Phone",
+        "Mobile",
+        "Tags",
+        "MoreFields",
+        "Optin",
+        "Comments",
+    ),
 }
 
 

@@ -79,6 +79,8 @@ def encode_lot(lot: Lot) -> bytes:
     if lot.prereservation is not None:
         p = lot.prereservation
         d["r"] = [p.holder, p.partner, p.price_cents, p.deposit_cents, p.at]
+        if p.validated:
+            d["r"].append(True)
     if lot.echoes:
         d["e"] = [[e.kind, e.third, e.at, e.date] for e in lot.echoes]
     for key, value in (("p", lot.program), ("l", lot.label), ("g", lot.guid), ("k", lot.link)):

@@ -495,10 +495,19 @@ class LotStore:
         price_cents: int,
         deposit_cents: int,
         now: int,
+        *,
+        validated: bool = False,
     ) -> Lot:
         def change(lot: Lot, _: Counts) -> tuple[list[DomainEvent], Lot]:
             return tr.prereserve(
-                lot, holder, partner, price_cents, deposit_cents, now, self.rules
+                lot,
+                holder,
+                partner,
+                price_cents,
+                deposit_cents,
+                now,
+                self.rules,
+                validated=validated,
             ), lot
 
         return await self.mutate(extcode, change, now=now)

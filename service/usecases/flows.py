@@ -10,10 +10,10 @@ from __future__ import annotations
 from service.usecases.by_rank import ByRank
 from service.usecases.flow_common import LOT_WRITE_LEASE_MS, KobanRefusal, Pending, Placed
 from service.usecases.placement import Placement
-from service.usecases.prereservation import Prereservation
+from service.usecases.validated_prereservation import ValidatedPrereservation
 
 __all__ = ["LOT_WRITE_LEASE_MS", "KobanRefusal", "OptionFlows", "Pending", "Placed"]
 
 
-class OptionFlows(Placement, ByRank, Prereservation):
+class OptionFlows(Placement, ByRank, ValidatedPrereservation):
     """Outbound operations of one tenant through Koban."""

@@ -19,6 +19,7 @@ from service.koban import DealPage, KobanClient, KobanError, KobanLot, KobanUnav
 from service.storage import sync_state
 from service.storage.store import Counts
 from service.tenancy import Tenant
+from service.usecases.programmes import refresh_programmes
 from statecharts import drift
 from statecharts import transitions as tr
 from statecharts.drift import drift_event as drift_event  # re-exported: a shared helper
@@ -200,6 +201,8 @@ async def sync_stock(
     backwards to absorb clock skew with Koban (re-reading a lot is harmless).
     `progress(done, total)` is called after each lot.
     """
+    # One GetAll a run: the programme listing, and without `programmes` the tenant's deals.
+    processes = await refresh_programmes(tenant, koban)
     last = await sync_state.last_sync(tenant.store)
     since = 0 if full or last is None else max(0, last - overlap)
     report = SyncReport(since=since, started=now, full=full)
@@ -212,7 +215,7 @@ async def sync_stock(
             pages = koban.get_updated(since, page_size=page_size, process_code=code)
             done = await _sync_pages(tenant, pages, wanted, now, report, progress, done)
     else:
-        wanted = {p.code for p in await koban.get_programs()}
+        wanted = processes
         pages = koban.get_updated(since, page_size=page_size)
         await _sync_pages(tenant, pages, wanted, now, report, progress, done)
     await sync_state.set_last_sync(tenant.store, now)

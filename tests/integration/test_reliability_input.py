@@ -115,6 +115,10 @@ def _pinned(live: Live, path: str) -> list[dict[str, Any]]:
         variants += [{**base, "extcode": code} for code in ("L1", "L2", "L3", "L4", "L5")]
     if "{third}" in path:
         variants += [{**base, "third": third} for third in ("p1", "p4")]
+    if "{code}" in path:  # a programme
+        variants += [{**base, "code": code} for code in ("HAR", "BEL")]
+    if "{leadId}" in path:
+        variants += [{**base, "leadId": "ld-1"}]
     if "{rank}" in path:
         variants += [{**v, "rank": r} for v in variants if "extcode" in v for r in (1, 2)]
     return variants
@@ -230,6 +234,24 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "option-expired": ("Deal_Extcode", "Deal_Guid", "Third_Extcode", "Third_Guid"),
     "reservation-validated": ("Lot_Code", "DealId", "ThirdId", "_id", "PrixVente", "Garantie"),
     "reservation-withdrawn": ("Deal_Extcode", "Deal_Guid"),
+    # Koban's lead webhook, Tags/MoreFields both as JSON text and as indexed fields.
+    "lead": (
+        "Contact_Type",
+        "Lead_Guid",
+        "Third_Guid",
+        "Name",
+        "FirstName",
+        "EMail",
+        "Phone",
+        "Tags",
+        "MoreFields",
+        "Tags[0].TagCategoryCode",
+        "Tags[0].Label",
+        "MoreFields[0][FieldId]",
+        "MoreFields[0][Value]",
+        "Optin",
+        "Comments",
+    ),
 }
 ALL_FIELDS = sorted({f for names in FIELDS.values() for f in names} | {"extcode", "token"})
 ENDPOINTS = [*FIELDS, "option-check"]
@@ -247,6 +269,12 @@ def _good(name: str) -> st.SearchStrategy[str]:
         return st.sampled_from(THIRDS)
     if name == "Rank":
         return st.sampled_from(["1", "2", ""])
+    if name == "Lead_Guid":
+        return st.sampled_from(["ld-1", "ld-2", ""])
+    if name in ("Tags", "MoreFields"):
+        return st.sampled_from(
+            ['[{"TagCategoryCode": "PROGRAMME", "Label": "HAR"}]', '[{"FieldId": "f"}]', "[]", ""]
+        )
     if name in ("ExpDate", "PrgDate"):
         seconds = st.integers(-4, 200).map(lambda k: T0 - T0 % TICK + k * TICK)
         return st.one_of(

@@ -33,16 +33,24 @@ from service.entrypoints.api.health import install_health
 from service.entrypoints.api.middleware import api_middleware
 from service.entrypoints.api.models import MAX_BODY
 from service.entrypoints.api.routes_clock import install_clock
+from service.entrypoints.api.routes_denonciations import routes as denonciation_routes
 from service.entrypoints.api.routes_events import close_event_streams, close_stream_clients
 from service.entrypoints.api.routes_events import routes as event_routes
+from service.entrypoints.api.routes_leads import routes as lead_routes
 from service.entrypoints.api.routes_lots import ANSWERS, hot_routes
 from service.entrypoints.api.routes_lots import routes as lot_routes
 from service.entrypoints.api.routes_openapi import install_openapi
 from service.entrypoints.api.routes_options import routes as option_routes
+from service.entrypoints.api.routes_prereservation_validated import (
+    routes as validated_prereservation_routes,
+)
+from service.entrypoints.api.routes_programmes import routes as programme_routes
+from service.entrypoints.api.routes_prospects import routes as prospect_routes
 from service.entrypoints.api.routes_schemas import routes as schema_routes
 from service.entrypoints.api.routes_subscriptions import install_subscriptions
 from service.entrypoints.api.routes_sync import install_sync
 from service.entrypoints.api.throttle import needs_throttle, throttle_middleware
+from service.entrypoints.koban_lead_webhook import add_lead_webhook
 from service.entrypoints.koban_webhooks import add_webhook_routes
 from service.entrypoints.ui.install import install_ui
 from service.storage.redis_client import RedisClient
@@ -110,12 +118,18 @@ def build_api_app(
     app.add_routes(option_routes)
     app.add_routes(event_routes)
     app.add_routes(schema_routes)
+    app.add_routes(prospect_routes)
+    app.add_routes(denonciation_routes)
+    app.add_routes(lead_routes)
+    app.add_routes(validated_prereservation_routes)
+    app.add_routes(programme_routes)
     install_sync(app)
     install_clock(app, on_clock_advanced)
     install_subscriptions(app)
     app.on_shutdown.append(close_event_streams)
     app.on_cleanup.append(close_stream_clients)
     if webhooks:
+        add_lead_webhook(app, tenants)  # first: the webhooks end with a catch-all route
         add_webhook_routes(app, tenants)
     install_health(app, redis, tenants)
     install_openapi(app)

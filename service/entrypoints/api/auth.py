@@ -58,6 +58,7 @@ class Caller:
     token_id: str  # SHA-256 of the token (hex): scopes idempotency keys, never logged raw
     scopes: frozenset[str]
     partner: str | None
+    cgp: str | None = None  # the CGP this token's dénonciations are made `By`
 
     def sees(self, partner: str | None) -> bool:
         """May this caller read the holder fields of something placed by `partner`?"""
@@ -72,7 +73,7 @@ class _Entry:
 
 def _entry(digest: bytes, tenant: Tenant, token: ApiToken) -> _Entry:
     granted = frozenset().union(*(_IMPLIED[s] for s in token.scopes))
-    return _Entry(digest, Caller(tenant, digest.hex(), granted, token.partner_guid))
+    return _Entry(digest, Caller(tenant, digest.hex(), granted, token.partner_guid, token.cgp_guid))
 
 
 def _digest(token: str) -> bytes:

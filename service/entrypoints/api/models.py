@@ -205,6 +205,7 @@ class PrereservationOut(_Out):
     deposit: float
     at: Instant
     redacted: bool = False
+    validated: bool = False  # placed as a complete dossier (ncPreresv/AddValid)
 
 
 Action: TypeAlias = Literal["place", "prolong", "cancel", "prereserve", "withdraw"]

@@ -172,6 +172,7 @@ def lot_out(lot: Lot, caller: Caller) -> LotOut:
             deposit=pre.deposit_cents / 100,
             at=pre.at,
             redacted=not visible,
+            validated=pre.validated,
         )
     return LotOut(
         extcode=lot.extcode,
