@@ -11,110 +11,25 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-BANNER_KEYS = [
-    "api",
-    "sandbox",
-    "tenant",
-    "token",
-    "koban_api_key",
-    "koban_user_key",
-    "webhook_secret",
-    "redis",
-    "try",
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Running:
-    proc: subprocess.Popen[str]
-    banner: dict[str, str]
-    folder: Path
-
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.banner["api"] + path, data=data, method=method)
-        request.add_header("Authorization", f"Bearer {self.banner['token']}")
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as answer:
-                return answer.status, json.loads(answer.read())
-        except urllib.error.HTTPError as err:
-            return err.code, json.loads(err.read())
-
-    def stream(self) -> list[dict[str, Any]]:
-        """Every event of the demo tenant's stream, paging through ``/events``."""
-        items: list[dict[str, Any]] = []
-        after = ""
-        while True:
-            query = f"?limit=1000&after={after}" if after else "?limit=1000"
-            status, page = self.call("GET", "/v1/tenants/demo/events" + query)
-            assert status == 200, page
-            items += page["items"]
-            if not page["items"]:
-                return items
-            after = page["next"]
-
-
-def _read_banner(proc: subprocess.Popen[str]) -> dict[str, str]:
-    assert proc.stdout is not None
-    banner: dict[str, str] = {}
-    deadline = time.monotonic() + 120
-    while len(banner) < len(BANNER_KEYS):
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"run ended before its banner: {banner}")
-            continue
-        key, sep, value = line.rstrip("\n").partition(": ")
-        assert sep, f"not a banner line: {line!r}"
-        banner[key] = value
-    assert list(banner) == BANNER_KEYS
-    return banner
+from tests.support.run_process import RunProcess, start_run
 
 
 @pytest.fixture
-def running(tmp_path: Path) -> Iterator[Running]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("KOBAN_OPTIONS_") and k != "REDIS_URL"
-    }
-    env["KOBAN_OPTIONS_API_PORT"] = str(_free_port())
-    env["KOBAN_OPTIONS_SANDBOX_PORT"] = str(_free_port())
-    with (tmp_path / "run.log").open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service.entrypoints.cli", "run"],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-        )
+def running(tmp_path: Path) -> Iterator[RunProcess]:
+    run = start_run(tmp_path)
     try:
-        yield Running(proc, _read_banner(proc), tmp_path)
+        yield run
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
+        if run.proc.poll() is None:
+            run.proc.kill()
+        run.proc.communicate()
 
 
 def _children_of(pid: int) -> list[int]:
@@ -131,7 +46,7 @@ def _alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().split()[2] == "Z")
 
 
-def test_run_comes_up_places_an_option_and_stops_cleanly(running: Running) -> None:
+def test_run_comes_up_places_an_option_and_stops_cleanly(running: RunProcess) -> None:
     banner = running.banner
     assert banner["tenant"] == "demo" and banner["redis"].startswith("unix://")
     assert str(running.folder / "var" / "redis") in banner["redis"]

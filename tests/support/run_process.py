@@ -66,6 +66,19 @@ class RunProcess:
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read())
 
+    def stream(self) -> list[dict[str, Any]]:
+        """Every event of the demo tenant's stream, paging through ``/events``."""
+        items: list[dict[str, Any]] = []
+        after = ""
+        while True:
+            query = f"?limit=1000&after={after}" if after else "?limit=1000"
+            status, page = self.call("GET", "/v1/tenants/demo/events" + query)
+            assert status == 200, page
+            items += page["items"]
+            if not page["items"]:
+                return items
+            after = page["next"]
+
     def cli(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         """`koban-options *args` in the run's folder, nothing exported but `env`."""
         return subprocess.run(
