@@ -10,12 +10,7 @@ from typing import Any
 
 import orjson
 
-from service.entrypoints.commands.common import (
-    TOKEN_VAR,
-    age_text,
-    print_json,
-    setup_for,
-)
+from service.entrypoints.commands.common import TOKEN_VAR, age_text, print_json, setup_for
 from service.entrypoints.commands.exit_codes import OK, UNAVAILABLE, USAGE
 
 API_TIMEOUT_S = 300.0  # advancing a clock by weeks runs every tick passed before answering

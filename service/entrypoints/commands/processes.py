@@ -10,12 +10,7 @@ import sys
 
 from service.bootstrap import build_tenants
 from service.entrypoints.api.worker_metrics import Workers
-from service.entrypoints.commands.common import (
-    print_json,
-    redis_url,
-    settings_or_exit,
-    setup_for,
-)
+from service.entrypoints.commands.common import print_json, redis_url, settings_or_exit, setup_for
 from service.entrypoints.commands.exit_codes import NOT_FOUND, OK, UNAVAILABLE
 from service.storage.errors import STORE_FAILURES
 from service.storage.heartbeat import ping

@@ -7,9 +7,7 @@ from __future__ import annotations
 import hashlib
 from typing import Literal
 
-from pydantic import (
-    Field,
-)
+from pydantic import Field
 
 from service.koban.wire.requests import CodeRef, WireRequest
 

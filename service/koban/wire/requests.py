@@ -6,11 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-)
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.koban.wire.dates import to_unix
 from service.koban.wire.values import cents_to_euros
