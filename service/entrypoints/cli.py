@@ -4,7 +4,8 @@ Sub-commands: `lot`, `intents`, `events tail`, `sync`, `clock`, `scheduler` (`--
 `api`, `run`, `sandbox`, `diagram`. Times shown are the tenant's clock (a sandbox tenant's
 test clock, marked so). In a folder where `run` is running, commands about its sandbox
 tenant reach it through ``./var/run.json`` (`run_file`). `--json` prints the API's own
-answer shapes; the exit codes are `EXIT_CODES` (also in the help text and docs/cli.md).
+answer shapes; the exit codes are `commands.exit_codes.EXIT_CODES` (also in the help text
+and docs/cli.md). This module parses the arguments; the commands live in `commands/`.
 """
 
 from __future__ import annotations
