@@ -1,7 +1,7 @@
 # The library is typed (py.typed) but its transition builders (``.to.itself``,
 # ``.from_.any``) are not annotated: calling them is fine.
 # mypy: disable-error-code="no-untyped-call"
-"""The per-lot statechart: the single source of truth for the lot rules (SPEC §2).
+"""The per-lot statechart: the single source of truth for the lot rules (docs/semantics.md).
 
 The chart holds no lot data. Every event carries ``facts``: the outcomes of the guards,
 computed by the caller from the lot, the prospect and the tenant settings (``FACTS`` names
@@ -101,8 +101,9 @@ class LotChart(StateChart[Any]):
     """Lifecycle of one lot: free, optioned (one or two options), pre-reserved, reserved,
     blocked, sold, or a custom Koban status mirrored read-only."""
 
-    # Strict mode (STACK.md): an event without a transition raises, and callback errors
-    # propagate instead of becoming ``error.execution`` events while the state changes.
+    # Strict mode, as the library's defaults are lenient: an event without a transition
+    # raises, and callback errors propagate instead of becoming ``error.execution`` events
+    # while the state changes.
     allow_event_without_transition = False
     catch_errors_as_events = False
 

@@ -1,4 +1,4 @@
-"""A sandbox tenant's test clock, shared by every process through Redis (SPEC §8).
+"""A sandbox tenant's test clock, shared by every process through Redis (docs/semantics.md).
 
 A `TestClock` is real time plus an offset that only grows. The offset lives under the
 tenant's hash tag (`TenantKeys.clock_offset`, whole seconds) and is only ever raised, by a

@@ -1,5 +1,5 @@
 """The one code path for a tick of a tenant: the daemon's cron job, its start-up catch-up
-and the sandbox test clocks all go through `process_tick` (SPEC §8).
+and the sandbox test clocks all go through `process_tick` (docs/semantics.md).
 
 ``process_tick(tenant, tick)``:
 

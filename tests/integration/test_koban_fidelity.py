@@ -15,7 +15,7 @@ import pytest
 from service.bootstrap import env_name, rules_from
 from service.clock import FixedClock
 from service.config import TenantSettings
-from service.entrypoints import cli
+from service.entrypoints.commands.sync import koban_check
 from service.koban import KobanClient, KobanError, KobanLot, is_unknown_prospect, wire
 from service.sandbox.stock import PrgDateMeaning, Profile
 from service.storage import sync_state
@@ -283,7 +283,7 @@ async def test_koban_check_exits_1_naming_each_difference_of_a_third_shape(
         for path, body in THIRD_SHAPE.items():
             server.script("GET", path, Reply(json=body))
         _write_tenant(tmp_path, server.base_url, monkeypatch)
-        code = await cli._koban_check("probe", False)
+        code = await koban_check("probe", False)
     out = capsys.readouterr().out
     assert code == 1
     assert "missing GetAll Extcode" in out
@@ -296,5 +296,5 @@ async def test_koban_check_exits_0_on_the_sandbox(
     pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _write_tenant(tmp_path, pair.base_url, monkeypatch)
-    assert await cli._koban_check("probe", False) == 0
+    assert await koban_check("probe", False) == 0
     assert "every guess held" in capsys.readouterr().out

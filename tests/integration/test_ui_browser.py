@@ -1,7 +1,7 @@
-"""The operator page in a real headless Chromium (SPEC §15): Debian's ``chromium`` driven by
-playwright (``.ci/ensure-chromium`` installs it; never ``playwright install``). Every wait
-is on a condition in the page, never a fixed sleep. Figures (load and update times of a
-1 000-lot page) are printed, not asserted.
+"""The operator page in a real headless Chromium (docs/operator-page.md): Debian's
+``chromium`` driven by playwright (``.ci/ensure-chromium`` installs it; never ``playwright
+install``). Every wait is on a condition in the page, never a fixed sleep. Figures (load
+and update times of a 1 000-lot page) are printed, not asserted.
 
 ``KOBAN_OPTIONS_SCREENSHOT=docs/img/operator-page.png`` copies the lot page's screenshot
 there (``make screenshot``)."""

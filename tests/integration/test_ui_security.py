@@ -1,5 +1,5 @@
-"""The operator page's sessions (SPEC §15) and cookie access to ``/v1``: no session → 401
-(the sign-in form for ``/ui/``), another tenant → 404 as for tokens, a write without the
+"""The operator page's sessions (docs/operator-page.md) and cookie access to ``/v1``: no session
+→ 401 (the sign-in form for ``/ui/``), another tenant → 404 as for tokens, a write without the
 session's ``X-CSRF-Token`` → 403, revoked or rotated sessions → 401, a ``read`` session
 without the clock control, partner redaction as for the token, Koban's text escaped."""
 

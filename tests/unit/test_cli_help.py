@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from service.entrypoints import cli
+from service.entrypoints.commands import exit_codes
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = [[], ["lot"], ["intents"], ["events", "tail"], ["sync"], ["clock"], ["scheduler"]]
@@ -24,9 +25,14 @@ def help_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 def test_help_lists_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     text = " ".join(help_of([], capsys).split())  # argparse wraps lines
     assert "exit codes:" in text
-    for code, meaning in cli.EXIT_CODES.items():
+    for code, meaning in exit_codes.EXIT_CODES.items():
         assert f"{code} {meaning}" in text
-    assert set(cli.EXIT_CODES) == {cli.OK, cli.NOT_FOUND, cli.USAGE, cli.UNAVAILABLE}
+    assert set(exit_codes.EXIT_CODES) == {
+        exit_codes.OK,
+        exit_codes.NOT_FOUND,
+        exit_codes.USAGE,
+        exit_codes.UNAVAILABLE,
+    }
 
 
 @pytest.mark.parametrize("argv", COMMANDS, ids=lambda a: " ".join(a) or "top")
@@ -41,7 +47,7 @@ def test_help_names_only_documents_of_the_repository(
 
 def test_the_exit_codes_are_documented_alike() -> None:
     page = " ".join((ROOT / "docs" / "cli.md").read_text().split())
-    for code, meaning in cli.EXIT_CODES.items():
+    for code, meaning in exit_codes.EXIT_CODES.items():
         assert f"| {code} | {meaning} |" in page
 
 
@@ -49,5 +55,5 @@ def test_json_goes_with_listing_and_check_only(capsys: pytest.CaptureFixture[str
     for argv in (["intents", "t", "--resolve=x", "--json"], ["scheduler", "--json"]):
         with pytest.raises(SystemExit) as exited:
             cli.main(argv)
-        assert exited.value.code == cli.USAGE
+        assert exited.value.code == exit_codes.USAGE
         assert "--json" in capsys.readouterr().err

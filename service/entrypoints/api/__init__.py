@@ -1,4 +1,4 @@
-"""The internal HTTP API (SPEC §5): ``build_api_app`` composes it (see ``app``)."""
+"""The internal HTTP API (docs/api.md): ``build_api_app`` composes it (see ``app``)."""
 
 from service.entrypoints.api.app import build_api_app
 

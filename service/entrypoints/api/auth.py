@@ -1,4 +1,4 @@
-"""Bearer tokens (SPEC §5): who calls, for which tenant, with which scopes and partner.
+"""Bearer tokens (docs/api.md): who calls, for which tenant, with which scopes and partner.
 
 Tokens are configured per tenant (``TenantSettings.api_tokens``). A presented token is
 hashed (SHA-256) and compared with ``hmac.compare_digest`` against *every* configured

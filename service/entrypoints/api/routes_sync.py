@@ -1,4 +1,4 @@
-"""Stock sync on demand (SPEC §5): ``POST /v1/tenants/{t}/sync`` (admin) starts one,
+"""Stock sync on demand (docs/sync.md): ``POST /v1/tenants/{t}/sync`` (admin) starts one,
 ``GET /v1/tenants/{t}/sync`` (read) shows the latest run.
 
 * ``POST`` with no body, ``{}`` or ``{"full": true}`` (read every lot, not only what
