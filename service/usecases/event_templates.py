@@ -34,7 +34,7 @@ from service.storage.events import (
     history_entry,
     iso,
 )
-from statecharts import transitions as tr
+from statecharts import lot_data
 from statecharts.model import DomainEvent, Option
 
 EXPIRED = "option.expired"
@@ -113,7 +113,7 @@ def _sample_event(type_: str) -> DomainEvent:
         source=v[7],
         prolonged=v[8],
     )
-    return DomainEvent(type_, _TIME, tr.option_data(o, "sweep"))
+    return DomainEvent(type_, _TIME, lot_data.option_data(o, "sweep"))
 
 
 def _derive(tenant: str, base_url: str) -> Templates | None:
@@ -162,7 +162,7 @@ def _self_check(tenant: str, base_url: str, t: Templates) -> bool:
     ]
     for a in samples:
         for type_ in (EXPIRED, PROMOTED):
-            e = DomainEvent(type_, 1_795_003_200, tr.option_data(decode_option(a), "sweep"))
+            e = DomainEvent(type_, 1_795_003_200, lot_data.option_data(decode_option(a), "sweep"))
             pieces = option_pieces(a)
             code = dumps('L"%1')
             c = t.cloud[type_] % (code[:-1], 7, code, time_json(e.time), code, 7, 3, *pieces[0])

@@ -37,7 +37,7 @@ from service.usecases import event_templates, sweep
 from service.usecases.event_templates import EXPIRED, PROMOTED, option_pieces, time_json
 from service.usecases.expiry_plans import generic_expiry, plan_expiry, plan_of
 from service.usecases.fast_expiry import ExpiryDecisions, fast_expiry
-from statecharts import lot_chart
+from statecharts import lot_chart, lot_data
 from statecharts import transitions as tr
 from statecharts.decide import CHART, COMPILED, DecisionEngine
 from statecharts.errors import RuleViolation
@@ -210,12 +210,12 @@ def test_templates_write_what_events_py_writes(
 
 
 def test_fast_path_steps_aside_when_events_change_shape(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = tr.option_data
+    real = lot_data.option_data
 
     def with_more(o: Option, actor: Any, **extra: object) -> dict[str, object]:
         return {**real(o, actor, **extra), "noticed": False}
 
-    monkeypatch.setattr(tr, "option_data", with_more)
+    monkeypatch.setattr(lot_data, "option_data", with_more)
     monkeypatch.setattr(event_templates, "_TEMPLATES", {})
     assert event_templates.templates("fast") is None
     lot = Lot("A", config="one_option", status="OPTION", rev=1, version=1, sequence=1)
