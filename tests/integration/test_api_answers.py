@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from service.entrypoints.api import routes_lots
+from service.entrypoints.api import lot_availability
 from service.entrypoints.api.answers import AvailabilityAnswers
 from service.entrypoints.api.routes_lots import ANSWERS, local_availability, remembered_body
 from statecharts.model import Rules
@@ -116,13 +116,13 @@ async def test_the_route_serves_remembered_answers_and_expires_to_the_second(
     assert (await api.place("L1", "p1")).status == 201
     expiry = ceil_tick(T0 + 2 * DAY)
     judged: list[int] = []
-    real = routes_lots.local_availability
+    real = lot_availability.local_availability
 
     def counting(*args: Any) -> Any:
         judged.append(args[3])
         return real(*args)
 
-    monkeypatch.setattr(routes_lots, "local_availability", counting)
+    monkeypatch.setattr(lot_availability, "local_availability", counting)
     api.clock.set(expiry - 1)
     held = await availability(api, "L1")
     assert (held["result"], held["nextRank"]) == (1, 2)
