@@ -7,6 +7,7 @@ its own ``partnerGuid`` (another one → 403), and prolongs, cancels or withdraw
 its partner placed (403 otherwise). For options addressed by rank, the prospect found at
 that rank is handed to the flow as ``thirdGuid`` when the caller gave none, so the
 partner check holds under the lot's revision (the rank moving meanwhile → OPTION_MOVED).
+What each route documents and parses (its `Operation`) is `option_operations.py`.
 """
 
 from __future__ import annotations
@@ -21,33 +22,26 @@ from service.entrypoints.api.context import authenticate, flows_for
 from service.entrypoints.api.errors import FORBIDDEN, PLACEMENT_NOT_MADE, ApiError, json_response
 from service.entrypoints.api.idempotency import idempotent
 from service.entrypoints.api.models import (
-    CancelQuery,
-    LotOut,
-    NoQuery,
     OptionListOut,
     OptionOut,
-    OptionsQuery,
     PendingOut,
-    PlaceOptionIn,
-    PrereserveIn,
-    ProlongIn,
     ProspectOut,
-    WithdrawIn,
     canonical_body,
     cents,
     dump,
     rank_of,
 )
 from service.entrypoints.api.openapi import (
-    AUTH_ERRORS,
-    READ,
-    WRITE,
-    WRITE_ERRORS,
-    Operation,
-    Reply,
     documented,
-    merge,
-    rules,
+)
+from service.entrypoints.api.option_operations import (
+    CANCEL_OPTION,
+    GET_PROSPECT,
+    LIST_OPTIONS,
+    PLACE_OPTION,
+    PRERESERVE,
+    PROLONG_OPTION,
+    WITHDRAW,
 )
 from service.entrypoints.api.paging import Position, decode_cursor, encode_cursor
 from service.entrypoints.api.routes_lots import BASE, LOT, lot_out, option_out, read_lot
@@ -67,14 +61,6 @@ routes = web.RouteTableDef()
 
 SCAN_BATCH = 200
 SCAN_BUDGET = 5000
-_RANK = {"type": "integer", "minimum": 1, "maximum": 2}
-# What Koban may refuse about an option addressed by rank.
-_OPTION_RULES = rules(
-    ErrorCode.LOT_UNKNOWN,
-    ErrorCode.OPTION_NOT_FOUND,
-    ErrorCode.OPTION_MOVED,
-    ErrorCode.PROSPECT_UNKNOWN,
-)
 _OPTION_FIELDS = (
     "optionId",
     "rank",
@@ -121,16 +107,6 @@ async def _options_after(
     return out, len(batch) < count
 
 
-LIST_OPTIONS = Operation(
-    "Active options across lots, soonest expiry first",
-    "options",
-    {200: Reply(OptionListOut, "A page of options and the cursor of the next one.")},
-    AUTH_ERRORS,
-    scope=READ,
-    query=OptionsQuery,
-)
-
-
 @routes.get(BASE + "/options")
 @documented(LIST_OPTIONS)
 async def list_options(request: web.Request) -> web.Response:
@@ -167,16 +143,6 @@ async def list_options(request: web.Request) -> web.Response:
             done = True
     cursor = None if done else encode_cursor(position)
     return json_response(dump(OptionListOut(items=items, next_cursor=cursor)))
-
-
-GET_PROSPECT = Operation(
-    "A prospect's active options, pending placements and remaining allowance",
-    "options",
-    {200: Reply(ProspectOut, "The prospect's options.")},
-    AUTH_ERRORS,
-    scope=READ,
-    query=NoQuery,
-)
 
 
 @routes.get(BASE + "/prospects/{third}")
@@ -240,38 +206,6 @@ def _pending_body(extcode: str, intent_id: str, rank: int | None, third: str) ->
         status="pending", intent_id=intent_id, extcode=extcode, rank=rank or None, third_guid=third
     )
     return dump(out)
-
-
-PLACE_OPTION = Operation(
-    "Place an option through Koban",
-    "options",
-    {
-        201: Reply(OptionOut, "Placed."),
-        202: Reply(
-            PendingOut,
-            "Sent to Koban, outcome pending; the same request with the same "
-            "`Idempotency-Key` answers the outcome once known.",
-        ),
-    },
-    merge(
-        WRITE_ERRORS,
-        rules(
-            ErrorCode.LOT_UNKNOWN,
-            ErrorCode.PROSPECT_UNKNOWN,
-            ErrorCode.LOT_NOT_AVAILABLE,
-            ErrorCode.LOT_PRERESERVED,
-            ErrorCode.LOT_FULL,
-            ErrorCode.PROSPECT_ALREADY_HOLDS,
-            ErrorCode.PROSPECT_OPTION_LIMIT,
-            ErrorCode.USER_OPTION_LIMIT,
-            ErrorCode.RANK_NOT_AVAILABLE,
-        ),
-        {409: [PLACEMENT_NOT_MADE]},
-    ),
-    scope=WRITE,
-    body=PlaceOptionIn,
-    idempotent=True,
-)
 
 
 @routes.post(LOT + "/options")
@@ -372,26 +306,6 @@ async def _holder_for(caller: Caller, extcode: str, rank: int, third: str | None
     return option.holder
 
 
-PROLONG_OPTION = Operation(
-    "Prolong the option at a rank through Koban",
-    "options",
-    {200: Reply(OptionOut, "The prolonged option.")},
-    merge(
-        WRITE_ERRORS,
-        _OPTION_RULES,
-        rules(
-            ErrorCode.ALREADY_PROLONGED,
-            ErrorCode.PROLONGATION_NOT_LATER,
-            ErrorCode.PROLONGATION_TOO_LONG,
-        ),
-    ),
-    scope=WRITE,
-    body=ProlongIn,
-    idempotent=True,
-    path_schemas={"rank": _RANK},
-)
-
-
 @routes.post(LOT + "/options/{rank}/prolongation")
 @documented(PROLONG_OPTION)
 async def prolong_option(request: web.Request) -> web.Response:
@@ -407,18 +321,6 @@ async def prolong_option(request: web.Request) -> web.Response:
         return json_response(dump(option_out(extcode, option, caller)))
 
     return await idempotent(request, caller, canonical_body(raw), action)
-
-
-CANCEL_OPTION = Operation(
-    "Cancel the option at a rank through Koban",
-    "options",
-    {200: Reply(OptionOut, "The ended option.")},
-    merge(WRITE_ERRORS, _OPTION_RULES),
-    scope=WRITE,
-    query=CancelQuery,
-    idempotent=True,
-    path_schemas={"rank": _RANK},
-)
 
 
 @routes.delete(LOT + "/options/{rank}")
@@ -442,25 +344,6 @@ async def cancel_option(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------- préréservation
 
 
-PRERESERVE = Operation(
-    "Pre-reserve the lot through Koban",
-    "lots",
-    {201: Reply(LotOut, "The pre-reserved lot.")},
-    merge(
-        WRITE_ERRORS,
-        rules(
-            ErrorCode.LOT_UNKNOWN,
-            ErrorCode.PROSPECT_UNKNOWN,
-            ErrorCode.LOT_NOT_AVAILABLE,
-            ErrorCode.LOT_PRERESERVED,
-        ),
-    ),
-    scope=WRITE,
-    body=PrereserveIn,
-    idempotent=True,
-)
-
-
 @routes.post(LOT + "/prereservation")
 @documented(PRERESERVE)
 async def prereserve(request: web.Request) -> web.Response:
@@ -481,24 +364,6 @@ async def prereserve(request: web.Request) -> web.Response:
         return json_response(dump(lot_out(lot, caller)), 201)
 
     return await idempotent(request, caller, canonical_body(raw), action)
-
-
-WITHDRAW = Operation(
-    "Withdraw the lot's préréservation through Koban",
-    "lots",
-    {200: Reply(LotOut, "The lot after the withdrawal.")},
-    merge(
-        WRITE_ERRORS,
-        rules(
-            ErrorCode.LOT_UNKNOWN,
-            ErrorCode.NOT_PRERESERVED,
-            ErrorCode.PRERESERVATION_HOLDER_MISMATCH,
-        ),
-    ),
-    scope=WRITE,
-    body=WithdrawIn,
-    idempotent=True,
-)
 
 
 @routes.post(LOT + "/prereservation/withdrawal")
