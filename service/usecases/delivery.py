@@ -7,7 +7,8 @@ queues and delivers each due partition's head in its own task (up to `max_in_fli
 a failing entity waits on its own retry schedule while the others go on. An event leaves
 its queue only after a 2xx or after its last retry: a crash at any point delivers it again
 later with the same ``webhook-id`` (at least once). Retries are scheduled on the tenant's
-clock; the lease and the signature timestamps are real time.
+clock; the lease and the signature timestamps are real time. One attempt (the POST itself)
+is `delivery_attempt.py`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -24,15 +24,24 @@ import orjson
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from service.config import TenantSettings
 from service.outbound.signing import SecretBox, SecretBoxError, signature_headers
-from service.outbound.targets import TargetPolicy, TargetRefused, check_url, guarded_session
+from service.outbound.targets import TargetPolicy, guarded_session
 from service.storage.lease import Lease
 from service.storage.subscriptions import DeliveryRecord, QueuedEvent, Subscription
 from service.tenancy import Tenant, Tenants
+from service.usecases.delivery_attempt import (
+    CONTENT_TYPE,
+    GONE_REASON,
+    AttemptResult,
+    policy_of,
+    retry_delays,
+    send,
+    webhook_id,
+)
 
 __all__ = [
     "CONTENT_TYPE",
+    "GONE_REASON",
     "AttemptResult",
     "Deliverer",
     "DeliveryMetrics",
@@ -44,100 +53,10 @@ __all__ = [
 
 log = structlog.get_logger("service.usecases.delivery")
 
-CONTENT_TYPE = "application/cloudevents+json"
-ANSWER_KEPT = 1024  # bytes of a receiver's answer read, at most
-GONE_REASON = "the receiver answered 410 Gone"
 GAP_TYPE = "koban.subscription.gap"  # a delivery log line: events lost to retention
 # How stale a worker's copy of its subscription may be (a changed URL, a new secret, an
 # operator's "inactive"): one read per step would cost a round trip per completion.
 SUB_REFRESH_S = 0.25
-
-
-def policy_of(settings: TenantSettings) -> TargetPolicy:
-    return TargetPolicy(settings.allow_private_targets, settings.allow_http_targets)
-
-
-def webhook_id(tenant: str, event_id: str) -> str:
-    """CloudEvent ids are unique per tenant only: the receiver's idempotency key names it."""
-    return f"{tenant}:{event_id}"
-
-
-def retry_delays(settings: TenantSettings) -> list[int]:
-    return [int(d.fixed_seconds()) for d in settings.delivery_retry_schedule]
-
-
-# --------------------------------------------------------------------------- one attempt
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptResult:
-    status: int | None
-    error: str | None
-    duration_ms: int
-
-    @property
-    def ok(self) -> bool:
-        return self.status is not None and 200 <= self.status < 300
-
-
-def _refused_reason(exc: BaseException) -> str | None:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, TargetRefused):
-            return str(seen)
-        for inner in getattr(seen, "exceptions", ()) or ():
-            found = _refused_reason(inner)
-            if found:
-                return found
-        seen = seen.__cause__ or getattr(seen, "os_error", None)
-        if seen is exc:
-            break
-    return None
-
-
-async def send(
-    session: aiohttp.ClientSession,
-    url: str,
-    body: bytes,
-    headers: dict[str, str],
-    timeout_s: float,
-    policy: TargetPolicy,
-) -> AttemptResult:
-    """POST `body` once; never follows a redirect, reads at most 1 KiB of the answer.
-    Errors are described without the URL (it may hold credentials)."""
-    started = time.monotonic()
-
-    def done(status: int | None, error: str | None) -> AttemptResult:
-        return AttemptResult(status, error, int((time.monotonic() - started) * 1000))
-
-    refused = check_url(url, policy)
-    if refused is not None:
-        return done(None, f"target refused: {refused}")
-    try:
-        async with session.post(
-            url,
-            data=body,
-            headers={"Content-Type": CONTENT_TYPE, **headers},
-            allow_redirects=False,
-            timeout=aiohttp.ClientTimeout(total=timeout_s),
-        ) as response:
-            await response.content.read(ANSWER_KEPT)
-            return done(response.status, None)
-    except TimeoutError:
-        return done(None, f"timeout after {timeout_s:g} s")
-    except aiohttp.ClientConnectorError as exc:
-        reason = _refused_reason(exc)
-        if reason is not None:
-            return done(None, reason)
-        return done(
-            None, f"connection failed: {exc.os_error.strerror or type(exc.os_error).__name__}"
-        )
-    except aiohttp.ClientError as exc:
-        return done(None, f"{type(exc).__name__}")
-    except TargetRefused as exc:
-        return done(None, str(exc))
-    except OSError as exc:
-        return done(None, f"connection failed: {exc.strerror or type(exc).__name__}")
 
 
 # --------------------------------------------------------------------------- metrics
