@@ -8,8 +8,6 @@ window. Log lines name the tenant and the lead's guid, never its contact details
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl
-
 import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,14 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.entrypoints.api.openapi import FORM, Operation, Reply, describe
 from service.entrypoints.api.openapi_webhooks import WebhookOkOut
 from service.entrypoints.koban_webhooks import (
-    FORM_CONTENT_TYPE,
-    MAX_FIELDS,
     PREFIX,
     WebhookError,
-    _charset,
     _malformed,
-    _read_body,
     _Webhooks,
+    read_form_pairs,
 )
 from service.koban.lead_form import LeadForm, LeadFormError, parse_lead_form
 from service.storage.errors import STORE_FAILURES
@@ -81,22 +76,12 @@ describe(
 
 
 async def read_lead_form(request: web.Request) -> LeadForm:
-    if request.content_type != FORM_CONTENT_TYPE:
-        raise _malformed(f"expected Content-Type {FORM_CONTENT_TYPE}")
-    charset = _charset(request.charset)
-    body = await _read_body(request)
+    pairs = await read_form_pairs(request)
     try:
-        pairs = parse_qsl(
-            body.decode(charset),
-            keep_blank_values=True,
-            encoding=charset,
-            errors="strict",
-            max_num_fields=MAX_FIELDS,
-        )
         return parse_lead_form(pairs)
     except LeadFormError as exc:
         raise _malformed(str(exc)) from None
-    except (LookupError, UnicodeDecodeError, ValueError):
+    except ValueError:
         raise _malformed("unreadable form body") from None
 
 

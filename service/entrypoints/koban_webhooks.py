@@ -124,13 +124,15 @@ def _charset(declared: str | None) -> str:
     return name
 
 
-async def _read_form(request: web.Request, form: type[F]) -> F:
+async def read_form_pairs(request: web.Request) -> list[tuple[str, str]]:
+    """A webhook's form body as (name, value) pairs, in order: the content type, charset,
+    size and field count checked; anything unreadable is a 400 `WebhookError`."""
     if request.content_type != FORM_CONTENT_TYPE:
         raise _malformed(f"expected Content-Type {FORM_CONTENT_TYPE}")
     charset = _charset(request.charset)
     body = await _read_body(request)
     try:
-        pairs = parse_qsl(
+        return parse_qsl(
             body.decode(charset),
             keep_blank_values=True,
             encoding=charset,
@@ -139,6 +141,10 @@ async def _read_form(request: web.Request, form: type[F]) -> F:
         )
     except (LookupError, UnicodeDecodeError, ValueError):
         raise _malformed("unreadable form body") from None
+
+
+async def _read_form(request: web.Request, form: type[F]) -> F:
+    pairs = await read_form_pairs(request)
     values: dict[str, str] = {}
     read = {f.alias for f in form.model_fields.values() if f.alias}
     for name, value in pairs:

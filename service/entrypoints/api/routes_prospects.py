@@ -8,6 +8,8 @@ after a lost answer names the same third.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from service.entrypoints.api.auth import Caller
@@ -18,6 +20,7 @@ from service.entrypoints.api.idempotency import HEADER, idempotent, scope_digest
 from service.entrypoints.api.models import canonical_body
 from service.entrypoints.api.openapi import WRITE, WRITE_ERRORS, Operation, Reply, documented
 from service.entrypoints.api.routes_lots import BASE
+from service.koban.wire import ThirdKind
 from service.usecases.prospects import make_third, service_extcode
 
 __all__ = ["request_scope", "routes"]
@@ -63,11 +66,18 @@ POST_PROSPECT = Operation(
 )
 
 
-@routes.post(BASE + "/prospects")
-@documented(POST_PROSPECT)
-async def post_prospect(request: web.Request) -> web.Response:
-    caller = authenticate(request, "write")
-    body, raw = await POST_PROSPECT.parse_body(request)
+async def _post_third(
+    request: web.Request,
+    caller: Caller,
+    body: ProspectIn | CgpIn,
+    raw: Any,
+    kind: ThirdKind,
+    guid_key: str,
+) -> web.Response:
+    """PostOne for a prospect or a CGP under the request's Idempotency-Key: `guid_key`
+    names the guid in the answer."""
+    programme = body.programme if isinstance(body, ProspectIn) else None
+    origin = body.origin if isinstance(body, ProspectIn) else None
 
     async def action() -> web.Response:
         scope = request_scope(request, caller)
@@ -75,15 +85,23 @@ async def post_prospect(request: web.Request) -> web.Response:
             caller.tenant,
             koban_for(request, caller),
             contact_of(body),
-            kind="PROSPECT",
+            kind=kind,
             extcode=body.extcode or service_extcode(scope),
-            programme=body.programme,
-            origin=body.origin,
+            programme=programme,
+            origin=origin,
             partner=caller.partner,
         )
-        return json_response({"thirdGuid": made.guid, "extcode": made.extcode}, 201)
+        return json_response({guid_key: made.guid, "extcode": made.extcode}, 201)
 
     return await idempotent(request, caller, canonical_body(raw), action)
+
+
+@routes.post(BASE + "/prospects")
+@documented(POST_PROSPECT)
+async def post_prospect(request: web.Request) -> web.Response:
+    caller = authenticate(request, "write")
+    body, raw = await POST_PROSPECT.parse_body(request)
+    return await _post_third(request, caller, body, raw, "PROSPECT", "thirdGuid")
 
 
 POST_CGP = Operation(
@@ -102,19 +120,4 @@ POST_CGP = Operation(
 async def post_cgp(request: web.Request) -> web.Response:
     caller = authenticate(request, "admin")
     body, raw = await POST_CGP.parse_body(request)
-
-    async def action() -> web.Response:
-        scope = request_scope(request, caller)
-        made = await make_third(
-            caller.tenant,
-            koban_for(request, caller),
-            contact_of(body),
-            kind="CGP",
-            extcode=body.extcode or service_extcode(scope),
-            programme=None,
-            origin=None,
-            partner=caller.partner,
-        )
-        return json_response({"cgpGuid": made.guid, "extcode": made.extcode}, 201)
-
-    return await idempotent(request, caller, canonical_body(raw), action)
+    return await _post_third(request, caller, body, raw, "CGP", "cgpGuid")
