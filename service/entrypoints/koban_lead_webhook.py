@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.entrypoints.api.openapi import FORM, Operation, Reply, describe
 from service.entrypoints.api.openapi_webhooks import WebhookOkOut
 from service.entrypoints.koban_webhooks import (
+    LEAD,
     PREFIX,
     WebhookError,
     _malformed,
@@ -29,8 +30,6 @@ from service.usecases.leads import receive_lead
 __all__ = ["LEAD", "LeadWebhookForm", "add_lead_webhook"]
 
 log = structlog.get_logger("service.entrypoints.koban_webhooks")
-
-LEAD = "lead"
 
 
 class LeadWebhookForm(BaseModel):

@@ -47,6 +47,9 @@ MAX_FIELDS = 500
 # Encodings a form body may declare (codecs' canonical names); UTF-8 when none is declared.
 CHARSETS = frozenset({"utf-8", "iso8859-1", "cp1252", "ascii"})
 OPTION_CHECK = "option-check"
+# Koban's lead webhook (its handler lives in koban_lead_webhook); named here so that a wrong
+# method on it is a 405 like the others'.
+LEAD = "lead"
 
 F = TypeVar("F", bound=WebhookForm)
 
@@ -239,7 +242,7 @@ class _Webhooks:
         rest = request.match_info.get("rest", "")
         if rest == OPTION_CHECK:
             return _error(405, "METHOD_NOT_ALLOWED", "use GET", {"Allow": "GET, HEAD"})
-        if rest in WEBHOOKS:
+        if rest in WEBHOOKS or rest == LEAD:
             return _error(405, "METHOD_NOT_ALLOWED", "use POST", {"Allow": "POST"})
         return _error(404, "NOT_FOUND", "no such webhook")
 

@@ -126,6 +126,14 @@ async def test_a_lead_webhook_without_a_token_or_guid_is_refused(api: Api) -> No
     assert await lead_events(api) == []
 
 
+async def test_a_wrong_method_on_the_lead_webhook_is_405(api: Api) -> None:
+    path = f"/koban/{api.name}/lead"
+    async with api.client.get(path, headers={"X-Koban-Webhook-Token": WEBHOOK_SECRET}) as answer:
+        assert (answer.status, answer.headers["Allow"]) == (405, "POST")
+        assert (await answer.json())["success"] is False
+    assert await lead_events(api) == []
+
+
 def test_both_encodings_read_the_same() -> None:
     as_json = parse_lead_form(
         [
