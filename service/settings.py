@@ -175,6 +175,8 @@ class TenantSettings(BaseModel):
     lead_dedup: PositiveElapsedDuration = IsoDuration(days=1)
     lead_retention: PositiveElapsedDuration = IsoDuration(days=30)
     assigned_to_guid: str | None = Field(default=None, min_length=1)
+    # The account status code (`Status{Code}`) Koban knows CGPs by in this tenant.
+    cgp_status_code: str = Field(default="CGP", min_length=1, max_length=50)
 
     # Secrets: environment only.
     koban_api_key: SecretStr | None = None

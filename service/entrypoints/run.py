@@ -221,9 +221,10 @@ def sandbox_for(
     api_url: str,
     profile: Profile = "doc",
     prg_date: PrgDateMeaning = "deadline",
+    cgp_status_code: str = "CGP",
 ) -> SandboxState:
     """The demo Koban, on `clock`, sending its webhooks to the API's `/koban/demo/…`, in
-    the demo tenant's `sandbox_profile` and `sandbox_prg_date`."""
+    the demo tenant's `sandbox_profile`, `sandbox_prg_date` and `cgp_status_code`."""
     hooks = f"{api_url}/koban/{DEV.tenant}/"
     targets: dict[str, str] = {kind: hooks + kind.replace("_", "-") for kind in WEBHOOK_KINDS}
     targets[OPTION_CHECK] = hooks + "option-check"
@@ -234,6 +235,7 @@ def sandbox_for(
         webhooks=WebhookSender(targets, token=DEV.webhook_secret, token_in=HEADER_ONLY),
         profile=profile,
         prg_date=prg_date,
+        cgp_status_code=cgp_status_code,
     )
     populate(state)
     return state
@@ -284,6 +286,7 @@ async def run_all(settings: Settings, redis_url: str | None) -> int:
             api_url,
             tenant.settings.sandbox_profile,
             tenant.settings.sandbox_prg_date,
+            tenant.settings.cgp_status_code,
         )
         await stack.enter_async_context(
             serving(build_sandbox_app(state), settings.sandbox_host, settings.sandbox_port)

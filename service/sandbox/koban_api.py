@@ -253,7 +253,7 @@ async def third_post_one(request: web.Request, state: SandboxState) -> web.Respo
         raise BadRequest("Label is required")
     lenient = state.profile == "doc"
     status = _code_of(body, "Status", lenient=lenient)
-    kind = "CGP" if (status or "").upper() == "CGP" else "PROSPECT"
+    kind = "CGP" if (status or "").upper() == state.cgp_status_code.upper() else "PROSPECT"
     unique = (lookup(request.query, "uniqueproperty") or "").lower() == "extcode"
     third = state.add_third(
         type=kind,
@@ -265,6 +265,7 @@ async def third_post_one(request: web.Request, state: SandboxState) -> web.Respo
         extcode=text("Extcode"),
         type_code=_code_of(body, "Type", lenient=lenient),
         unique_extcode=unique,
+        status_code=status,
     )
     return koban_answer(state, success=True, Result=third.guid)
 

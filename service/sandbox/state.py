@@ -80,6 +80,7 @@ class SandboxState(Stock):
         quirks: bool = False,
         profile: Profile = "doc",
         prg_date: PrgDateMeaning = "deadline",
+        cgp_status_code: str = "CGP",
     ) -> None:
         if not api_key or not user_key:
             raise ValueError("the sandbox needs an API key and a user key")
@@ -99,6 +100,8 @@ class SandboxState(Stock):
         # what the option-prolonged webhook's PrgDate carries.
         self.profile: Profile = check_profile(profile)
         self.prg_date: PrgDateMeaning = check_prg_date(prg_date)
+        # The account status code that makes a posted third a CGP (the tenant's setting).
+        self.cgp_status_code = cgp_status_code
         self.faults = Faults()
         self.denonciations = Denonciations()
         # ncPreresv/AddValid bodies as received, per lot (the dossier's fields).

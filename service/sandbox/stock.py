@@ -73,6 +73,7 @@ class Third:
     extcode: str = ""
     process: str | None = None
     type_code: str | None = None  # Koban's account `Type{Code}` (PRO, PART…), kept as sent
+    status_code: str | None = None  # `Status{Code}` as sent, when it is not `type`
 
     def as_json(self) -> dict[str, object]:
         """The account as Koban's account structure shows it (`Status{Code}` tells a CGP)."""
@@ -80,7 +81,7 @@ class Third:
             "Guid": self.guid,
             "Label": self.name,
             "FirstName": self.first_name,
-            "Status": {"Code": self.type},
+            "Status": {"Code": self.status_code or self.type},
             "Type": {"Code": self.type_code} if self.type_code else None,
             "EMail": self.email,
             "Phone": self.phone,
@@ -215,6 +216,7 @@ class Stock:
         guid: str | None = None,
         type_code: str | None = None,
         unique_extcode: bool = True,
+        status_code: str | None = None,
     ) -> Third:
         """Create a third, or (`unique_extcode`: PostOne's ``uniqueproperty=Extcode``)
         update the one with the same non-empty `extcode`."""
@@ -235,6 +237,7 @@ class Stock:
             extcode=extcode,
             process=process,
             type_code=type_code,
+            status_code=status_code if status_code and status_code.upper() != kind else None,
         )
         self.prospects[third.guid] = third
         return third

@@ -43,9 +43,11 @@ async def post_third(
     extcode: str,
     programme: str | None = None,
     origin: str | None = None,
+    status_code: str | None = None,
 ) -> str:
     """PostOne in Koban's account structure (``?uniqueproperty=Extcode``) → the third's
-    guid. The programme is not part of the account: a dénonciation names it to Create."""
+    guid. The programme is not part of the account: a dénonciation names it to Create.
+    `status_code` overrides the kind's usual one (a tenant's ``cgp_status_code``)."""
     del programme
     account = wire.account(
         contact.last_name,
@@ -56,6 +58,7 @@ async def post_third(
         cell=contact.mobile,
         extcode=extcode,
         origin_code=origin,
+        status_code=status_code,
     )
     return await koban.post_account(account)
 
@@ -93,7 +96,13 @@ async def make_third(
 ) -> MadeThird:
     """PostOne, then its event (``koban.prospect.created`` also for a CGP, ``kind`` says)."""
     guid = await post_third(
-        koban, contact, kind=kind, extcode=extcode, programme=programme, origin=origin
+        koban,
+        contact,
+        kind=kind,
+        extcode=extcode,
+        programme=programme,
+        origin=origin,
+        status_code=tenant.settings.cgp_status_code if kind == "CGP" else None,
     )
     event = prospect_created(guid, extcode, kind, tenant.clock.now(), partner)
     await append_non_lot_event(tenant.store, event)

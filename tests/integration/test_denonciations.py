@@ -178,6 +178,19 @@ async def test_prospects_and_cgps_are_made_by_extcode(api: Api) -> None:
     assert types == ["koban.prospect.created"] * 4
 
 
+async def test_cgps_carry_the_tenant_s_cgp_status_code(redis: Redis, tenant: str) -> None:
+    async with running_api_with(redis, tenant, cgp_status_code="PARTENAIRE") as api:
+        api.koban.cgp_status_code = "PARTENAIRE"  # the Koban this tenant talks to
+        cgp = await api.post("cgps", {"lastName": "Cabinet Martin"}, token="admin")
+        assert cgp.status == 201, cgp.body
+        third = api.koban.prospects[cgp.body["cgpGuid"]]
+        assert (third.type, third.as_json()["Status"]) == ("CGP", {"Code": "PARTENAIRE"})
+        prospect = await api.post("prospects", {"lastName": "Prospect"}, token="write")
+        assert api.koban.prospects[prospect.body["thirdGuid"]].as_json()["Status"] == {
+            "Code": "PROSPECT"
+        }
+
+
 async def test_a_partner_token_s_denonciation_is_by_its_configured_cgp(
     redis: Redis, tenant: str
 ) -> None:

@@ -13,7 +13,8 @@ from service.koban.wire.requests import CodeRef, WireRequest
 
 ThirdKind = Literal["PROSPECT", "CGP"]
 # Account status codes (Koban's `Status{Code}`): a prospect, and a CGP ("Statut CGP (Code
-# CGP)" in the immobilier doc). A tenant whose Koban names them otherwise changes them here.
+# CGP)" in the immobilier doc). A tenant whose Koban names CGPs otherwise sets
+# `cgp_status_code`, passed here as `status_code`.
 STATUS_CODE_OF_KIND: dict[str, str] = {"PROSPECT": "PROSPECT", "CGP": "CGP"}
 # The service's own Extcodes for thirds it creates without one from the caller.
 OWN_EXTCODE_PREFIX = "ko-"
@@ -69,15 +70,17 @@ def account(
     origin_code: str | None = None,
     tags: list[tuple[str, str]] | None = None,
     more_fields: list[tuple[str, str]] | None = None,
+    status_code: str | None = None,
 ) -> Account:
-    """An account to post: a prospect or (``kind="CGP"``) a CGP, told by its status code."""
+    """An account to post: a prospect or (``kind="CGP"``) a CGP, told by its status code
+    (`status_code`, or the kind's usual one)."""
     return Account(
         label=label,
         first_name=first_name,
         email=email,
         phone=phone,
         cell=cell,
-        status=CodeRef(code=STATUS_CODE_OF_KIND[kind]),
+        status=CodeRef(code=status_code or STATUS_CODE_OF_KIND[kind]),
         type=None if type_code is None else CodeRef(code=type_code),
         extcode=extcode or own_extcode(email or "", label, first_name),
         origin=None if origin_code is None else CodeRef(code=origin_code),
