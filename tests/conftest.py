@@ -10,6 +10,9 @@ import pytest
 from statecharts.model import Rules
 from tests.support.rules import make_rules
 
+# Fails a test whose output holds a name, an e-mail or a phone (docs/personal-data.md).
+pytest_plugins = ["tests.support.personal_data_guard"]
+
 
 @pytest.fixture
 def rules() -> Rules:

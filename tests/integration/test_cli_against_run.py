@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from service.entrypoints.run_file import RunInfo
+from tests.support.personal_data_guard import assert_no_personal_data
 from tests.support.run_process import RunProcess, start_run, stop_run
 
 USING = "koban-options: using var/run.json"
@@ -30,6 +31,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunProcess]:
         yield running
     finally:
         stop_run(running.proc)
+        assert_no_personal_data((running.folder / "run.log").read_text(), "run's log")
 
 
 def ok(result: Any) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.personal_data_guard import assert_no_personal_data
 from tests.support.run_process import RunProcess, start_run
 
 
@@ -30,6 +31,7 @@ def running(tmp_path: Path) -> Iterator[RunProcess]:
         if run.proc.poll() is None:
             run.proc.kill()
         run.proc.communicate()
+        assert_no_personal_data((tmp_path / "run.log").read_text(), "run's log")
 
 
 def _children_of(pid: int) -> list[int]:
