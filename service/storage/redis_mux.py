@@ -36,6 +36,10 @@ Command = tuple[str | bytes | int | float, ...]
 # through `evalsha` (only scripts safe to send twice); every other command stays with
 # redis-py, whose transactions and retries it would bypass.
 READS = frozenset({"GET", "MGET", "HGET", "HMGET", "EXISTS", "ZSCORE", "ZCARD"})
+# The same names as a command may spell them, checked without decoding (a read per request).
+_READ_HEADS = frozenset(
+    form for name in READS for form in (name, name.lower(), name.encode(), name.lower().encode())
+)
 # Idle connections are probed so a peer gone silently (a NAT or load balancer dropping
 # the flow) is noticed before the next request waits for the timeout.
 KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 60, 10, 3
@@ -205,7 +209,7 @@ class MuxReader:
         """The replies to the read `commands` (sent together, in order); see the module
         doc. Anything but the reads it was built for is refused before it is sent."""
         for command in commands:
-            if _name(command) not in READS:
+            if command[0] not in _READ_HEADS and _name(command) not in READS:
                 raise ValueError(f"MuxReader sends reads only, not {_name(command)}")
         return await self._send(commands)
 

@@ -10,7 +10,10 @@ What counts as personal data:
 - every name that reached the code under test this session: the values of the contact
   fields of JSON and form bodies read by an aiohttp server in this process (the API, the
   Koban webhooks, the sandbox), and of the contact records built without HTTP (`Contact`,
-  `LeadForm`, the sandbox's thirds).
+  `LeadForm`, the sandbox's thirds). A name is made of letters (with spaces, hyphens,
+  apostrophes between them): test doubles that name a third by its guid (`cgp-1`) and
+  generated input are not names. What fuzzers generate is not registered (schemathesis's
+  requests, Hypothesis tests): it is random text that also lands in paths and identifiers.
 
 The phases' own assertions are not scanned (a test may hold the values it sends); only what
 was written while it ran.
@@ -35,8 +38,10 @@ CONTACT_FIELD = re.compile(
     r"(?i)^(last_?name|first_?name|name|e_?mail|phone|mobile|cell|comments?"
     r"|res\d(nom|prenom|mail|phone|mobile|tel\w*|adresse\w*|ville|cp))$"
 )
-# Too short or too common to tell a person from a word of the trade.
+# Too short to tell a person from a word of the trade.
 MIN_NAME = 3
+NAME_SHAPE = re.compile(r"^[^\W\d_]+(?:[ '’.-]+[^\W\d_]+)*$")
+FUZZER_AGENT = "schemathesis/"
 
 
 class Registry:
@@ -44,13 +49,14 @@ class Registry:
 
     def __init__(self) -> None:
         self.names: set[str] = set()
+        self.paused = False  # while a fuzzer runs
         self._pattern: re.Pattern[str] | None = None
 
     def add(self, value: object) -> None:
-        if not isinstance(value, str):
+        if self.paused or not isinstance(value, str):
             return
         value = value.strip()
-        if len(value) < MIN_NAME or value.isdigit() or value in self.names:
+        if len(value) < MIN_NAME or value in self.names or not NAME_SHAPE.match(value):
             return
         self.names.add(value)
         self._pattern = None
@@ -112,7 +118,8 @@ def _watch_requests(registry: Registry) -> Callable[[], None]:
 
     async def read(self: web_request.BaseRequest) -> bytes:
         body = await original(self)
-        registry.add_fields(parse_body(body, self.content_type))
+        if not self.headers.get("User-Agent", "").startswith(FUZZER_AGENT):
+            registry.add_fields(parse_body(body, self.content_type))
         return body
 
     web_request.BaseRequest.read = read  # type: ignore[method-assign]
@@ -182,6 +189,15 @@ def _masked(line: str) -> str:
     if REGISTRY.names:
         line = REGISTRY.pattern().sub("<name>", line)
     return line[:300]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, Any, None]:
+    REGISTRY.paused = bool(getattr(getattr(item, "obj", None), "is_hypothesis_test", False))
+    try:
+        yield
+    finally:
+        REGISTRY.paused = False
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -41,18 +41,23 @@ def test_what_a_log_line_of_the_trade_holds_is_not_personal() -> None:
 def test_names_are_the_contact_fields_values_seen() -> None:
     registry = Registry()
     registry.add_fields({"prospect": {"lastName": "Oudinot", "firstName": "Zéphirine"}})
+    registry.add_fields({"lastName": "Le Goff-Kervella", "firstName": "Jean-Noël"})
     registry.add_fields(
         parse_body(b"Name=Dupont&Tags%5B0%5D.Label=HAR", "application/x-www-form-urlencoded")
     )
     registry.add_fields(parse_body(b'{"res1Nom": "Moreau", "price": 1}', "application/json"))
-    assert registry.names == {"Oudinot", "Zéphirine", "Dupont", "Moreau"}
+    people = {"Oudinot", "Zéphirine", "Le Goff-Kervella", "Jean-Noël", "Dupont", "Moreau"}
+    assert registry.names == people
     assert kinds(registry, "refused: Zéphirine Oudinot\nlot HAR sold to (Moreau)") == [
         "name",
         "name",
     ]
     registry.add("Al")  # too short to tell from a word
     registry.add("0147200001")  # digits: the phone pattern's job
-    assert registry.names == {"Oudinot", "Zéphirine", "Dupont", "Moreau"}
+    registry.add("cgp-1")  # a test double named by its guid
+    registry.paused = True  # a fuzzer's text
+    registry.add("Xqzvt")
+    assert registry.names == people
 
 
 GUARDED = """

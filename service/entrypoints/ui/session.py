@@ -40,12 +40,12 @@ def _from_page(request: web.Request) -> bool:
 async def session_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     # Only a request without a bearer header is looked up (a token always wins), and never
     # for the page's static files, which every page load fetches.
-    path = request.path
+    headers = request.headers
     if (
-        "Cookie" in request.headers
-        and "Authorization" not in request.headers
-        and path.startswith(("/v1/", "/ui/", "/docs"))
-        and not path.startswith("/ui/static/")
+        "Cookie" in headers
+        and "Authorization" not in headers
+        and request.path.startswith(("/v1/", "/ui/", "/docs"))
+        and not request.path.startswith("/ui/static/")
     ):
         session_id = request.cookies.get(COOKIE)
         if session_id:
