@@ -16,7 +16,7 @@ import contextlib
 import socket
 import ssl
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -205,13 +205,14 @@ class MuxReader:
             tls=tls,
         )
 
-    async def execute(self, *commands: Command) -> list[Any]:
+    def execute(self, *commands: Command) -> Coroutine[Any, Any, list[Any]]:
         """The replies to the read `commands` (sent together, in order); see the module
-        doc. Anything but the reads it was built for is refused before it is sent."""
+        doc. Anything but the reads it was built for is refused before it is sent (when
+        called). Not a coroutine itself: the send's is returned, one frame less per read."""
         for command in commands:
             if command[0] not in _READ_HEADS and _name(command) not in READS:
                 raise ValueError(f"MuxReader sends reads only, not {_name(command)}")
-        return await self._send(commands)
+        return self._send(commands)
 
     async def _send(self, commands: Sequence[Command]) -> list[Any]:
         for attempt in (1, 2):

@@ -8,6 +8,9 @@ Every request through the app passes here once (routes, webhooks, 404s and 405s 
    (`service.entrypoints.api.errors.error_response`: never a traceback, 500 only for a bug);
 3. the response gets ``X-Request-ID`` (a handler that streams — SSE — has prepared its
    response already and set the header itself);
+   Before the handler, a request carrying a cookie has its operator-page session looked up
+   (`SESSION_LOOKUP`, set by the page's install): no middleware of its own, so requests
+   without a cookie pay nothing for the page;
 4. the request is counted in the app's `Metrics` (route template, method, final status,
    duration) and its one ``http_request`` line is logged (`log_access`), with the status
    the client got (500 when the request was cancelled).
@@ -20,6 +23,7 @@ One middleware instead of three (request id + log, metrics, envelope) and no
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -29,7 +33,11 @@ from service.entrypoints.api.errors import error_response
 from service.entrypoints.api.health import METHODS, METRICS_KEY, UNMATCHED
 from service.entrypoints.api.logging import REQUEST_ID_HEADER, assign_request_id, log_access
 
-__all__ = ["api_middleware"]
+__all__ = ["SESSION_LOOKUP", "api_middleware"]
+
+SESSION_LOOKUP: web.AppKey[Callable[[web.Request], Awaitable[None]]] = web.AppKey(
+    "ui_session_lookup"
+)
 
 
 def _route_of(request: web.Request) -> str:
@@ -54,6 +62,10 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     bound = bind_contextvars(request_id=rid)  # what bound_contextvars does, minus contextlib
     try:
         try:
+            if "Cookie" in request.headers:
+                lookup = request.app.get(SESSION_LOOKUP)
+                if lookup is not None:
+                    await lookup(request)
             response = await handler(request)
         except Exception as exc:
             response = error_response(request, exc)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from service.entrypoints.api.middleware import SESSION_LOOKUP
 from service.entrypoints.api.openapi import Operation, Reply, describe
 from service.entrypoints.ui.assets import Assets
 from service.entrypoints.ui.explorer import explorer
 from service.entrypoints.ui.pages import ASSETS_KEY, lot_page, overview
 from service.entrypoints.ui.session import (
     SESSIONS_KEY,
-    session_middleware,
+    find_session,
     sign_in,
     sign_out,
 )
@@ -107,11 +108,11 @@ def _describe() -> None:
 
 
 def install_ui(app: web.Application, redis: RedisClient) -> None:
-    """Register the page's routes, its session store and the cookie middleware on `app`."""
+    """Register the page's routes, its session store and the cookie lookup on `app`."""
     assets = Assets()
     app[ASSETS_KEY] = assets
     app[SESSIONS_KEY] = SessionStore(redis)
-    app.middlewares.append(session_middleware)
+    app[SESSION_LOOKUP] = find_session
     app.router.add_get("/ui/", overview)
     app.router.add_get("/ui/lots/{extcode}", lot_page)
     app.router.add_post("/ui/session", sign_in)

@@ -1,5 +1,6 @@
-"""Signing in to the operator page (``POST``/``DELETE /ui/session``) and the middleware that
-turns the session cookie into `UI_SESSION` for `TokenIndex.authenticate`.
+"""Signing in to the operator page (``POST``/``DELETE /ui/session``) and the lookup that
+turns the session cookie into `UI_SESSION` for `TokenIndex.authenticate` (the API's
+middleware calls it for requests that carry a cookie).
 
 Sign-in takes an API token from a form (never from a URL), checks it like a bearer token,
 and answers with a new opaque session id in an HttpOnly, SameSite=Strict cookie (``Secure``
@@ -13,7 +14,6 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, urlsplit
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from service.entrypoints.api.auth import CSRF_HEADER, UI_SESSION, Caller, csrf_matches
 from service.entrypoints.api.context import TOKENS_KEY
@@ -21,7 +21,7 @@ from service.entrypoints.api.errors import FORBIDDEN, UNAUTHENTICATED, ApiError,
 from service.entrypoints.ui.render import sign_in_page
 from service.storage.sessions import SessionStore, UiSession
 
-__all__ = ["COOKIE", "SESSIONS_KEY", "session_middleware", "sign_in", "sign_out"]
+__all__ = ["COOKIE", "SESSIONS_KEY", "find_session", "sign_in", "sign_out"]
 
 COOKIE = "kol_session"
 SESSIONS_KEY = web.AppKey("ui_sessions", SessionStore)
@@ -36,10 +36,9 @@ def _from_page(request: web.Request) -> bool:
     return origin is None or urlsplit(origin).netloc == request.host
 
 
-@web.middleware
-async def session_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    # Only a request without a bearer header is looked up (a token always wins), and never
-    # for the page's static files, which every page load fetches.
+async def find_session(request: web.Request) -> None:
+    """`UI_SESSION` from the cookie. Only a request without a bearer header is looked up (a
+    token always wins), and never for the page's static files, which every load fetches."""
     headers = request.headers
     if (
         "Cookie" in headers
@@ -52,7 +51,6 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
             session = await request.app[SESSIONS_KEY].find(session_id)
             if session is not None:
                 request[UI_SESSION] = session
-    return await handler(request)
 
 
 def session_of(request: web.Request) -> tuple[UiSession, Caller] | None:
