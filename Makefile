@@ -63,6 +63,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.http
 	$(BIN)/python -m bench.ui
 	$(BIN)/python -m bench.delivery
+	$(BIN)/python -m bench.instructions
 
 diagrams: $(STAMP)
 	$(BIN)/python -m service.entrypoints.diagram docs
