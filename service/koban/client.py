@@ -160,6 +160,19 @@ class KobanClient(KobanTransport):
             wire.account(label, first_name, email, phone, kind, cell=cell, extcode=extcode)
         )
 
+    async def find_third_by_email(self, email: str) -> str | None:
+        """``ncThird/GetOneByKey?uniqueproperty=Email&key=<email>`` → the account's Guid,
+        read from ``Result``; None when Koban answers it has none (``success: false``).
+
+        Koban documents no such method (a guess, docs/koban-wire.md); failures raise as
+        any read's. An exception's message may quote Koban's answer, which may quote the
+        e-mail: callers log the failure's kind, never the message."""
+        endpoint = wire.THIRD_GET_ONE_BY_KEY
+        payload = await self._find(endpoint, wire.third_lookup_params(email))
+        if payload is None:
+            return None
+        return self._parse_read(endpoint, wire.found_third_guid, payload)
+
     # ---------------------------------------------------------------- dénonciations
 
     async def check_denonciation(self, programme: str, contact: Contact) -> DenonciationCheck:
