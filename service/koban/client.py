@@ -178,6 +178,16 @@ class KobanClient(KobanTransport):
     async def check_denonciation(self, programme: str, contact: Contact) -> DenonciationCheck:
         """ncDenonc/CheckDenonc. It changes nothing in Koban, so a lost answer is only
         ``KobanUnavailable`` (asking again is harmless), never an unknown outcome."""
+        payload = await self._check_denonc(programme, contact)
+        return self._parse_read(denonc.CHECK_DENONC, denonc.parse_check, payload)
+
+    async def check_denonciation_raw(self, programme: str, contact: Contact) -> Any:
+        """CheckDenonc's decoded JSON, unparsed (for `koban check`, which judges the shape)."""
+        payload = await self._check_denonc(programme, contact)
+        self.calls[(denonc.CHECK_DENONC.name, "ok")] += 1
+        return payload
+
+    async def _check_denonc(self, programme: str, contact: Contact) -> Any:
         endpoint = denonc.CHECK_DENONC
         try:
             status, raw = await self._exchange(
@@ -185,8 +195,7 @@ class KobanClient(KobanTransport):
             )
         except KobanOutcomeUnknown as exc:
             raise KobanUnavailable(str(exc), status=exc.status, transient=True) from exc
-        payload = self._json_answer(endpoint, status, raw)
-        return self._parse_read(endpoint, denonc.parse_check, payload)
+        return self._json_answer(endpoint, status, raw)
 
     async def create_denonciation(
         self, programme: str, contact: Contact, by: str | None = None

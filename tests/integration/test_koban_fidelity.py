@@ -345,6 +345,10 @@ async def test_koban_check_holds_on_the_sandbox(pair: Pair) -> None:
     assert ("GetLotStatus", "Result") in found
     forms = "naive ISO-8601 (read as UTC)" if pair.state.profile == "generic" else "UNIX seconds"
     assert forms in report.date_forms
+    assert {("CheckDenonc", f) for f in ("answer", "Activated", "IsDenonced", "Exists")} <= found
+    # CheckDenonc was asked once, about no one, and nothing was made.
+    assert pair.state.calls["ncDenonc/CheckDenonc"] == 1
+    assert pair.state.denonciations.made == {} and pair.state.prospects == {}
 
 
 THIRD_SHAPE = {
@@ -375,6 +379,48 @@ async def test_koban_check_exits_1_naming_each_difference_of_a_third_shape(
     assert "missing GetUpdated Length" in out and "missing GetUpdated List" in out
     assert "some guesses failed" in out
     assert [s.path for s in server.seen] == list(THIRD_SHAPE)  # reads only
+
+
+CHECK_DENONC_SHAPES = [
+    (
+        Reply(json={"Success": True, "Result": {"Activated": "Y", "IsDenounced": False}}),
+        [
+            "shape   CheckDenonc Activated",
+            "missing CheckDenonc IsDenonced",
+            "missing CheckDenonc Exists",
+        ],
+    ),
+    (
+        Reply(404, raw=b"<html>Not Found</html>"),
+        ["missing CheckDenonc answer: Koban answered HTTP 404"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("reply", "expected"), CHECK_DENONC_SHAPES)
+async def test_koban_check_names_what_check_denonc_lacks(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    reply: Reply,
+    expected: list[str],
+) -> None:
+    async with ScriptedKoban() as server:
+        server.script("GET", "/ncDealProcess/GetAll", Reply(json=[{"Extcode": "HAR"}]))
+        server.script("GET", "/ncDeal/GetUpdated", Reply(json={"Length": 0, "List": []}))
+        server.script("POST", "/ncDenonc/CheckDenonc", reply)
+        _write_tenant(tmp_path, server.base_url, monkeypatch)
+        code = await koban_check("probe", False)
+    out = capsys.readouterr().out
+    assert code == 1, out
+    for line in expected:
+        assert line in out
+    (asked,) = server.requests("/ncDenonc/CheckDenonc")
+    assert asked.body == {
+        "Name": "KOBAN-CHECK",
+        "EMail": "koban-check@invalid.example",
+        "Process": {"Code": "HAR"},
+    }
 
 
 async def test_koban_check_exits_0_on_the_sandbox(
