@@ -177,6 +177,9 @@ class TenantSettings(BaseModel):
     assigned_to_guid: str | None = Field(default=None, min_length=1)
     # The account status code (`Status{Code}`) Koban knows CGPs by in this tenant.
     cgp_status_code: str = Field(default="CGP", min_length=1, max_length=50)
+    # How a dénonciation names a prospect Koban says exists: by its e-mail through the
+    # guessed ncThird/GetOneByKey, or not at all (thirdGuid stays null).
+    prospect_lookup: Literal["email", "off"] = "email"
 
     # Secrets: environment only.
     koban_api_key: SecretStr | None = None

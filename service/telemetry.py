@@ -15,6 +15,9 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from yarl import URL
+
+from service.koban.wire.accounts import LOOKUP_KEY_PARAM
 
 __all__ = ["disable_tracing", "enable_tracing", "tracing_enabled", "tracing_middleware"]
 
@@ -52,9 +55,17 @@ def enable_tracing(provider: Any | None = None, service_name: str = "koban-optio
         provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         trace.set_tracer_provider(provider)
-    AioHttpClientInstrumentor().instrument(tracer_provider=provider)
+    AioHttpClientInstrumentor().instrument(tracer_provider=provider, url_filter=_span_url)
     RedisInstrumentor().instrument(tracer_provider=provider)
     _provider = provider
+
+
+def _span_url(url: URL) -> str:
+    """An outgoing call's URL as its span records it: the value of Koban's guessed lookup
+    `key` (a prospect's e-mail) is replaced, as contact details never leave for traces."""
+    if LOOKUP_KEY_PARAM in url.query:
+        url = url.update_query({LOOKUP_KEY_PARAM: "REDACTED"})
+    return str(url)
 
 
 def disable_tracing() -> None:

@@ -160,11 +160,34 @@ class KobanClient(KobanTransport):
             wire.account(label, first_name, email, phone, kind, cell=cell, extcode=extcode)
         )
 
+    async def find_third_by_email(self, email: str) -> str | None:
+        """``ncThird/GetOneByKey?uniqueproperty=Email&key=<email>`` → the account's Guid,
+        read from ``Result``; None when Koban answers it has none (``success: false``).
+
+        Koban documents no such method (a guess, docs/koban-wire.md); failures raise as
+        any read's. An exception's message may quote Koban's answer, which may quote the
+        e-mail: callers log the failure's kind, never the message."""
+        endpoint = wire.THIRD_GET_ONE_BY_KEY
+        payload = await self._find(endpoint, wire.third_lookup_params(email))
+        if payload is None:
+            return None
+        return self._parse_read(endpoint, wire.found_third_guid, payload)
+
     # ---------------------------------------------------------------- dénonciations
 
     async def check_denonciation(self, programme: str, contact: Contact) -> DenonciationCheck:
         """ncDenonc/CheckDenonc. It changes nothing in Koban, so a lost answer is only
         ``KobanUnavailable`` (asking again is harmless), never an unknown outcome."""
+        payload = await self._check_denonc(programme, contact)
+        return self._parse_read(denonc.CHECK_DENONC, denonc.parse_check, payload)
+
+    async def check_denonciation_raw(self, programme: str, contact: Contact) -> Any:
+        """CheckDenonc's decoded JSON, unparsed (for `koban check`, which judges the shape)."""
+        payload = await self._check_denonc(programme, contact)
+        self.calls[(denonc.CHECK_DENONC.name, "ok")] += 1
+        return payload
+
+    async def _check_denonc(self, programme: str, contact: Contact) -> Any:
         endpoint = denonc.CHECK_DENONC
         try:
             status, raw = await self._exchange(
@@ -172,8 +195,7 @@ class KobanClient(KobanTransport):
             )
         except KobanOutcomeUnknown as exc:
             raise KobanUnavailable(str(exc), status=exc.status, transient=True) from exc
-        payload = self._json_answer(endpoint, status, raw)
-        return self._parse_read(endpoint, denonc.parse_check, payload)
+        return self._json_answer(endpoint, status, raw)
 
     async def create_denonciation(
         self, programme: str, contact: Contact, by: str | None = None

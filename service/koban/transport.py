@@ -280,6 +280,16 @@ class KobanTransport:
         status, raw = await self._exchange(endpoint, params=params)
         return self._json_answer(endpoint, status, raw)
 
+    async def _find(self, endpoint: Endpoint, params: Mapping[str, str]) -> Any | None:
+        """A GET that looks one thing up → decoded JSON, or None (counted ``refused``)
+        when Koban's envelope says ``success: false`` on a 2xx or a 404: it has no such
+        thing. A 404 without the envelope is a wrong URL or method: a `KobanError`."""
+        status, raw = await self._exchange(endpoint, params=params)
+        if (200 <= status < 300 or status == 404) and _is_envelope(raw):
+            self.calls[(endpoint.name, "refused")] += 1
+            return None
+        return self._json_answer(endpoint, status, raw)
+
     def _json_answer(self, endpoint: Endpoint, status: int, raw: bytes) -> Any:
         """A 2xx answer's decoded JSON; anything else fails as a `KobanError`."""
         if not 200 <= status < 300:

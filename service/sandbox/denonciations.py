@@ -72,8 +72,14 @@ def _check(state: Any, body: dict[str, Any]) -> tuple[str, Third | None, dict[st
 
 
 async def check_denonc(request: web.Request, state: Any) -> web.Response:
+    """The three flags in the profile's envelope: beside ``success`` (the immobilier
+    doc's envelope has no ``Result``), or in ``Result`` (the generic envelope's place for
+    what a method returns)."""
     _, _, answer = _check(state, await json_object(request))
-    return json_answer(answer)
+    if state.profile == "generic":
+        return koban_answer(state, success=True, Result=answer)
+    flags: dict[str, Any] = dict(answer)
+    return koban_answer(state, success=True, **flags)
 
 
 async def create_denonc(request: web.Request, state: Any) -> web.Response:

@@ -23,6 +23,7 @@ KOBAN_METHODS: tuple[str, ...] = (
     "ncDeal/GetUpdatedProcess",
     "ncDealProcess/GetAll",
     "ncThird/PostOne",
+    "ncThird/GetOneByKey",
     "ncDenonc/CheckDenonc",
     "ncDenonc/Create",
     "ncPreresv/AddValid",

@@ -270,6 +270,24 @@ async def third_post_one(request: web.Request, state: SandboxState) -> web.Respo
     return koban_answer(state, success=True, Result=third.guid)
 
 
+async def third_get_one_by_key(request: web.Request, state: SandboxState) -> web.Response:
+    """ncThird/GetOneByKey?uniqueproperty=Email|Extcode&key=…: the account, as Koban's
+    account structure shows it, in ``Result``. Koban documents no such method: this is the
+    service's guess (docs/koban-wire.md), served so the guess can be exercised. A third
+    it does not know is a 404 carrying Koban's envelope, as for Add's unknown third."""
+    prop = lookup(request.query, "uniqueproperty") or ""
+    key = lookup(request.query, "key") or ""
+    if not key.strip():
+        raise BadRequest("key is required")
+    try:
+        third = state.third_by_key(prop, key)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    if third is None:
+        raise SandboxRefusal("third not found", http_status=404, reason="THIRD_UNKNOWN")
+    return koban_answer(state, success=True, Result=third.as_json())
+
+
 KOBAN_ROUTES: tuple[tuple[str, str, KobanHandler], ...] = (
     ("GET", "ncOption/GetLotStatus", get_lot_status),
     ("POST", "ncOption/Add", option_add),
@@ -281,6 +299,7 @@ KOBAN_ROUTES: tuple[tuple[str, str, KobanHandler], ...] = (
     ("GET", "ncDeal/GetUpdatedProcess", deal_get_updated_process),
     ("GET", "ncDealProcess/GetAll", deal_process_get_all),
     ("POST", "ncThird/PostOne", third_post_one),
+    ("GET", "ncThird/GetOneByKey", third_get_one_by_key),
     *DENONCIATION_ROUTES,
     *ADD_VALID_ROUTES,
 )

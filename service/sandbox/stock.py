@@ -242,6 +242,18 @@ class Stock:
         self.prospects[third.guid] = third
         return third
 
+    def third_by_key(self, unique_property: str, key: str) -> Third | None:
+        """The first third (prospect or CGP, in creation order) whose `Email` (ignoring
+        case) or `Extcode` (exact, as PostOne's upsert matches it) is `key`; the property
+        name itself is read ignoring case. ValueError for another property."""
+        prop = unique_property.strip().lower()
+        if prop == "email":
+            wanted = key.strip().lower()
+            return next((t for t in self.prospects.values() if t.email.lower() == wanted), None)
+        if prop == "extcode":
+            return next((t for t in self.prospects.values() if t.extcode == key), None)
+        raise ValueError("uniqueproperty must be Email or Extcode")
+
     # ----------------------------------------------------------------- derived counts
 
     def _touch(self, lot: Lot, when: int, events: list[DomainEvent]) -> None:

@@ -1,11 +1,13 @@
 """Denounce a prospect on a programme: CheckDenonc → PostOne unless Koban knows the
-prospect → ncDenonc/Create ``By`` the CGP.
+prospect (then, with an e-mail, a lookup of its guid) → ncDenonc/Create ``By`` the CGP.
 
 Under an Idempotency-Key each step is recorded before the next one starts (checked, the
-prospect made with its guid, Create sent), so a retry after any failure resumes where the
-first attempt stopped: the prospect is re-posted under the same extcode (an upsert), and
-a Create that may have been sent is followed by a new check, where ``IsDenonced`` means
-our own Create went through. Events carry guids and codes, never the contact.
+prospect made or found with its guid, Create sent), so a retry after any failure resumes
+where the first attempt stopped: the prospect is re-posted under the same extcode (an
+upsert), and a Create that may have been sent is followed by a new check, where
+``IsDenonced`` means our own Create went through. The lookup (a guessed Koban method) only
+names the prospect: its failure leaves ``thirdGuid`` null and the dénonciation goes on.
+Events and log lines carry guids and codes, never the contact.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from service.koban import KobanClient
+import structlog
+
+from service.koban import KobanClient, KobanError, KobanUnavailable
 from service.koban.denonciation import Contact, DenonciationCheck
 from service.storage.denonciations import DenonciationProgress
 from service.storage.non_lot_events import NonLotEvent
@@ -30,6 +34,8 @@ __all__ = [
     "denounce",
     "refusal_reason",
 ]
+
+log = structlog.get_logger("service.usecases.denonciation")
 
 MODULE_DISABLED = "MODULE_DISABLED"
 ALREADY_DENOUNCED = "ALREADY_DENOUNCED"
@@ -118,6 +124,12 @@ async def denounce(
         )
         await save()
 
+    if progress["exists"] and progress.get("thirdGuid") is None:
+        found = await _look_up(tenant, koban, req)
+        if found is not None:
+            progress["thirdGuid"] = found
+            await save()
+
     if not progress["exists"] and progress.get("thirdGuid") is None:
         guid = await post_third(
             koban,
@@ -149,6 +161,34 @@ async def denounce(
         await save()
         raise _refuse(KOBAN_REFUSED, req.programme)
     return await _done(tenant, records, req, progress, scope)
+
+
+async def _look_up(tenant: Tenant, koban: KobanClient, req: DenonciationRequest) -> str | None:
+    """The guid of the prospect Koban said exists, found by its e-mail; None without an
+    e-mail, with the tenant's ``prospect_lookup`` off, or on any failure (logged by its
+    kind: an exception's text may quote Koban's answer, hence the e-mail)."""
+    email = req.contact.email
+    if email is None or tenant.settings.prospect_lookup == "off":
+        return None
+    status: int | None = None
+    try:
+        guid = await koban.find_third_by_email(email)
+    except KobanUnavailable as exc:
+        reason, status = "unavailable", exc.status
+    except KobanError as exc:
+        reason, status = ("koban_error" if exc.status else "unreadable"), exc.status
+    else:
+        if guid is not None:
+            return guid
+        reason = "not_found"
+    log.warning(
+        "prospect_lookup_failed",
+        tenant=tenant.name,
+        programme=req.programme,
+        reason=reason,
+        status=status,
+    )
+    return None
 
 
 async def _done(

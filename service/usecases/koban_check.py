@@ -1,9 +1,11 @@
 """`koban-options koban check`: the read-only contract probe against a tenant's Koban.
 
 Three reads (``ncDealProcess/GetAll``, ``ncDeal/GetUpdated`` with ``l=1``, GetLotStatus on
-that lot) and, for each field the service relies on, whether it was found, missing or in
-another shape; plus the casing of the answers' keys and the date forms seen. Every guess
-it checks is listed in docs/koban-wire.md. Nothing is written to Koban.
+that lot) and ``ncDenonc/CheckDenonc`` (a POST that changes nothing) on the first
+programme, for a contact that cannot exist; for each field the service relies on, whether
+it was found, missing or in another shape; plus the casing of the answers' keys and the
+date forms seen. Every guess it checks is listed in docs/koban-wire.md. Nothing is
+written to Koban.
 """
 
 from __future__ import annotations
@@ -13,12 +15,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from service.koban import KobanClient, wire
+from service.koban import KobanClient, KobanError, wire
+from service.koban.denonciation import Contact
 
 __all__ = ["CheckReport", "Finding", "check_koban", "date_form"]
 
 State = Literal["found", "missing", "shape", "info"]
 _ISO_ZONE = re.compile(r"(Z|[+-]\d{2}:?\d{2})$")
+# CheckDenonc's probe: a reserved domain (RFC 2606) and a name no real prospect bears, so
+# Koban's answer is about no one.
+PROBE_CONTACT = Contact(last_name="KOBAN-CHECK", email="koban-check@invalid.example")
+# How `denonciation.parse_check` reads a flag; other values are another shape.
+_FLAG_TEXTS = frozenset({"true", "false", "1", "0", "o", "n", "oui", "non", "yes", "no"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,19 +155,36 @@ class _Probe:
         self.report.add(method, name, "shape", f"a {type(value).__name__}")
         return None
 
+    def flag(self, method: str, obj: Mapping[str, Any], name: str) -> None:
+        """A yes/no the service relies on: absent or null reads as false, so it is missing."""
+        present, value = _get(obj, name)
+        if not present or value is None:
+            self.report.add(method, name, "missing", "absent or null")
+        elif isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+            self.report.add(method, name, "found", repr(value))
+        elif isinstance(value, str) and value.strip().lower() in _FLAG_TEXTS:
+            self.report.add(method, name, "found", f"{value!r} (text)")
+        else:
+            self.report.add(method, name, "shape", f"not a yes/no: {value!r}")
+
 
 async def check_koban(koban: KobanClient) -> CheckReport:
-    """Probe `koban` read-only; KobanError/KobanUnavailable propagate (nothing to judge)."""
+    """Probe `koban` read-only; KobanError/KobanUnavailable propagate (nothing to judge),
+    except CheckDenonc's error, reported as its answer missing."""
     report = CheckReport()
     probe = _Probe(report)
-    await _check_programmes(koban, probe)
+    programme = await _check_programmes(koban, probe)
     extcode = await _check_deals(koban, probe)
     if extcode is not None:
         await _check_lot_status(koban, probe, extcode)
+    if programme is None:
+        report.add("CheckDenonc", "answer", "info", "no programme code from GetAll: not asked")
+    else:
+        await _check_denonc(koban, probe, programme)
     return report
 
 
-async def _check_programmes(koban: KobanClient, probe: _Probe) -> None:
+async def _check_programmes(koban: KobanClient, probe: _Probe) -> str | None:
     method = "GetAll"
     payload = await koban.read_raw(wire.DEAL_PROCESS_GET_ALL)
     if isinstance(payload, Mapping):
@@ -167,16 +192,18 @@ async def _check_programmes(koban: KobanClient, probe: _Probe) -> None:
         payload = _get(payload, "List")[1]
     if not isinstance(payload, list):
         probe.report.add(method, "answer", "shape", "not a list of processes")
-        return
+        return None
     probe.report.add(method, "answer", "found", f"a list of {len(payload)} processes")
     if not payload or not isinstance(payload[0], Mapping):
-        return
+        return None
     first = payload[0]
     probe.keys(first)
-    if probe.text(method, first, "Extcode", required=True) is None and _get(first, "Code")[0]:
+    code = probe.text(method, first, "Extcode", required=True)
+    if code is None and _get(first, "Code")[0]:
         probe.report.add(method, "Code", "info", "present: the published structure has Extcode")
     probe.text(method, first, "Guid", required=False)
     probe.text(method, first, "Label", required=False)
+    return code
 
 
 async def _check_deals(koban: KobanClient, probe: _Probe) -> str | None:
@@ -235,3 +262,27 @@ async def _check_lot_status(koban: KobanClient, probe: _Probe, extcode: str) -> 
     else:
         probe.report.add(method, "MaxRank", "found" if present else "info", repr(rank))
     probe.date(method, payload, "EndDate", required=False)
+
+
+async def _check_denonc(koban: KobanClient, probe: _Probe, programme: str) -> None:
+    """CheckDenonc's flags, read where `denonciation.parse_check` reads them: inside
+    ``Result`` when it is an object, else beside the envelope's keys."""
+    method = "CheckDenonc"
+    try:
+        payload = await koban.check_denonciation_raw(programme, PROBE_CONTACT)
+    except KobanError as exc:
+        # An error here (no such method, no dénonciation module) fails this guess alone.
+        why = f"Koban answered HTTP {exc.status}" if exc.status else "an unreadable answer"
+        probe.report.add(method, "answer", "missing", why)
+        return
+    if not isinstance(payload, Mapping):
+        probe.report.add(method, "answer", "shape", "not an object")
+        return
+    probe.keys(payload)
+    inner = _get(payload, "Result")[1]
+    flags: Mapping[str, Any] = inner if isinstance(inner, Mapping) else payload
+    probe.keys(flags)
+    where = "in Result" if flags is inner else "at the top level"
+    probe.report.add(method, "answer", "found", f"flags {where}, programme {programme}")
+    for name in ("Activated", "IsDenonced", "Exists"):
+        probe.flag(method, flags, name)

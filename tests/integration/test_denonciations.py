@@ -1,5 +1,6 @@
 """Prospects and dénonciations over HTTP against the Koban sandbox: the three steps, the
-refusals, and a retry that finishes the job after Koban's answers were lost."""
+lookup of a prospect Koban already knows (found, failed, off, impossible), the refusals,
+and a retry that finishes the job after Koban's answers were lost."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from service.config import ApiToken
 from service.entrypoints.api.auth import Caller
 from service.entrypoints.api.errors import ApiError
 from service.entrypoints.api.routes_denonciations import _by
-from tests.support.api_harness import Api, running_api
+from tests.support.api_harness import Api, captured_logs, running_api
 from tests.support.running import running_api_with
 
 ALICE = {"lastName": "Martin", "firstName": "Alice", "email": "alice@example.fr"}
@@ -89,10 +90,73 @@ async def test_an_existing_prospect_is_only_denounced(api: Api) -> None:
     made = await denounce(api, {"lastName": "P1", "email": "p1@x.fr"}, extra={"cgpGuid": "cgp-1"})
     assert made.status == 201, made.body
     assert made.body["createdProspect"] is False
-    assert made.body["thirdGuid"] is None  # Koban says it exists, but not under which guid
+    assert made.body["thirdGuid"] == "p1"  # CheckDenonc names no guid: the e-mail lookup does
     assert made.body["by"] == "cgp-1"
-    assert calls(api, *STEPS) == [1, 0, 1]
+    assert calls(api, *STEPS) == [1, 0, 1]  # no PostOne; besides Create, only a read
     assert api.koban.denonciations.made == {("HAR", "p1"): "cgp-1"}
+
+
+LOOKUP = "ncThird/GetOneByKey"
+
+
+async def test_an_existing_prospect_is_named_by_its_e_mail_once_per_key(api: Api) -> None:
+    api.fault(status=502, apply=True, methods=["ncDenonc/Create"], count=1)
+    p2 = {"lastName": "P2", "email": "P2@X.fr"}
+    lost = await denounce(api, p2, key="k-known")
+    assert (lost.status, lost.code) == (502, "KOBAN_OUTCOME_UNKNOWN")
+    made = await denounce(api, p2, key="k-known")
+    assert made.status == 201, made.body
+    assert made.body == {
+        "thirdGuid": "p2",
+        "programme": "HAR",
+        "createdProspect": False,
+        "by": None,
+    }
+    # Found on the first attempt and kept in the key's progress: not asked again.
+    assert calls(api, *STEPS, LOOKUP) == [2, 0, 1, 1]
+    (event,) = await non_lot_events(api)
+    assert event["subject"] == "denonciation:HAR:p2"
+    assert (event["data"]["thirdGuid"], event["data"]["createdProspect"]) == ("p2", False)
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ({"status": 503}, "unavailable"),
+        ({"reset": True}, "unavailable"),
+        ({"timeout": True, "hang_seconds": 5}, "unavailable"),
+        ({"errorcode": "01"}, "not_found"),
+    ],
+)
+async def test_a_failed_lookup_leaves_third_guid_null_and_denounces(
+    api: Api, fault: dict[str, Any], reason: str
+) -> None:
+    api.fault(methods=[LOOKUP], **fault)
+    with captured_logs() as lines:
+        made = await denounce(api, {"lastName": "P3", "email": "p3@x.fr"}, key="k-fail")
+    assert made.status == 201, made.body
+    assert (made.body["thirdGuid"], made.body["createdProspect"]) == (None, False)
+    assert calls(api, *STEPS) == [1, 0, 1]
+    assert api.koban.calls[LOOKUP] >= 1  # aiohttp resends a GET once on a reset connection
+    assert api.koban.denonciations.made == {("HAR", "p3"): None}
+    (failed,) = [line for line in lines if line["event"] == "prospect_lookup_failed"]
+    assert (failed["reason"], failed["programme"], failed["tenant"]) == (reason, "HAR", api.name)
+    assert [line for line in lines if "p3@x.fr" in repr(line) or "P3" in repr(line)] == []
+
+
+async def test_without_an_e_mail_an_existing_prospect_is_not_looked_up(api: Api) -> None:
+    made = await denounce(api, {"lastName": "P4", "firstName": "F"})  # found by name
+    assert made.status == 201, made.body
+    assert (made.body["thirdGuid"], made.body["createdProspect"]) == (None, False)
+    assert calls(api, *STEPS, LOOKUP) == [1, 0, 1, 0]
+
+
+async def test_prospect_lookup_off_asks_nothing(redis: Redis, tenant: str) -> None:
+    async with running_api_with(redis, tenant, prospect_lookup="off") as api:
+        made = await denounce(api, {"lastName": "P5", "email": "p5@x.fr"})
+        assert made.status == 201, made.body
+        assert made.body["thirdGuid"] is None
+        assert calls(api, *STEPS, LOOKUP) == [1, 0, 1, 0]
 
 
 async def test_check_reports_what_koban_says(api: Api) -> None:

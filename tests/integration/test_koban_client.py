@@ -37,6 +37,7 @@ UPDATED = "/ncDeal/GetUpdated"
 UPDATED_PROCESS = "/ncDeal/GetUpdatedProcess"
 PROGRAMS = "/ncDealProcess/GetAll"
 THIRD = "/ncThird/PostOne"
+THIRD_BY_KEY = "/ncThird/GetOneByKey"
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
 OK = Reply(json={"success": True})
 FREE = Reply(json={"Result": 0, "MaxRank": 0, "EndDate": None})
@@ -437,6 +438,73 @@ async def test_post_third_without_guid_or_refused(
     with pytest.raises(KobanError, match="duplicate"):
         await client.post_third("Durand", "Anne", "anne@example.com")
     assert koban.seen[0].body["Status"] == {"Code": "CGP"}
+
+
+# ------------------------------------------------------------------ the prospect lookup (a guess)
+
+FOUND = [
+    {"Success": True, "Result": {"Guid": "g-1", "Label": "Durand", "EMail": "anne@example.com"}},
+    {"success": "true", "result": {"guid": "g-1"}},
+    {"SUCCESS": 1, "Result": {"GUID": " g-1 ", "Status": {"Code": "PROSPECT"}}},
+    {"Result": {"Guid": "g-1"}},  # no envelope flag: the account is the answer
+]
+
+
+@pytest.mark.parametrize("answer", FOUND)
+async def test_the_lookup_reads_the_account_s_guid_from_result_in_any_case(
+    koban: ScriptedKoban, client: KobanClient, answer: dict[str, Any]
+) -> None:
+    koban.script("GET", THIRD_BY_KEY, Reply(json=answer))
+    assert await client.find_third_by_email("anne@example.com") == "g-1"
+    (seen,) = koban.seen
+    assert seen.query == {"uniqueproperty": "Email", "key": "anne@example.com"}
+    assert client.calls[("ThirdGetOneByKey", "ok")] == 1
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(json={"success": False, "message": "third not found"}),
+        Reply(json={"Success": False, "Result": None, "Errors": ["not found"]}),
+        Reply(404, json={"success": False, "message": "third not found"}),
+    ],
+)
+async def test_koban_s_envelope_saying_no_is_no_third(
+    koban: ScriptedKoban, client: KobanClient, reply: Reply
+) -> None:
+    koban.script("GET", THIRD_BY_KEY, reply)
+    assert await client.find_third_by_email("anne@example.com") is None
+    assert client.calls[("ThirdGetOneByKey", "refused")] == 1
+
+
+@pytest.mark.parametrize(
+    ("reply", "status"),
+    [
+        (Reply(404, raw=b"<html>Not Found</html>"), 404),  # no such method
+        (Reply(400, json={"Message": "unknown uniqueproperty"}), 400),
+        (Reply(json={"Success": True, "Result": None}), None),
+        (Reply(json={"Success": True, "Result": {"Label": "Durand"}}), None),
+        (Reply(json=[{"Guid": "g-1"}]), None),
+        (Reply(raw=b"<html>oops</html>"), None),
+    ],
+)
+async def test_an_answer_without_an_account_s_guid_is_a_koban_error(
+    koban: ScriptedKoban, client: KobanClient, reply: Reply, status: int | None
+) -> None:
+    koban.script("GET", THIRD_BY_KEY, reply)
+    with pytest.raises(KobanError) as caught:
+        await client.find_third_by_email("anne@example.com")
+    assert caught.value.status == status
+    assert len(koban.seen) == 1  # not retried
+
+
+async def test_the_lookup_is_retried_as_a_read_then_unavailable(
+    koban: ScriptedKoban, client: KobanClient, sleep: FakeSleep
+) -> None:
+    koban.script("GET", THIRD_BY_KEY, Reply(503))
+    with pytest.raises(KobanUnavailable) as caught:
+        await client.find_third_by_email("anne@example.com")
+    assert caught.value.status == 503 and len(sleep.delays) == 3
 
 
 # ------------------------------------------------------------------ rate limit

@@ -1,6 +1,7 @@
 """Koban's published shapes, on both sandbox profiles (`doc`, `generic`): PostOne with the
 account structure, stock sync over odd deals, the option-prolonged webhook's two dates,
-the unknown-prospect 404, and the `koban check` probe (also against a third shape)."""
+the unknown-prospect 404, the dénonciation methods, AddValid and the guessed GetOneByKey
+in each profile's envelope, and the `koban check` probe (also against a third shape)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from service.clock import FixedClock
 from service.config import TenantSettings
 from service.entrypoints.commands.sync import koban_check
 from service.koban import KobanClient, KobanError, KobanLot, is_unknown_prospect, wire
+from service.koban.denonciation import Contact
 from service.sandbox.stock import PrgDateMeaning, Profile
 from service.storage import sync_state
 from service.storage.redis_client import RedisClient
@@ -121,6 +123,89 @@ async def test_a_404_without_kobans_envelope_is_a_koban_error(
         with pytest.raises(KobanError) as caught:
             await OptionFlows(t, koban, poll_s=0.01).place("A1", "p1")
     assert caught.value.status == 404 and not is_unknown_prospect(caught.value)
+
+
+# --------------------------------------------------------------------------- envelopes
+
+
+async def _raw(
+    pair: Pair,
+    verb: str,
+    method: str,
+    *,
+    params: dict[str, str] | None = None,
+    body: dict[str, Any] | None = None,
+) -> tuple[int, dict[str, Any]]:
+    headers = {"X-ncApi": API_KEY, "X-ncUser": USER_KEY}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(
+            verb, f"{pair.base_url}/{method}", params=params, json=body, headers=headers
+        ) as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+def _success_key(pair: Pair) -> str:
+    return "Success" if pair.state.profile == "generic" else "success"
+
+
+async def test_check_denonc_and_create_answer_in_the_profile_s_envelope(pair: Pair) -> None:
+    anne = pair.state.add_third(name="Durand", first_name="Anne", email="anne@example.com")
+    contact = Contact("Durand", first_name="Anne", email="anne@example.com")
+    check_body = {"Name": "Durand", "EMail": "anne@example.com", "Process": {"Code": "HAR"}}
+    status, body = await _raw(pair, "POST", "ncDenonc/CheckDenonc", body=check_body)
+    assert status == 200 and body[_success_key(pair)] is True
+    # The generic envelope carries what a method returns in Result; the doc's has no Result.
+    flags = body["Result"] if pair.state.profile == "generic" else body
+    assert {k: flags[k] for k in ("Activated", "IsDenonced", "Exists")} == {
+        "Activated": True,
+        "IsDenonced": False,
+        "Exists": True,
+    }
+    check = await pair.koban.check_denonciation("HAR", contact)
+    assert (check.activated, check.is_denounced, check.exists) == (True, False, True)
+    assert (await pair.koban.create_denonciation("HAR", contact, by="cgp-9")).success
+    assert pair.state.denonciations.made == {("HAR", anne.guid): "cgp-9"}
+    assert (await pair.koban.check_denonciation("HAR", contact)).is_denounced
+    status, body = await _raw(pair, "POST", "ncDenonc/Create", body=check_body)
+    assert status == 200 and body[_success_key(pair)] is False  # already denounced
+    refused = await pair.koban.create_denonciation("HAR", contact)
+    assert not refused.success and refused.error_code is None
+
+
+async def test_add_valid_answers_in_the_profile_s_envelope(pair: Pair) -> None:
+    anne = pair.state.add_third(name="Durand", email="anne@example.com")
+    values = {"third_guid": anne.guid, "price_cents": 20_000_000, "deposit_cents": 100_000}
+    assert (await pair.koban.add_valid_prereservation("A1", values)).success
+    assert pair.state.lots["A1"].status == "PRERESV"
+    unknown = await pair.koban.add_valid_prereservation("ZZ", values)
+    assert (unknown.success, unknown.error_code) == (False, "01")
+    status, body = await _raw(
+        pair, "POST", "ncPreresv/AddValid", body={"Deal": {"Extcode": "ZZ"}, "ThirdId": anne.guid}
+    )
+    code_key = "ErrorCode" if pair.state.profile == "generic" else "errorcode"
+    assert status == 200 and body[_success_key(pair)] is False and body[code_key] == "01"
+
+
+async def test_get_one_by_key_answers_the_account_in_result(pair: Pair) -> None:
+    anne = pair.state.add_third(name="Durand", email="Anne@Example.com", extcode="CRM-9")
+    for params in (
+        {"uniqueproperty": "Email", "key": "anne@EXAMPLE.com"},
+        {"UniqueProperty": "extcode", "key": "CRM-9"},
+    ):
+        status, body = await _raw(pair, "GET", "ncThird/GetOneByKey", params=params)
+        assert status == 200 and body[_success_key(pair)] is True
+        assert body["Result"] == anne.as_json()
+    assert await pair.koban.find_third_by_email("ANNE@example.com") == anne.guid
+    params = {"uniqueproperty": "Email", "key": "nobody@example.com"}
+    status, body = await _raw(pair, "GET", "ncThird/GetOneByKey", params=params)
+    assert status == 404 and body[_success_key(pair)] is False
+    assert await pair.koban.find_third_by_email("nobody@example.com") is None
+    status, _ = await _raw(
+        pair, "GET", "ncThird/GetOneByKey", params={"uniqueproperty": "Phone", "key": "06"}
+    )
+    assert status == 400
 
 
 # --------------------------------------------------------------------------- stock sync
@@ -260,6 +345,10 @@ async def test_koban_check_holds_on_the_sandbox(pair: Pair) -> None:
     assert ("GetLotStatus", "Result") in found
     forms = "naive ISO-8601 (read as UTC)" if pair.state.profile == "generic" else "UNIX seconds"
     assert forms in report.date_forms
+    assert {("CheckDenonc", f) for f in ("answer", "Activated", "IsDenonced", "Exists")} <= found
+    # CheckDenonc was asked once, about no one, and nothing was made.
+    assert pair.state.calls["ncDenonc/CheckDenonc"] == 1
+    assert pair.state.denonciations.made == {} and pair.state.prospects == {}
 
 
 THIRD_SHAPE = {
@@ -290,6 +379,48 @@ async def test_koban_check_exits_1_naming_each_difference_of_a_third_shape(
     assert "missing GetUpdated Length" in out and "missing GetUpdated List" in out
     assert "some guesses failed" in out
     assert [s.path for s in server.seen] == list(THIRD_SHAPE)  # reads only
+
+
+CHECK_DENONC_SHAPES = [
+    (
+        Reply(json={"Success": True, "Result": {"Activated": "Y", "IsDenounced": False}}),
+        [
+            "shape   CheckDenonc Activated",
+            "missing CheckDenonc IsDenonced",
+            "missing CheckDenonc Exists",
+        ],
+    ),
+    (
+        Reply(404, raw=b"<html>Not Found</html>"),
+        ["missing CheckDenonc answer: Koban answered HTTP 404"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("reply", "expected"), CHECK_DENONC_SHAPES)
+async def test_koban_check_names_what_check_denonc_lacks(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    reply: Reply,
+    expected: list[str],
+) -> None:
+    async with ScriptedKoban() as server:
+        server.script("GET", "/ncDealProcess/GetAll", Reply(json=[{"Extcode": "HAR"}]))
+        server.script("GET", "/ncDeal/GetUpdated", Reply(json={"Length": 0, "List": []}))
+        server.script("POST", "/ncDenonc/CheckDenonc", reply)
+        _write_tenant(tmp_path, server.base_url, monkeypatch)
+        code = await koban_check("probe", False)
+    out = capsys.readouterr().out
+    assert code == 1, out
+    for line in expected:
+        assert line in out
+    (asked,) = server.requests("/ncDenonc/CheckDenonc")
+    assert asked.body == {
+        "Name": "KOBAN-CHECK",
+        "EMail": "koban-check@invalid.example",
+        "Process": {"Code": "HAR"},
+    }
 
 
 async def test_koban_check_exits_0_on_the_sandbox(

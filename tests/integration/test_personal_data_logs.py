@@ -1,6 +1,7 @@
 """Names, e-mails and phones never reach a log line or an event: the new flows (prospect,
-dénonciation with lost answers, validated dossier, lead webhook and its read) run with
-every structlog line captured, and none of the contact's values is in any of them."""
+dénonciation with lost answers, of a known prospect looked up by e-mail, validated
+dossier, lead webhook and its read) run with every structlog line captured, and none of
+the contact's values is in any of them."""
 
 from __future__ import annotations
 
@@ -37,6 +38,12 @@ async def _run_flows(api: Api) -> None:
     assert refused.status == 409
     bad = {**body, "prospect": {**prospect, "email": f"{NAME} at nowhere"}}
     assert (await api.post("denonciations", bad)).status == 422
+    # A prospect Koban knows: its lookup by e-mail fails (logged), then succeeds.
+    api.fault(status=503, methods=["ncThird/GetOneByKey"], count=1)
+    known = {"programme": "BEL", "prospect": prospect}
+    assert (await api.post("denonciations", known)).body["thirdGuid"] is None
+    found = await api.post("denonciations", {**known, "programme": "HAR"})
+    assert found.body["thirdGuid"] is not None
     check = {"programme": "HAR", "lastName": NAME, "email": EMAIL, "phone": PHONE}
     assert (await api.post("denonciations/check", check)).status == 200
     dossier = {
@@ -82,6 +89,7 @@ async def test_no_contact_detail_in_any_log_line_or_event(api: Api) -> None:
     with captured_logs() as lines:
         await _run_flows(api)
     assert len(lines) > 10
+    assert "prospect_lookup_failed" in {line["event"] for line in lines}
     text = repr(lines)
     leaked = [s for s in SECRETS if s in text]
     assert leaked == [], [line for line in lines if any(s in repr(line) for s in leaked)][:3]

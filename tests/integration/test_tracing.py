@@ -1,5 +1,6 @@
 """OpenTelemetry: off by default (nothing patched); on, a placement is one trace across the
-API's server span, the Koban calls and the Redis commands (SDK in-memory exporter)."""
+API's server span, the Koban calls and the Redis commands (SDK in-memory exporter), and
+the prospect lookup's e-mail stays out of its span."""
 
 from __future__ import annotations
 
@@ -59,6 +60,19 @@ async def test_a_placement_is_one_trace_across_api_koban_and_redis(
     assert len(koban) >= 2  # GetLotStatus, then Add
     assert any(_is_redis(s.attributes) for s in in_trace)
     assert server[0].attributes["http.response.status_code"] == 201
+
+
+async def test_the_lookup_s_e_mail_is_not_in_its_span(
+    redis: Redis, tenant: str, exporter: InMemorySpanExporter
+) -> None:
+    async with running_api(redis, tenant) as api:
+        body = {"programme": "HAR", "prospect": {"lastName": "P1", "email": "p1@x.fr"}}
+        answer = await api.post("denonciations", body)
+        assert answer.status == 201 and answer.body["thirdGuid"] == "p1", answer.body
+    attributes = [dict(s.attributes or {}) for s in exporter.get_finished_spans()]
+    lookups = [a for a in attributes if "GetOneByKey" in str(a.values())]
+    assert lookups and "key=REDACTED" in str(lookups[0].values())
+    assert "p1@x.fr" not in repr(attributes) and "p1%40x.fr" not in repr(attributes)
 
 
 async def test_tracing_is_off_by_default_and_patches_nothing() -> None:

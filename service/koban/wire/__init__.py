@@ -17,7 +17,9 @@ from service.koban.wire.accounts import (
     TagRef,
     ThirdKind,
     account,
+    found_third_guid,
     own_extcode,
+    third_lookup_params,
     third_params,
 )
 from service.koban.wire.answers import (
@@ -52,6 +54,7 @@ from service.koban.wire.endpoints import (
     OPTION_UNDO,
     PRERESV_ADD,
     PRERESV_DESIST,
+    THIRD_GET_ONE_BY_KEY,
     THIRD_POST_ONE,
     Endpoint,
 )
@@ -94,6 +97,7 @@ __all__ = [
     "PRERESV_DESIST",
     "STANDARD_STATUSES",
     "STATUS_CODE_OF_KIND",
+    "THIRD_GET_ONE_BY_KEY",
     "THIRD_POST_ONE",
     "UNIQUE_PROPERTY",
     "Account",
@@ -119,6 +123,7 @@ __all__ = [
     "add_body",
     "cents_to_euros",
     "desist_body",
+    "found_third_guid",
     "from_unix",
     "koban_instant",
     "lot_status_params",
@@ -128,6 +133,7 @@ __all__ = [
     "preresv_add_body",
     "prolong_body",
     "read_deal",
+    "third_lookup_params",
     "third_params",
     "to_unix",
     "undo_body",

@@ -1,15 +1,18 @@
 """Koban's accounts (thirds) as ``ncThird/PostOne`` takes them: prospects and CGPs, keyed
-by the service's own Extcode when the caller has none.
+by the service's own Extcode when the caller has none; and the guessed lookup of one by
+e-mail (``ncThird/GetOneByKey``), whose answer's ``Result`` is an account.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import Field
 
 from service.koban.wire.requests import CodeRef, WireRequest
+from service.koban.wire.values import as_bool, fold_keys
 
 ThirdKind = Literal["PROSPECT", "CGP"]
 # Account status codes (Koban's `Status{Code}`): a prospect, and a CGP ("Statut CGP (Code
@@ -19,6 +22,10 @@ STATUS_CODE_OF_KIND: dict[str, str] = {"PROSPECT": "PROSPECT", "CGP": "CGP"}
 # The service's own Extcodes for thirds it creates without one from the caller.
 OWN_EXTCODE_PREFIX = "ko-"
 UNIQUE_PROPERTY = "Extcode"
+# GetOneByKey's parameters, both guessed: `uniqueproperty` as PostOne takes it, the value
+# to match as `key`.
+LOOKUP_PROPERTY = "Email"
+LOOKUP_KEY_PARAM = "key"
 
 
 class TagRef(WireRequest):
@@ -95,3 +102,26 @@ def account(
 
 def third_params() -> dict[str, str]:
     return {"uniqueproperty": UNIQUE_PROPERTY}
+
+
+def third_lookup_params(email: str) -> dict[str, str]:
+    """GetOneByKey's query: the third whose e-mail is `email`."""
+    return {"uniqueproperty": LOOKUP_PROPERTY, LOOKUP_KEY_PARAM: email}
+
+
+def found_third_guid(payload: Any) -> str | None:
+    """GetOneByKey's answer → the account's ``Guid`` (keys in any case), read from
+    ``Result``; None when the envelope says ``success: false`` (Koban names no third).
+    ValueError when there is no account with a Guid to read."""
+    if not isinstance(payload, Mapping):
+        raise ValueError("GetOneByKey: expected an object")
+    folded = fold_keys(payload)
+    if "success" in folded and not as_bool(folded["success"]):
+        return None
+    result = folded.get("result")
+    if not isinstance(result, Mapping):
+        raise ValueError("GetOneByKey: no account in Result")
+    guid = fold_keys(result).get("guid")
+    if isinstance(guid, bool) or not isinstance(guid, str | int) or not str(guid).strip():
+        raise ValueError("GetOneByKey: the account has no Guid")
+    return str(guid).strip()

@@ -29,6 +29,9 @@ DEAL_GET_UPDATED = Endpoint("GetUpdated", "GET", "/ncDeal/GetUpdated")
 DEAL_GET_UPDATED_PROCESS = Endpoint("GetUpdatedProcess", "GET", "/ncDeal/GetUpdatedProcess")
 DEAL_PROCESS_GET_ALL = Endpoint("DealProcessGetAll", "GET", "/ncDealProcess/GetAll")
 THIRD_POST_ONE = Endpoint("ThirdPostOne", "POST", "/ncThird/PostOne")
+# Not in Koban's documentation: a guess (docs/koban-wire.md), used only to name a prospect
+# CheckDenonc says exists.
+THIRD_GET_ONE_BY_KEY = Endpoint("ThirdGetOneByKey", "GET", "/ncThird/GetOneByKey")
 
 HEADER_API_KEY = "X-ncApi"
 HEADER_USER_KEY = "X-ncUser"
