@@ -13,7 +13,9 @@ What counts as personal data:
   `LeadForm`, the sandbox's thirds). A name is made of letters (with spaces, hyphens,
   apostrophes between them): test doubles that name a third by its guid (`cgp-1`) and
   generated input are not names. What fuzzers generate is not registered (schemathesis's
-  requests, Hypothesis tests): it is random text that also lands in paths and identifiers.
+  requests, Hypothesis tests): it is random text that also lands in paths and identifiers,
+  and in a fuzzing test it may spell a name registered elsewhere by chance, so such a test
+  is checked for e-mails and phones only.
 
 The phases' own assertions are not scanned (a test may hold the values it sends); only what
 was written while it ran.
@@ -50,6 +52,7 @@ class Registry:
     def __init__(self) -> None:
         self.names: set[str] = set()
         self.paused = False  # while a fuzzer runs
+        self.fuzzed = False  # the running test sent generated input
         self._pattern: re.Pattern[str] | None = None
 
     def add(self, value: object) -> None:
@@ -74,7 +77,7 @@ class Registry:
                 yield "e-mail", line
             elif PHONE.search(line):
                 yield "phone", line
-            elif self.names and self.pattern().search(line):
+            elif self.names and not self.fuzzed and self.pattern().search(line):
                 yield "name", line
 
     def pattern(self) -> re.Pattern[str]:
@@ -118,7 +121,9 @@ def _watch_requests(registry: Registry) -> Callable[[], None]:
 
     async def read(self: web_request.BaseRequest) -> bytes:
         body = await original(self)
-        if not self.headers.get("User-Agent", "").startswith(FUZZER_AGENT):
+        if self.headers.get("User-Agent", "").startswith(FUZZER_AGENT):
+            registry.fuzzed = True
+        else:
             registry.add_fields(parse_body(body, self.content_type))
         return body
 
@@ -193,11 +198,15 @@ def _masked(line: str) -> str:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, Any, None]:
-    REGISTRY.paused = bool(getattr(getattr(item, "obj", None), "is_hypothesis_test", False))
+    hypothesis = bool(getattr(getattr(item, "obj", None), "is_hypothesis_test", False))
+    REGISTRY.paused = REGISTRY.fuzzed = hypothesis
+    module = getattr(item, "module", None)
+    if module is not None and "schemathesis" in vars(module):  # its GETs read no body
+        REGISTRY.fuzzed = True
     try:
         yield
     finally:
-        REGISTRY.paused = False
+        REGISTRY.paused = REGISTRY.fuzzed = False
 
 
 @pytest.hookimpl(hookwrapper=True)
