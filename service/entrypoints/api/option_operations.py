@@ -36,6 +36,7 @@ __all__ = [
     "LIST_OPTIONS",
     "PLACE_OPTION",
     "PRERESERVE",
+    "PRERESERVE_ERRORS",
     "PROLONG_OPTION",
     "WITHDRAW",
 ]
@@ -134,19 +135,22 @@ CANCEL_OPTION = Operation(
 )
 
 
+# What a préréservation may meet, plain or validated (Koban answers both alike).
+PRERESERVE_ERRORS = merge(
+    WRITE_ERRORS,
+    rules(
+        ErrorCode.LOT_UNKNOWN,
+        ErrorCode.PROSPECT_UNKNOWN,
+        ErrorCode.LOT_NOT_AVAILABLE,
+        ErrorCode.LOT_PRERESERVED,
+    ),
+)
+
 PRERESERVE = Operation(
     "Pre-reserve the lot through Koban",
     "lots",
     {201: Reply(LotOut, "The pre-reserved lot.")},
-    merge(
-        WRITE_ERRORS,
-        rules(
-            ErrorCode.LOT_UNKNOWN,
-            ErrorCode.PROSPECT_UNKNOWN,
-            ErrorCode.LOT_NOT_AVAILABLE,
-            ErrorCode.LOT_PRERESERVED,
-        ),
-    ),
+    PRERESERVE_ERRORS,
     scope=WRITE,
     body=PrereserveIn,
     idempotent=True,

@@ -5,6 +5,8 @@ expired even before the sweep wrote it) and write nothing. How a lot is shown is
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import structlog
 from aiohttp import web
 
@@ -219,7 +221,7 @@ def install_fast_reads(app: web.Application, redis: RedisClient) -> None:
 # --------------------------------------------------------------------------- listing
 
 
-def _status_filter(text: str | None) -> set[str] | None:
+def status_filter(text: str | None) -> set[str] | None:
     if text is None:
         return None
     return {part.strip().upper() for part in text.split(",") if part.strip()}
@@ -240,10 +242,7 @@ LIST_LOTS = Operation(
 async def list_lots(request: web.Request) -> web.Response:
     caller = authenticate(request, "read")
     query = LIST_LOTS.parse_query(request)
-    tenant = caller.tenant
-    store = tenant.store
-    now = tenant.clock.now()
-    statuses = _status_filter(query.status)
+    statuses = status_filter(query.status)
     position: Position
     if query.cursor is not None:
         position = decode_cursor(query.cursor)
@@ -251,10 +250,34 @@ async def list_lots(request: web.Request) -> web.Response:
         position = (query.modified_after, None)
     else:
         position = START
+    expiring_before = query.expiring_before
+
+    def keep(lot: Lot) -> bool:
+        if statuses is not None and lot.status.upper() not in statuses:
+            return False
+        if query.program is not None and lot.program != query.program:
+            return False
+        if expiring_before is not None:
+            expiry = lot.next_expiry()
+            return expiry is not None and expiry < expiring_before
+        return True
+
+    return await lot_page(caller, position, query.limit, keep)
+
+
+async def lot_page(
+    caller: Caller, position: Position, limit: int, keep: Callable[[Lot], bool]
+) -> web.Response:
+    """A page of the tenant's lots after `position` in last-modification order, as of now
+    (lazy expiry), those `keep` accepts, with the cursor of the next page (null once the
+    scan reached the end; a page stops early after `SCAN_BUDGET` lots scanned)."""
+    tenant = caller.tenant
+    store = tenant.store
+    now = tenant.clock.now()
     items: list[LotOut] = []
     scanned = 0
     exhausted = False
-    while len(items) < query.limit and scanned < SCAN_BUDGET:
+    while len(items) < limit and scanned < SCAN_BUDGET:
         batch = await lots_after(store, position, SCAN_BATCH)
         raws = await raw_lots(store, [code for code, _ in batch])
         consumed = 0
@@ -266,16 +289,10 @@ async def list_lots(request: web.Request) -> web.Response:
                 continue
             lot = decode_lot(code, raw)
             tr.expire_due(lot, now, tenant.rules)
-            if statuses is not None and lot.status.upper() not in statuses:
+            if not keep(lot):
                 continue
-            if query.program is not None and lot.program != query.program:
-                continue
-            if query.expiring_before is not None:
-                expiry = lot.next_expiry()
-                if expiry is None or expiry >= query.expiring_before:
-                    continue
             items.append(lot_out(lot, caller))
-            if len(items) >= query.limit:
+            if len(items) >= limit:
                 break
         if len(batch) < SCAN_BATCH and consumed == len(batch):
             exhausted = True

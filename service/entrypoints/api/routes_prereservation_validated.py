@@ -25,15 +25,12 @@ from service.entrypoints.api.models import (
 )
 from service.entrypoints.api.openapi import (
     WRITE,
-    WRITE_ERRORS,
     Operation,
     Reply,
     documented,
-    merge,
-    rules,
 )
+from service.entrypoints.api.option_operations import PRERESERVE_ERRORS
 from service.entrypoints.api.routes_lots import LOT, lot_out
-from statecharts.errors import ErrorCode
 
 __all__ = ["PRERESERVE_VALIDATED", "ValidatedPrereserveIn", "routes"]
 
@@ -104,15 +101,7 @@ PRERESERVE_VALIDATED = Operation(
     "Place a validated préréservation (a complete dossier) through Koban's AddValid",
     "lots",
     {201: Reply(LotOut, "The lot, PRERESV, its préréservation `validated`.")},
-    merge(
-        WRITE_ERRORS,
-        rules(
-            ErrorCode.LOT_UNKNOWN,
-            ErrorCode.PROSPECT_UNKNOWN,
-            ErrorCode.LOT_NOT_AVAILABLE,
-            ErrorCode.LOT_PRERESERVED,
-        ),
-    ),
+    PRERESERVE_ERRORS,
     scope=WRITE,
     body=ValidatedPrereserveIn,
     idempotent=True,

@@ -12,22 +12,16 @@ from pydantic import BaseModel, ConfigDict, StringConstraints
 from service.entrypoints.api.contact_models import CamelOut
 from service.entrypoints.api.context import authenticate
 from service.entrypoints.api.errors import ApiError, json_response
-from service.entrypoints.api.models import Limit, LotListOut, LotOut, NoQuery, dump
+from service.entrypoints.api.models import Limit, LotListOut, NoQuery, dump
 from service.entrypoints.api.openapi import AUTH_ERRORS, READ, Operation, Reply, documented, merge
-from service.entrypoints.api.paging import Position, decode_cursor, encode_cursor
-from service.entrypoints.api.routes_lots import BASE, lot_out
-from service.storage.codec import decode_lot
-from service.storage.lot_reads import raw_lots
-from service.storage.paging import lots_after
+from service.entrypoints.api.paging import decode_cursor
+from service.entrypoints.api.routes_lots import BASE, START, lot_page, status_filter
 from service.usecases.programmes import programme_counts, programmes
-from statecharts import transitions as tr
+from statecharts.model import Lot
 
 __all__ = ["PROGRAMME_UNKNOWN", "routes"]
 
 PROGRAMME_UNKNOWN = "PROGRAMME_UNKNOWN"
-SCAN_BATCH = 200
-SCAN_BUDGET = 5000
-_START: Position = (-(2**53), None)
 _CODE_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 128}
 
 routes = web.RouteTableDef()
@@ -107,34 +101,10 @@ async def programme_lots(request: web.Request) -> web.Response:
     code = request.match_info["code"]
     if not any(p["code"] == code for p in await programmes(tenant)):
         raise ApiError(404, PROGRAMME_UNKNOWN, f"No programme {code!r} in the last stock sync.")
-    statuses = (
-        None if query.status is None else {s.strip().upper() for s in query.status.split(",")}
-    )
-    position = _START if query.cursor is None else decode_cursor(query.cursor)
-    now = tenant.clock.now()
-    items: list[LotOut] = []
-    scanned, exhausted = 0, False
-    while len(items) < query.limit and scanned < SCAN_BUDGET:
-        batch = await lots_after(tenant.store, position, SCAN_BATCH)
-        raws = await raw_lots(tenant.store, [c for c, _ in batch])
-        consumed = 0
-        for (extcode, score), raw in zip(batch, raws, strict=True):
-            consumed += 1
-            scanned += 1
-            position = (score, extcode)
-            if raw is None:
-                continue
-            lot = decode_lot(extcode, raw)
-            if lot.program != code:
-                continue
-            tr.expire_due(lot, now, tenant.rules)
-            if statuses is not None and lot.status.upper() not in statuses:
-                continue
-            items.append(lot_out(lot, caller))
-            if len(items) >= query.limit:
-                break
-        if len(batch) < SCAN_BATCH and consumed == len(batch):
-            exhausted = True
-            break
-    cursor = None if exhausted else encode_cursor(position)
-    return json_response(dump(LotListOut(items=items, next_cursor=cursor)))
+    statuses = status_filter(query.status)
+
+    def keep(lot: Lot) -> bool:
+        return lot.program == code and (statuses is None or lot.status.upper() in statuses)
+
+    position = START if query.cursor is None else decode_cursor(query.cursor)
+    return await lot_page(caller, position, query.limit, keep)
