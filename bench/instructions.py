@@ -1,6 +1,6 @@
-"""Instructions per request, counted by valgrind's callgrind: the one figure of the API's
-cost that the machine's other work does not move (wall time and CPU time do, on a shared
-two-core machine), so two builds compare to a fraction of a per cent.
+"""Instructions per request, counted by valgrind's callgrind: the API's cost in a figure
+the machine's other work barely moves (wall time and CPU time swing by tens of per cent on
+a shared two-core machine), so alternated runs of two builds tell about 1 % apart.
 
 The API (one process) and the bare hello server run under ``valgrind --tool=callgrind``
 with counting off; after start-up and a warm-up, counting is switched on
@@ -25,31 +25,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import redis as redis_py
-
 from bench.http_config import READ_TOKEN, TENANT
 from bench.procs import bench, free_port, say
+from tests.support.redis_server import start_redis_server
 
 N_REQUESTS = int(os.environ.get("KOBAN_BENCH_INSTR_REQUESTS", "2000"))
 WARMUP = int(os.environ.get("KOBAN_BENCH_INSTR_WARMUP", "300"))
 LOTS = 2000
 STEP = 7919  # a prime: consecutive requests read lots far apart, as the HTTP bench does
-
-
-def _redis(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
-        cwd=tmp,
-        stdout=subprocess.DEVNULL,
-    )
-    for _ in range(100):
-        try:
-            redis_py.Redis(port=port).ping()
-            break
-        except redis_py.ConnectionError:
-            time.sleep(0.05)
-    return proc, f"redis://127.0.0.1:{port}/0"
 
 
 class Counted:
@@ -127,7 +110,7 @@ def run(tmp: Path) -> None:
     os.environ["KOBAN_BENCH_HTTP_SWEEP"] = "1"
     from bench.servers import child_env, load_store, tenants_toml
 
-    redis, redis_url = _redis(tmp)
+    redis, redis_url = start_redis_server(tmp)
     try:
         tenants = tmp / "tenants.toml"
         tenants.write_text(tenants_toml(free_port()))  # no Koban call is measured

@@ -24,11 +24,9 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,6 +34,7 @@ import structlog
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from bench.procs import run_on_private_redis
 from bench.ticks import bench
 from service.bootstrap import rules_from
 from service.config import TenantSettings
@@ -45,7 +44,6 @@ from service.usecases.sweep import sweep_expiries
 from statecharts.model import DomainEvent, Lot
 from statecharts.ticks import TICK_SECONDS
 from tests.support.loading import load_options
-from tests.support.redis_server import start_redis_server
 
 N_DUE = int(os.environ.get("KOBAN_BENCH_PEER_DUE", "10000"))
 T0 = 1_795_000_000 - 1_795_000_000 % TICK_SECONDS
@@ -196,13 +194,7 @@ async def run(url: str) -> None:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_redis_server(Path(tmp))
-        try:
-            asyncio.run(run(url))
-        finally:
-            proc.terminate()
-            proc.wait(30)
+    run_on_private_redis(run)
 
 
 if __name__ == "__main__":

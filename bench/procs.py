@@ -4,6 +4,7 @@ for one to answer HTTP, and py-spy profiles of running processes."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import resource
 import shutil
@@ -11,15 +12,17 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from bench.http_config import CLOCK_TICK
+from tests.support.redis_server import start_redis_server
 
 
 def bench(name: str, value: float, unit: str) -> None:
@@ -28,6 +31,18 @@ def bench(name: str, value: float, unit: str) -> None:
 
 def say(text: str) -> None:
     print(text, flush=True)
+
+
+def run_on_private_redis(run: Callable[[str], Coroutine[Any, Any, None]]) -> None:
+    """`run(url)` against a redis-server of its own (never the machine's), in a temporary
+    folder; the server is stopped after."""
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = start_redis_server(Path(tmp))
+        try:
+            asyncio.run(run(url))
+        finally:
+            proc.terminate()
+            proc.wait(30)
 
 
 def free_port() -> int:

@@ -19,15 +19,14 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
 
+from bench.procs import run_on_private_redis
 from service.storage.commit_script import Transition
 from service.storage.redis_client import connect
 from service.storage.store import LotStore, View, view
@@ -36,7 +35,6 @@ from statecharts import transitions as tr
 from statecharts.decide import CHART
 from statecharts.model import DomainEvent, Lot, Rules
 from statecharts.ticks import parse_duration
-from tests.support.redis_server import start_redis_server
 
 N_LOTS = int(os.environ.get("KOBAN_BENCH_LOTS", "1000000"))
 N_DUE = int(os.environ.get("KOBAN_BENCH_DUE", "100000"))
@@ -177,13 +175,7 @@ async def run(redis_url: str) -> None:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_redis_server(Path(tmp))
-        try:
-            asyncio.run(run(url))
-        finally:
-            proc.terminate()
-            proc.wait(30)
+    run_on_private_redis(run)
 
 
 if __name__ == "__main__":

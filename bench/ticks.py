@@ -13,16 +13,14 @@ KOBAN_BENCH_TICKS (20), KOBAN_BENCH_TICK_DUE (10 000).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import structlog
 
+from bench.procs import run_on_private_redis
 from service.bootstrap import rules_from
 from service.clock import TestClock
 from service.config import TenantSettings
@@ -32,7 +30,6 @@ from service.tenancy import Tenant
 from service.usecases.ticking import TickReport, advance_clock
 from statecharts.ticks import TICK_SECONDS, next_tick
 from tests.support.loading import load_options
-from tests.support.redis_server import start_redis_server
 
 N_TICKS = int(os.environ.get("KOBAN_BENCH_TICKS", "20"))
 N_DUE = int(os.environ.get("KOBAN_BENCH_TICK_DUE", "10000"))
@@ -142,13 +139,7 @@ async def run(redis_url: str) -> None:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_redis_server(Path(tmp))
-        try:
-            asyncio.run(run(url))
-        finally:
-            proc.terminate()
-            proc.wait(30)
+    run_on_private_redis(run)
 
 
 if __name__ == "__main__":

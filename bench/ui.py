@@ -13,17 +13,15 @@ Each figure is the best of ROUNDS rounds (the machine is shared). Sizes: KOBAN_B
 
 from __future__ import annotations
 
-import asyncio
 import os
-import tempfile
 import time
-from pathlib import Path
 
 import aiohttp
 import structlog
 from aiohttp import web
 from pydantic import SecretStr
 
+from bench.procs import run_on_private_redis
 from service.bootstrap import rules_from
 from service.clock import FixedClock
 from service.config import ApiToken, TenantSettings
@@ -31,7 +29,6 @@ from service.entrypoints.api import build_api_app
 from service.storage.redis_client import connect
 from service.storage.store import LotStore
 from service.tenancy import Tenant, Tenants
-from tests.support.redis_server import start_redis_server
 
 LOTS = int(os.environ.get("KOBAN_BENCH_UI_LOTS", "1000"))
 REQUESTS = int(os.environ.get("KOBAN_BENCH_UI_REQUESTS", "300"))
@@ -105,13 +102,7 @@ async def run(redis_url: str) -> None:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_redis_server(Path(tmp))
-        try:
-            asyncio.run(run(url))
-        finally:
-            proc.terminate()
-            proc.wait(30)
+    run_on_private_redis(run)
 
 
 if __name__ == "__main__":
