@@ -135,6 +135,14 @@ def _watch_requests(registry: Registry) -> Callable[[], None]:
     return undo
 
 
+def _undo_all(undos: list[Callable[[], None]]) -> Callable[[], None]:
+    def undo() -> None:
+        for one in undos:
+            one()
+
+    return undo
+
+
 def _watch_records(registry: Registry) -> Callable[[], None]:
     """Contact records built without HTTP (unit tests, the sandbox's demo stock)."""
     from service.koban.denonciation import Contact
@@ -148,7 +156,7 @@ def _watch_records(registry: Registry) -> Callable[[], None]:
         (Third, ("name", "first_name", "email", "phone", "mobile")),
     ):
         undos.append(_after_init(cls, fields, registry))
-    return lambda: [undo() for undo in undos] and None
+    return _undo_all(undos)
 
 
 def _after_init(cls: type, fields: Iterable[str], registry: Registry) -> Callable[[], None]:
@@ -176,7 +184,7 @@ def pytest_configure(config: pytest.Config) -> None:
         REGISTRY.add(name)
         REGISTRY.add(first)
     undos = [_watch_requests(REGISTRY), _watch_records(REGISTRY)]
-    config.add_cleanup(lambda: [undo() for undo in undos] and None)
+    config.add_cleanup(_undo_all(undos))
 
 
 def assert_no_personal_data(text: str, where: str) -> None:
