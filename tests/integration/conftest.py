@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from redis.asyncio import Redis
 
 from service.storage.redis_client import RedisClient, connect
 from service.storage.store import LotStore
@@ -26,6 +27,7 @@ from tests.support.redis_cluster import (
     start_redis_cluster,
 )
 from tests.support.redis_server import start_redis_server
+from tests.support.security_deployment import Deployment, deployment
 from tests.support.tenant_keys import delete_tenant_keys
 
 NO_CLUSTER = os.environ.get("KOBAN_TESTS_NO_CLUSTER") == "1"
@@ -131,3 +133,14 @@ def tenant(backend_url: str) -> Iterator[str]:
 @pytest.fixture
 def store(redis: RedisClient, tenant: str, rules: Rules) -> LotStore:
     return LotStore(redis, tenant, rules)
+
+
+# --- fixtures of several modules that were one (names used nowhere else in this folder) ----
+
+
+@pytest.fixture
+async def dep(redis: Redis, redis_url: str, tenant: str) -> AsyncIterator[Deployment]:
+    """The security tests' deployment (tests/support/security_deployment.py) on the test's
+    tenant (test_reliability_security_*.py)."""
+    async with deployment(redis, redis_url, tenant) as running:
+        yield running
