@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from service.storage.redis_client import RedisClient, connect
 from service.storage.store import LotStore
 from statecharts.model import Rules
+from tests.support.input_fuzzing import Live, hooks_server
 from tests.support.redis_cluster import (
     ClusterUnsupported,
     LocalCluster,
@@ -144,3 +145,11 @@ async def dep(redis: Redis, redis_url: str, tenant: str) -> AsyncIterator[Deploy
     tenant (test_reliability_security_*.py)."""
     async with deployment(redis, redis_url, tenant) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def hooks_live(redis_url: str) -> Iterator[Live]:
+    """The bad-input tests' live server, seeded (tests/support/input_fuzzing.py); one per
+    module (test_reliability_input_forms.py, test_reliability_input_limits.py)."""
+    with hooks_server(redis_url) as live:
+        yield live
