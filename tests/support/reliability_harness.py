@@ -26,8 +26,10 @@ from service.koban import KobanClient
 from service.sandbox import WEBHOOK_KINDS, Fault, SandboxState, build_sandbox_app
 from service.storage.store import LotStore
 from service.tenancy import Tenant, Tenants
+from statecharts.ticks import to_iso
 from tests.support.api_harness import (
     API_KEY,
+    DAY,
     T0,
     TOKENS,
     USER_KEY,
@@ -40,13 +42,16 @@ from tests.support.api_harness import (
 __all__ = [
     "SECRET",
     "T0",
+    "UNTIL",
     "SandboxServer",
     "Stack",
+    "grace",
     "running_stack",
     "snapshot",
 ]
 
 SECRET = "reliability-webhook-secret"
+UNTIL = to_iso(T0 + 4 * DAY)  # a prolongation date (test_reliability_faults*.py)
 
 
 class SandboxServer:
@@ -211,3 +216,7 @@ async def running_stack(
         await http.close()
         await api.close()
         await sandbox.stop()
+
+
+def grace(stack: Stack) -> int:
+    return int(stack.tenant.settings.intent_grace.fixed_seconds())
