@@ -28,6 +28,7 @@ from tests.support.redis_cluster import (
     start_redis_cluster,
 )
 from tests.support.redis_server import start_redis_server
+from tests.support.sandbox_harness import Harness, running_sandbox
 from tests.support.security_deployment import Deployment, deployment
 from tests.support.tenant_keys import delete_tenant_keys
 
@@ -153,3 +154,10 @@ def hooks_live(redis_url: str) -> Iterator[Live]:
     module (test_reliability_input_forms.py, test_reliability_input_limits.py)."""
     with hooks_server(redis_url) as live:
         yield live
+
+
+@pytest.fixture
+async def sb() -> AsyncIterator[Harness]:
+    """The Koban sandbox on loopback (tests/support/sandbox_harness.py; test_sandbox*.py)."""
+    async with running_sandbox() as harness:
+        yield harness
