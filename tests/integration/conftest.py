@@ -31,6 +31,7 @@ from tests.support.redis_server import start_redis_server
 from tests.support.sandbox_harness import Harness, running_sandbox
 from tests.support.security_deployment import Deployment, deployment
 from tests.support.tenant_keys import delete_tenant_keys
+from tests.support.webhooks_env import MakeEnv, webhook_envs
 
 NO_CLUSTER = os.environ.get("KOBAN_TESTS_NO_CLUSTER") == "1"
 
@@ -161,3 +162,13 @@ async def sb() -> AsyncIterator[Harness]:
     """The Koban sandbox on loopback (tests/support/sandbox_harness.py; test_sandbox*.py)."""
     async with running_sandbox() as harness:
         yield harness
+
+
+@pytest.fixture(params=["doc", "generic"])
+async def make_env(
+    request: pytest.FixtureRequest, redis: Redis, tenant: str
+) -> AsyncIterator[MakeEnv]:
+    """Koban's webhook routes on the test's tenant, in both date profiles
+    (tests/support/webhooks_env.py; test_webhooks*.py)."""
+    async with webhook_envs(redis, tenant, request.param) as make:
+        yield make
