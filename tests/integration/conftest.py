@@ -14,13 +14,17 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
+import aiohttp
 import pytest
 from redis.asyncio import Redis
 
+from service.koban.client import KobanClient
 from service.storage.redis_client import RedisClient, connect
 from service.storage.store import LotStore
 from statecharts.model import Rules
 from tests.support.input_fuzzing import Live, hooks_server
+from tests.support.koban_client_env import FakeSleep, make_client
+from tests.support.koban_scripted import ScriptedKoban
 from tests.support.redis_cluster import (
     ClusterUnsupported,
     LocalCluster,
@@ -172,3 +176,27 @@ async def make_env(
     (tests/support/webhooks_env.py; test_webhooks*.py)."""
     async with webhook_envs(redis, tenant, request.param) as make:
         yield make
+
+
+@pytest.fixture
+async def koban() -> AsyncIterator[ScriptedKoban]:
+    """A scripted Koban on 127.0.0.1 (test_koban_client*.py)."""
+    async with ScriptedKoban() as server:
+        yield server
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+def sleep() -> FakeSleep:
+    return FakeSleep()
+
+
+@pytest.fixture
+def client(koban: ScriptedKoban, session: aiohttp.ClientSession, sleep: FakeSleep) -> KobanClient:
+    """A KobanClient of `koban`, its backoff recorded by `sleep` (test_koban_client*.py)."""
+    return make_client(session, koban.base_url, sleep)
