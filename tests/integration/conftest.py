@@ -6,6 +6,10 @@ under that tenant's hash tag (`tests.support.tenant_keys`), so REDIS_URL may poi
 shared server. Tests marked ``cluster`` run twice, on that server and on a local cluster of
 three masters (`tests.support.redis_cluster`); a machine that cannot start one fails them,
 unless KOBAN_TESTS_NO_CLUSTER=1 leaves the cluster runs out (said once in the header).
+
+At the end, the fixtures that several modules split from one need, whose names no other
+module here uses (`dep`, `hooks_live`, `sb`, `make_env`, `koban`, `session`, `sleep`,
+`client`); their set-ups are in tests/support/.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Koban's webhooks as pure rule steps: no Redis, no HTTP (the wiring is in
-tests/test_webhooks.py). Each test builds a lot, runs one step and reads what it did."""
+tests/integration/test_webhooks*.py). Each test builds a lot, runs one step and reads what
+it did."""
 
 from __future__ import annotations
 
