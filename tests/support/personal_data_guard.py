@@ -46,9 +46,8 @@ NAME_SHAPE = re.compile(r"^[^\W\d_]+(?:[ '’.-]+[^\W\d_]+)*$")
 FUZZER_AGENT = "schemathesis/"
 # Modules whose tests send generated input without importing schemathesis (checked for
 # e-mails and phones only, like a module that imports it): Koban's webhook forms fuzzed
-# with Hypothesis inside a plain test, and the size-limit tests that shared its module
-# (test_reliability_input.py, which imported schemathesis) before it was split.
-FUZZING_MODULES = frozenset({"test_reliability_input_forms", "test_reliability_input_limits"})
+# with Hypothesis inside a plain test.
+FUZZING_MODULES = frozenset({"test_reliability_input_forms"})
 
 
 class Registry:
