@@ -1,21 +1,28 @@
-"""Reads of the expiry index (``extcode/option_id`` scored by effective expiry) and of the
-expiring-notice cursor, for the notice run.
+"""The expiry index (``extcode/option_id`` scored by effective expiry): its reads and the
+expiring-notice cursor for the notice run; the sweep's repairs of entries that outside
+tampering left.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import cast
+from typing import Any, cast
 
+from redis.exceptions import WatchError
+
+from service.storage.codec import decode_lot
+from service.storage.keys import glob_escape
 from service.storage.monotonic import raise_to, read_int
-from service.storage.store import LotStore
+from service.storage.store import LotStore, view
 
 __all__ = [
     "active_counts",
+    "drop_entries",
     "lots_expiring_at",
     "next_expiry",
     "notice_cursor",
     "raise_notice_cursor",
+    "repair_lot_entries",
 ]
 
 
@@ -62,3 +69,47 @@ async def active_counts(stores: Mapping[str, LotStore]) -> dict[str, int]:
         for name, count in zip(names, counts, strict=True):
             out[name] = int(count)
     return out
+
+
+async def drop_entries(store: LotStore, members: list[bytes]) -> None:
+    """Remove index entries that name no lot (only outside tampering writes those)."""
+    await store.redis.zrem(store.keys.expiries, *members)
+
+
+async def repair_lot_entries(store: LotStore, code: str) -> bool:
+    """Make the expiry index say exactly what the lot holds (or drop a vanished lot's).
+
+    Only outside tampering makes them disagree (index entries <= tick for options not due,
+    or for a lot that does not exist); the sweep rewrites the lot's entries rather than
+    spin on them. Done under WATCH of the lot, so a concurrent write is never undone.
+    Returns whether anything had to change.
+    """
+    keys = store.keys
+    prefix = code.encode() + b"/"
+    for _ in range(store.max_attempts):
+        pipe: Any
+        async with store.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(keys.lot(code))
+            raw = cast(bytes | None, await pipe.get(keys.lot(code)))
+            mine = {
+                m: s
+                async for m, s in store.redis.zscan_iter(
+                    keys.expiries, match=glob_escape(code) + "/*"
+                )
+                if m.startswith(prefix) and b"/" not in m[len(prefix) :]
+            }
+            want = {} if raw is None else view(decode_lot(code, raw)).expiries
+            if mine == {m.encode(): float(s) for m, s in want.items()}:
+                await pipe.reset()
+                return False
+            pipe.multi()
+            if mine:
+                pipe.zrem(keys.expiries, *mine)
+            if want:
+                pipe.zadd(keys.expiries, want)
+            try:
+                await pipe.execute()
+                return True
+            except WatchError:
+                continue
+    return False

@@ -14,32 +14,21 @@ from __future__ import annotations
 
 import gc
 import time
-import weakref
-from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import NoScriptError, WatchError
-
-from service.storage.codec import decode_lot
-from service.storage.keys import glob_escape
-from service.storage.redis_client import own_connection
-from service.storage.resp import pack
-from service.storage.store import LotStore, view
-from service.storage.sweep_script import LUA_SWEEP, MAX_BATCH, SWEEP_SHA, Plan, apply_command
+from service.storage.expiry_index import drop_entries, repair_lot_entries
+from service.storage.store import LotStore
+from service.storage.sweep_channel import APPLY, RANGE, READ, RELOADED, SweepChannel, sweep_channel
+from service.storage.sweep_script import MAX_BATCH, Plan
 from service.usecases.event_templates import EXPIRED, PROMOTED, templates
 from service.usecases.expiry_plans import generic_expiry, plan_of
 from service.usecases.fast_expiry import ExpiryDecisions, fast_plan
 from statecharts.decide import COMPILED, DecisionEngine
 
 READ_AHEAD = 2  # chunks read ahead of the one being decided
-# Clients whose server was handed the sweep's script: it is loaded once per client, not
-# at every tick; a server that lost it since (restart, flush) answers NOSCRIPT and gets it
-# again then.
-_LOADED: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
 @dataclass(slots=True)
@@ -138,7 +127,7 @@ def _collector_paused() -> Iterator[None]:
 
 
 class _Sweeper:
-    """One sweep over one connection: commands are sent ahead, replies read in order."""
+    """One sweep over its own channel to Redis (service/storage/sweep_channel.py)."""
 
     def __init__(
         self, store: LotStore, tick: int, batch: int, window: int, engine: DecisionEngine
@@ -150,62 +139,24 @@ class _Sweeper:
         self.batch = batch
         self.window = window
         self.report = SweepReport(tick)
-        self.sha = SWEEP_SHA
-        self.conn: AbstractConnection | None = None
-        # what each reply not read yet answers: ("range", None) | ("read", codes) |
-        # ("apply", plans)
-        self.expected: deque[tuple[str, Any]] = deque()
-
-    async def send(self, kind: str, what: Any, args: list[Any]) -> None:
-        await self.send_packed(kind, what, pack(args))
-
-    async def send_packed(self, kind: str, what: Any, command: bytes) -> None:
-        assert self.conn is not None
-        started = time.perf_counter()
-        await self.conn.send_packed_command(command, check_health=False)
-        self.report.send_s += time.perf_counter() - started
-        self.expected.append((kind, what))
-
-    async def send_range(self) -> None:
-        k = self.store.keys
-        args = ["ZRANGEBYSCORE", k.expiries, "-inf", self.tick, "LIMIT", 0, self.window]
-        await self.send("range", None, args)
-
-    async def send_read(self, codes: list[str]) -> None:
-        """The chunk's lots and their histories, in one MGET (the lots first)."""
-        k = self.store.keys
-        lot_key, history_key = k.lot_prefix, k.history_prefix
-        keys = [lot_key + c for c in codes] + [history_key + c for c in codes]
-        await self.send("read", codes, ["MGET", *keys])
+        self.channel: SweepChannel | None = None
 
     async def send_apply(self, plans: list[Plan], command: bytes | None = None) -> None:
         """Queue the script call applying `plans` (`command`: it, packed already)."""
+        assert self.channel is not None
         if command is None:
-            command = self.apply_command(plans)
-        await self.send_packed("apply", plans, command)
-
-    def apply_command(self, plans: list[Plan]) -> bytes:
-        store = self.store
-        return apply_command(store.keys, store.cluster, self.sha, self.tick, plans)
+            command = self.channel.apply_command(self.tick, plans)
+        await self.channel.send_apply(plans, command)
 
     async def read_one(self) -> tuple[str, Any, Any] | None:
         """The next reply; an apply's reply is settled here and gives None."""
-        assert self.conn is not None
-        kind, what = self.expected.popleft()
-        waited = time.perf_counter()
-        try:
-            reply = await self.conn.read_response()
-        except NoScriptError:  # the script cache was flushed: load it, apply again
-            if kind != "apply":
-                raise
-            self.sha = await self.store.redis.script_load(LUA_SWEEP)
+        assert self.channel is not None
+        kind, what, reply = await self.channel.read()
+        if kind == RELOADED:  # the script cache was flushed: it is loaded again
             await self.send_apply(what)
             return None
-        waited = time.perf_counter() - waited
-        if kind != "apply":
-            self.report.reads_s += waited
+        if kind != APPLY:
             return kind, what, reply
-        self.report.script_s += waited
         await self.settle(what, reply)
         return None
 
@@ -229,30 +180,33 @@ class _Sweeper:
             await self.send_apply(keep)
 
     async def run(self) -> SweepReport:
-        store = self.store
-        if not _LOADED.get(store.redis):
-            self.sha = await store.redis.script_load(LUA_SWEEP)
-            _LOADED[store.redis] = True
-        # The tenant's server (on a cluster, the master of its slot); disconnected rather
-        # than reused if we leave with replies unread.
-        async with own_connection(store.redis, store.keys.expiries) as conn:
-            self.conn = conn
-            await self.send_range()
-            while True:
-                members = await self.next_reply("range")
-                lots, malformed = chunks(members, self.batch)
-                if malformed:
-                    await store.redis.zrem(store.keys.expiries, *malformed)
-                    self.report.repaired += len(malformed)
-                if lots:
-                    await self.window_of(lots)
-                    continue
-                if not self.expected and not malformed:
-                    break
-                while self.expected:  # resubmitted chunks still in flight: then look again
-                    await self.read_one()
-                await self.send_range()
-        return self.report
+        store, report = self.store, self.report
+        async with sweep_channel(store) as channel:
+            self.channel = channel
+            try:
+                await self.sweep(channel)
+            finally:
+                report.send_s += channel.send_s
+                report.reads_s += channel.reads_s
+                report.script_s += channel.script_s
+        return report
+
+    async def sweep(self, channel: SweepChannel) -> None:
+        await channel.send_range(self.tick, self.window)
+        while True:
+            members = await self.next_reply(RANGE)
+            lots, malformed = chunks(members, self.batch)
+            if malformed:
+                await drop_entries(self.store, malformed)
+                self.report.repaired += len(malformed)
+            if lots:
+                await self.window_of(lots)
+                continue
+            if not channel.in_flight and not malformed:
+                break
+            while channel.in_flight:  # resubmitted chunks still in flight: then look again
+                await self.read_one()
+            await channel.send_range(self.tick, self.window)
 
     async def window_of(self, lots: list[list[str]]) -> None:
         """Decide and apply one window's chunks; the next window's range goes out last.
@@ -260,28 +214,30 @@ class _Sweeper:
         Reads go out two chunks ahead, so Redis has the next apply queued while Python
         decides: chunk i is decided while Redis applies chunks i-1 and i-2.
         """
+        channel = self.channel
+        assert channel is not None
         ahead = READ_AHEAD
         for codes in lots[:ahead]:
-            await self.send_read(codes)
+            await channel.send_read(codes)
         for i, codes in enumerate(lots):
             if i + ahead < len(lots):
-                await self.send_read(lots[i + ahead])
-            values = await self.next_reply("read")
+                await channel.send_read(lots[i + ahead])
+            values = await self.next_reply(READ)
             n = len(codes)
             with _collector_paused():  # no awaits inside: no other task runs meanwhile
                 started = time.perf_counter()
                 plans, broken = self.decide(codes, values[:n], values[n:])
                 decided = time.perf_counter()
-                command = self.apply_command(plans) if plans else b""
+                command = channel.apply_command(self.tick, plans) if plans else b""
                 self.report.decide_s += decided - started
                 self.report.pack_s += time.perf_counter() - decided
             if plans:
                 await self.send_apply(plans, command)
                 self.report.batches += 1
             if i + 1 == len(lots):
-                await self.send_range()  # runs after every apply sent so far
+                await channel.send_range(self.tick, self.window)  # after every apply sent
             for code in broken:
-                if await _repair(self.store, code):
+                if await repair_lot_entries(self.store, code):
                     self.report.repaired += 1
 
     def decide(
@@ -314,41 +270,3 @@ class _Sweeper:
             plans.append(plan)
         return plans, broken
 
-
-async def _repair(store: LotStore, code: str) -> bool:
-    """Make the expiry index say exactly what the lot holds (or drop a vanished lot's).
-
-    Only outside tampering makes them disagree (index entries <= tick for options not due,
-    or for a lot that does not exist); the sweep rewrites the lot's entries rather than
-    spin on them. Done under WATCH of the lot, so a concurrent write is never undone.
-    Returns whether anything had to change.
-    """
-    keys = store.keys
-    prefix = code.encode() + b"/"
-    for _ in range(store.max_attempts):
-        pipe: Any
-        async with store.redis.pipeline(transaction=True) as pipe:
-            await pipe.watch(keys.lot(code))
-            raw = cast(bytes | None, await pipe.get(keys.lot(code)))
-            mine = {
-                m: s
-                async for m, s in store.redis.zscan_iter(
-                    keys.expiries, match=glob_escape(code) + "/*"
-                )
-                if m.startswith(prefix) and b"/" not in m[len(prefix) :]
-            }
-            want = {} if raw is None else view(decode_lot(code, raw)).expiries
-            if mine == {m.encode(): float(s) for m, s in want.items()}:
-                await pipe.reset()
-                return False
-            pipe.multi()
-            if mine:
-                pipe.zrem(keys.expiries, *mine)
-            if want:
-                pipe.zadd(keys.expiries, want)
-            try:
-                await pipe.execute()
-                return True
-            except WatchError:
-                continue
-    return False

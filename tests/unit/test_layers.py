@@ -11,11 +11,8 @@ runs counts too. The rules:
    API app) may hold a client, made by `service.storage.redis_client.connect`, to pass it
    down to the stores and close it; every read or write goes through `service.storage`.
 3. `statecharts/` imports nothing of `service`, `redis`, `aiohttp` or `apscheduler`
-   (`tests/test_statecharts_purity.py` holds it to the standard library and
+   (`tests/unit/test_statecharts_purity.py` holds it to the standard library and
    `statemachine`).
-
-`PENDING` lists modules not moved yet, each with the reason; an entry that no longer
-offends fails the test, so the list only shrinks.
 """
 
 from __future__ import annotations
@@ -26,13 +23,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 STORAGE = ROOT / "service" / "storage"
 
-# module path (relative to the repository) → why it still talks to Redis itself.
-PENDING: dict[str, str] = {
-    "service/usecases/sweep.py": (
-        "the fast sweep's own connection, script cache and RESP packing; moves to "
-        "service/storage/ with the sweep's own split"
-    ),
-}
 ALLOWED_CALLS_ON_A_CLIENT = frozenset({"aclose"})
 DOMAIN_FORBIDDEN = frozenset({"service", "redis", "aiohttp", "apscheduler"})
 
@@ -94,14 +84,9 @@ def test_only_storage_talks_to_redis() -> None:
     offenders = {
         _rel(p): found
         for p in _outside_storage()
-        if _rel(p) not in PENDING and (found := _offences(p))
+        if (found := _offences(p))
     }
     assert offenders == {}
-
-
-def test_every_pending_module_still_needs_its_exception() -> None:
-    fixed = [rel for rel in PENDING if not _offences(ROOT / rel)]
-    assert fixed == [], "remove these from PENDING: they no longer talk to Redis"
 
 
 def test_the_domain_imports_no_service_nor_io_framework() -> None:
