@@ -269,4 +269,3 @@ class _Sweeper:
                 plan = plan_of(result[0], result[1], raw, tick, history, cap)
             plans.append(plan)
         return plans, broken
-

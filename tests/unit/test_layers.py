@@ -81,11 +81,7 @@ def _rel(path: Path) -> str:
 
 
 def test_only_storage_talks_to_redis() -> None:
-    offenders = {
-        _rel(p): found
-        for p in _outside_storage()
-        if (found := _offences(p))
-    }
+    offenders = {_rel(p): found for p in _outside_storage() if (found := _offences(p))}
     assert offenders == {}
 
 
