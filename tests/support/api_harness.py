@@ -188,20 +188,34 @@ def captured_logs() -> Iterator[list[dict[str, Any]]]:
 
 
 @contextlib.asynccontextmanager
-async def running_api(redis: Redis, tenant: str) -> AsyncIterator[Api]:
-    """The API app and the sandbox on loopback ports; tests wrap it in an `api` fixture."""
+async def running_api(
+    redis: Redis,
+    tenant: str,
+    *,
+    other_tenant: bool = True,
+    webhook_secret: str | None = None,
+    **settings: Any,
+) -> AsyncIterator[Api]:
+    """The API app and the sandbox on loopback ports; tests wrap it in an `api` fixture.
+
+    `other_tenant`: a second tenant ``<tenant>-b`` (admin token `OTHER_TENANT_TOKEN`) beside
+    the test's; `webhook_secret`: Koban's webhooks need it, and the sandbox's lead webhook
+    is pointed at the API with it; `settings`: the test's tenant settings."""
     clock = FixedClock(T0)
     state = make_sandbox(clock)
     sandbox = TestServer(build_sandbox_app(state, tick_interval=None), host="127.0.0.1")
     await sandbox.start_server()
-    t = make_tenant(redis, tenant, clock)
-    other_name = tenant + "-b"
-    other = make_tenant(
-        redis,
-        other_name,
-        clock,
-        api_tokens=[ApiToken(token=SecretStr(OTHER_TENANT_TOKEN), scopes={"admin"})],
-    )
+    if webhook_secret is not None:
+        settings["webhook_secret"] = SecretStr(webhook_secret)
+    t = make_tenant(redis, tenant, clock, **settings)
+    tenants = {tenant: t}
+    if other_tenant:
+        tenants[tenant + "-b"] = make_tenant(
+            redis,
+            tenant + "-b",
+            clock,
+            api_tokens=[ApiToken(token=SecretStr(OTHER_TENANT_TOKEN), scopes={"admin"})],
+        )
     base_url = str(sandbox.make_url("/api/v1"))
     clients: list[KobanClient] = []
 
@@ -220,13 +234,19 @@ async def running_api(redis: Redis, tenant: str) -> AsyncIterator[Api]:
         return client
 
     app = build_api_app(
-        Tenants({tenant: t, other_name: other}),
+        Tenants(tenants),
         redis,
         koban_factory=factory,
         flow_settings=FlowSettings(predecessor_wait_s=0.2, poll_s=0.01, lot_write_wait_s=1.0),
     )
     client = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()
+    if webhook_secret is not None:
+        state.webhooks.configure(
+            targets={"lead": str(client.make_url(f"/koban/{tenant}/lead"))},
+            token=webhook_secret,
+            token_in=["header"],
+        )
     await import_stock(t.store, state, T0 - 3600)
     try:
         yield Api(client, t, clock, state, clients[0], tenant, {"koban_url": base_url})
