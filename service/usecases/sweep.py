@@ -7,7 +7,8 @@ at most `batch` options: one MGET reads a chunk's lots and histories; each lot i
 ``sweep.lua`` applies the chunk, all or nothing, after checking that no lot's revision
 moved since the read. A lot an API write changed meanwhile is dropped from the chunk (the
 others are resubmitted) and read again in the next window. Each script call is atomic, so
-a crash loses and duplicates nothing, and running the sweep twice changes nothing.
+a crash loses and duplicates nothing, and running the sweep twice changes nothing. Redis is
+reached through the sweep's own channel (service/storage/sweep_channel.py).
 """
 
 from __future__ import annotations
