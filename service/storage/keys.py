@@ -9,34 +9,33 @@ they receive from here: sending every lot's two keys would cost more than its tr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
 class TenantKeys:
     tenant: str
+    # Built once: every key of the tenant starts with `prefix`, and the hot paths build lot
+    # and history keys for each request and each swept lot.
+    prefix: str = field(init=False, repr=False, compare=False)
+    lot_prefix: str = field(init=False, repr=False, compare=False)
+    """`lot` without the extcode: the Lua scripts append it (``prefix .. code``)."""
+    history_prefix: str = field(init=False, repr=False, compare=False)
+    """`history` without the extcode, as `lot_prefix`."""
 
-    @property
-    def prefix(self) -> str:
-        return f"kol:{{{self.tenant}}}:"
+    def __post_init__(self) -> None:
+        prefix = f"kol:{{{self.tenant}}}:"
+        object.__setattr__(self, "prefix", prefix)
+        object.__setattr__(self, "lot_prefix", prefix + "l:")
+        object.__setattr__(self, "history_prefix", prefix + "h:")
 
     def lot(self, extcode: str) -> str:
         """String ``"<rev>|<json>"``: the lot, its options, intents and préréservation."""
-        return f"{self.prefix}l:{extcode}"  # `lot_prefix` + extcode, one property call less
+        return self.lot_prefix + extcode
 
     def history(self, extcode: str) -> str:
         """String of the lot's compact history entries, one per line, oldest first, capped."""
         return self.history_prefix + extcode
-
-    @property
-    def lot_prefix(self) -> str:
-        """`lot` without the extcode: the Lua scripts append it (``prefix .. code``)."""
-        return f"{self.prefix}l:"
-
-    @property
-    def history_prefix(self) -> str:
-        """`history` without the extcode, as `lot_prefix`."""
-        return f"{self.prefix}h:"
 
     @property
     def counts(self) -> str:
