@@ -37,12 +37,11 @@ def _from_page(request: web.Request) -> bool:
 
 
 async def find_session(request: web.Request) -> None:
-    """`UI_SESSION` from the cookie. Only a request without a bearer header is looked up (a
-    token always wins), and never for the page's static files, which every load fetches."""
-    headers = request.headers
+    """`UI_SESSION` from the cookie of a request that has one (the API's middleware calls
+    this only then). Only a request without a bearer header is looked up (a token always
+    wins), and never for the page's static files, which every load fetches."""
     if (
-        "Cookie" in headers
-        and "Authorization" not in headers
+        "Authorization" not in request.headers
         and request.path.startswith(("/v1/", "/ui/", "/docs"))
         and not request.path.startswith("/ui/static/")
     ):
