@@ -281,7 +281,8 @@ async def _check_denonc(koban: KobanClient, probe: _Probe, programme: str) -> No
     probe.keys(payload)
     inner = _get(payload, "Result")[1]
     flags: Mapping[str, Any] = inner if isinstance(inner, Mapping) else payload
-    probe.keys(flags)
+    if flags is inner:
+        probe.keys(flags)
     where = "in Result" if flags is inner else "at the top level"
     probe.report.add(method, "answer", "found", f"flags {where}, programme {programme}")
     for name in ("Activated", "IsDenonced", "Exists"):
