@@ -49,6 +49,14 @@ _OPTION_RULES = rules(
     ErrorCode.OPTION_MOVED,
     ErrorCode.PROSPECT_UNKNOWN,
 )
+# What taking a lot for a prospect may meet: a placement's and a préréservation's first
+# refusals.
+_TAKE_LOT_RULES = rules(
+    ErrorCode.LOT_UNKNOWN,
+    ErrorCode.PROSPECT_UNKNOWN,
+    ErrorCode.LOT_NOT_AVAILABLE,
+    ErrorCode.LOT_PRERESERVED,
+)
 
 
 LIST_OPTIONS = Operation(
@@ -84,11 +92,8 @@ PLACE_OPTION = Operation(
     },
     merge(
         WRITE_ERRORS,
+        _TAKE_LOT_RULES,
         rules(
-            ErrorCode.LOT_UNKNOWN,
-            ErrorCode.PROSPECT_UNKNOWN,
-            ErrorCode.LOT_NOT_AVAILABLE,
-            ErrorCode.LOT_PRERESERVED,
             ErrorCode.LOT_FULL,
             ErrorCode.PROSPECT_ALREADY_HOLDS,
             ErrorCode.PROSPECT_OPTION_LIMIT,
@@ -136,15 +141,7 @@ CANCEL_OPTION = Operation(
 
 
 # What a préréservation may meet, plain or validated (Koban answers both alike).
-PRERESERVE_ERRORS = merge(
-    WRITE_ERRORS,
-    rules(
-        ErrorCode.LOT_UNKNOWN,
-        ErrorCode.PROSPECT_UNKNOWN,
-        ErrorCode.LOT_NOT_AVAILABLE,
-        ErrorCode.LOT_PRERESERVED,
-    ),
-)
+PRERESERVE_ERRORS = merge(WRITE_ERRORS, _TAKE_LOT_RULES)
 
 PRERESERVE = Operation(
     "Pre-reserve the lot through Koban",
