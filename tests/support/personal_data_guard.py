@@ -15,7 +15,7 @@ What counts as personal data:
   generated input are not names. What fuzzers generate is not registered (schemathesis's
   requests, Hypothesis tests): it is random text that also lands in paths and identifiers,
   and in a fuzzing test it may spell a name registered elsewhere by chance, so such a test
-  is checked for e-mails and phones only.
+  (a Hypothesis test, or one marked ``fuzzing``) is checked for e-mails and phones only.
 
 The phases' own assertions are not scanned (a test may hold the values it sends); only what
 was written while it ran.
@@ -44,10 +44,10 @@ CONTACT_FIELD = re.compile(
 MIN_NAME = 3
 NAME_SHAPE = re.compile(r"^[^\W\d_]+(?:[ '’.-]+[^\W\d_]+)*$")
 FUZZER_AGENT = "schemathesis/"
-# Modules whose tests send generated input without importing schemathesis (checked for
-# e-mails and phones only, like a module that imports it): Koban's webhook forms fuzzed
-# with Hypothesis inside a plain test.
-FUZZING_MODULES = frozenset({"test_reliability_input_forms"})
+# The mark of a test that sends generated input the guard cannot see as such: schemathesis'
+# GETs (they read no body, so their User-Agent is never seen) and Hypothesis run inside a
+# plain test. Such a test is checked for e-mails and phones only.
+FUZZING_MARK = "fuzzing"
 
 
 class Registry:
@@ -212,11 +212,7 @@ def _masked(line: str) -> str:
 def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, Any, None]:
     hypothesis = bool(getattr(getattr(item, "obj", None), "is_hypothesis_test", False))
     REGISTRY.paused = REGISTRY.fuzzed = hypothesis
-    module = getattr(item, "module", None)
-    if module is not None and (
-        "schemathesis" in vars(module)  # its GETs read no body
-        or module.__name__.rpartition(".")[2] in FUZZING_MODULES
-    ):
+    if item.get_closest_marker(FUZZING_MARK) is not None:
         REGISTRY.fuzzed = True
     try:
         yield
