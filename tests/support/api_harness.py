@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from service.bootstrap import rules_from
+from service.bootstrap import KobanFactory, rules_from
 from service.clock import FixedClock
 from service.config import ApiToken, TenantSettings
 from service.entrypoints.api import build_api_app
@@ -187,6 +187,30 @@ def captured_logs() -> Iterator[list[dict[str, Any]]]:
         structlog.configure(**saved)
 
 
+def loopback_koban(
+    base_url: str, api_key: str, user_key: str
+) -> tuple[KobanFactory, list[KobanClient]]:
+    """A `koban_factory` for `build_api_app` whose clients call the sandbox at `base_url`
+    with short timeouts and no retry, and the list it appends each client it makes to."""
+    clients: list[KobanClient] = []
+
+    def factory(tenant: Tenant, session: aiohttp.ClientSession) -> KobanClient:
+        client = KobanClient(
+            session,
+            base_url,
+            api_key,
+            user_key,
+            timeout_s=0.5,
+            connect_timeout_s=0.5,
+            retries=0,
+            rate_per_s=1000.0,
+        )
+        clients.append(client)
+        return client
+
+    return factory, clients
+
+
 @contextlib.asynccontextmanager
 async def running_api(
     redis: Redis,
@@ -217,22 +241,7 @@ async def running_api(
             api_tokens=[ApiToken(token=SecretStr(OTHER_TENANT_TOKEN), scopes={"admin"})],
         )
     base_url = str(sandbox.make_url("/api/v1"))
-    clients: list[KobanClient] = []
-
-    def factory(tenant_: Tenant, session: aiohttp.ClientSession) -> KobanClient:
-        client = KobanClient(
-            session,
-            base_url,
-            API_KEY,
-            USER_KEY,
-            timeout_s=0.5,
-            connect_timeout_s=0.5,
-            retries=0,
-            rate_per_s=1000.0,
-        )
-        clients.append(client)
-        return client
-
+    factory, clients = loopback_koban(base_url, API_KEY, USER_KEY)
     app = build_api_app(
         Tenants(tenants),
         redis,

@@ -30,7 +30,7 @@ from service.entrypoints.koban_webhooks import TOKEN_HEADER
 from service.koban import KobanClient
 from service.sandbox import SandboxState, build_sandbox_app
 from service.tenancy import Tenant, Tenants
-from tests.support.api_harness import T0, import_stock, make_sandbox, make_tenant
+from tests.support.api_harness import T0, import_stock, loopback_koban, make_sandbox, make_tenant
 from tests.support.redis_snapshot import snapshot
 from tests.support.tenant_keys import delete_tenant_keys
 
@@ -219,22 +219,7 @@ async def deployment(
         api_tokens=[ApiToken(token=SecretStr(s.other_token), scopes={"admin"})],
         webhook_secret=SecretStr(s.other_webhook),
     )
-    clients: list[KobanClient] = []
-
-    def factory(tenant_: Tenant, session: aiohttp.ClientSession) -> KobanClient:
-        client = KobanClient(
-            session,
-            koban_url,
-            s.koban_api_key,
-            s.koban_user_key,
-            timeout_s=0.5,
-            connect_timeout_s=0.5,
-            retries=0,
-            rate_per_s=1000.0,
-        )
-        clients.append(client)
-        return client
-
+    factory, clients = loopback_koban(koban_url, s.koban_api_key, s.koban_user_key)
     app = build_api_app(
         Tenants({name: a, other_name: b}),
         redis,
