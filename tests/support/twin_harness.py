@@ -31,7 +31,7 @@ from service.usecases.sweep import sweep_expiries
 from service.usecases.sync import reconcile, sync_stock
 from statecharts import transitions as tr
 from statecharts.errors import ErrorCode, RuleViolation
-from statecharts.model import Lot
+from statecharts.model import Lot, Option
 from statecharts.ticks import ceil_tick, deadline_from_lifetime, ticks_between
 from tests.support.instants import ts
 from tests.support.twin_compare import twin_disagreements
@@ -222,6 +222,18 @@ class Twin:
             return self.rng.choice([o.rank for o in lot.options])
         return self.rng.choice((1, 2, 3))
 
+    async def option_to_change(self) -> tuple[str, Lot, int, Option | None, str | None]:
+        """A lot (the service's view), a rank, the option there if any, and the prospect a
+        by-rank call names: its holder, sometimes another prospect (a wrong thirdGuid)."""
+        code = self.optioned_lot()
+        lot = await self.service_lot(code)
+        rank = self.rank(lot)
+        option = lot.option_at(rank)
+        third = option.holder if option is not None else None
+        if option is not None and self.rng.random() < 0.08:
+            third = next(p for p in PROSPECTS if p != option.holder)
+        return code, lot, rank, option, third
+
     def prospect(self) -> str:
         return self.rng.choice(PROSPECTS)
 
@@ -245,13 +257,7 @@ class Twin:
             assert isinstance(result, Placed), f"{result!r}{self.where()}"
 
     async def api_prolong(self) -> None:
-        code = self.optioned_lot()
-        lot = await self.service_lot(code)
-        rank = self.rank(lot)
-        option = lot.option_at(rank)
-        third = option.holder if option is not None else None
-        if option is not None and self.rng.random() < 0.08:
-            third = next(p for p in PROSPECTS if p != option.holder)
+        code, lot, rank, option, third = await self.option_to_change()
         base = option.deadline if option is not None and option.deadline else self.now()
         step = self.rng.choice((-2 * HOUR, 0, HOUR, 6 * HOUR, DAY, 2 * DAY, 3 * DAY, 5 * DAY))
         until = base + step + self.rng.randrange(-1800, 1800)
@@ -292,13 +298,7 @@ class Twin:
         self.stats["prolong:cap-window"] += 1
 
     async def api_cancel(self) -> None:
-        code = self.optioned_lot()
-        lot = await self.service_lot(code)
-        rank = self.rank(lot)
-        option = lot.option_at(rank)
-        third = option.holder if option is not None else None
-        if option is not None and self.rng.random() < 0.08:
-            third = next(p for p in PROSPECTS if p != option.holder)
+        code, _, rank, _, third = await self.option_to_change()
 
         def judge(lot: Lot) -> None:
             tr.cancel_option(lot, rank, None, self.now(), self.rules, "koban")
