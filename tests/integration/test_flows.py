@@ -17,15 +17,7 @@ from service.storage.redis_mux import MuxReader
 from service.usecases.flows import KobanRefusal, OptionFlows, Pending, Placed
 from statecharts.errors import ErrorCode, RuleViolation
 from tests.support.flows_env import (
-    ADD,
-    DESIST,
-    FREE,
-    LOT_STATUS,
-    OK,
-    PRERESV,
-    PROLONG,
     T0,
-    UNDO,
     Env,
     make_client,
     make_tenant,
@@ -33,7 +25,19 @@ from tests.support.flows_env import (
     refused,
 )
 from tests.support.instants import ts
-from tests.support.koban_scripted import HANG, Reply, ScriptedKoban
+from tests.support.koban_scripted import (
+    ADD,
+    DESIST,
+    FREE,
+    HANG,
+    LOT_STATUS,
+    OK,
+    PRERESV,
+    PROLONG,
+    UNDO,
+    Reply,
+    ScriptedKoban,
+)
 
 
 @pytest.fixture(params=["redis-py", "mux"])

@@ -23,17 +23,13 @@ from service.usecases.intents import (
 from statecharts.errors import ErrorCode, RuleViolation
 from statecharts.ticks import ceil_tick
 from tests.support.flows_env import (
-    ADD,
-    FREE,
-    LOT_STATUS,
-    OK,
     T0,
     Env,
     make_client,
     make_tenant,
     one_option,
 )
-from tests.support.koban_scripted import HANG, Reply, ScriptedKoban
+from tests.support.koban_scripted import ADD, FREE, HANG, LOT_STATUS, OK, Reply, ScriptedKoban
 
 GRACE = 120
 TTL = 900

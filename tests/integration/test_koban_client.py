@@ -21,8 +21,13 @@ from service.koban.client import (
 from service.koban.wire import KobanAnswer, LotStatus
 from statecharts.errors import ErrorCode
 from tests.support.koban_client_env import (
-    ADD,
     API_KEY,
+    T0,
+    USER_KEY,
+    FakeSleep,
+)
+from tests.support.koban_scripted import (
+    ADD,
     DESIST,
     FREE,
     LOT_STATUS,
@@ -30,16 +35,15 @@ from tests.support.koban_client_env import (
     PRERESV,
     PROGRAMS,
     PROLONG,
-    T0,
     THIRD,
     THIRD_BY_KEY,
     UNDO,
     UPDATED,
     UPDATED_PROCESS,
-    USER_KEY,
-    FakeSleep,
+    Reply,
+    ScriptedKoban,
+    Seen,
 )
-from tests.support.koban_scripted import Reply, ScriptedKoban, Seen
 
 # ------------------------------------------------------------------ every method, headers
 

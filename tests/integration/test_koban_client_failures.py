@@ -16,17 +16,22 @@ import pytest
 from service.entrypoints.api.errors import as_api_error
 from service.koban.client import KobanClient, KobanError, KobanOutcomeUnknown, KobanUnavailable
 from tests.support.koban_client_env import (
-    ADD,
-    FREE,
-    LOT_STATUS,
-    OK,
-    PROLONG,
     T0,
-    UNDO,
     FakeSleep,
     make_client,
 )
-from tests.support.koban_scripted import DROP, HANG, Reply, ScriptedKoban
+from tests.support.koban_scripted import (
+    ADD,
+    DROP,
+    FREE,
+    HANG,
+    LOT_STATUS,
+    OK,
+    PROLONG,
+    UNDO,
+    Reply,
+    ScriptedKoban,
+)
 
 # ------------------------------------------------------------------ retries and failures
 

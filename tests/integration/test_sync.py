@@ -20,7 +20,6 @@ from service.usecases.sync import last_sync_key, reconcile, reconcile_lot, sync_
 from statecharts.errors import ErrorCode
 from statecharts.ticks import ceil_tick
 from tests.support.flows_env import (
-    LOT_STATUS,
     T0,
     Env,
     make_client,
@@ -28,9 +27,7 @@ from tests.support.flows_env import (
     one_option,
 )
 from tests.support.instants import ts
-from tests.support.koban_scripted import Reply, ScriptedKoban, Seen
-
-UPDATED = "/ncDeal/GetUpdated"
+from tests.support.koban_scripted import LOT_STATUS, UPDATED, Reply, ScriptedKoban, Seen
 
 
 class Stock:

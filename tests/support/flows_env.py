@@ -21,16 +21,6 @@ from service.usecases.flows import OptionFlows
 from tests.support.instants import ts
 from tests.support.koban_scripted import Reply, ScriptedKoban
 
-LOT_STATUS = "/ncOption/GetLotStatus"
-ADD = "/ncOption/Add"
-PROLONG = "/ncOption/Prolong"
-UNDO = "/ncOption/Undo"
-PRERESV = "/ncPreresv/Add"
-DESIST = "/ncPreresv/Desist"
-OK = Reply(json={"success": True})
-FREE = Reply(json={"Result": 0, "MaxRank": 0, "EndDate": None})
-
-
 T0 = ts("2026-11-23T10:10:00Z")  # ten minutes after a tick: outside drift tolerance
 
 

@@ -13,24 +13,10 @@ from typing import Any
 import aiohttp
 
 from service.koban.client import KobanClient
-from tests.support.koban_scripted import Reply
 
 API_KEY = "api-key-123"
 USER_KEY = "user-key-456"
-LOT_STATUS = "/ncOption/GetLotStatus"
-ADD = "/ncOption/Add"
-PROLONG = "/ncOption/Prolong"
-UNDO = "/ncOption/Undo"
-PRERESV = "/ncPreresv/Add"
-DESIST = "/ncPreresv/Desist"
-UPDATED = "/ncDeal/GetUpdated"
-UPDATED_PROCESS = "/ncDeal/GetUpdatedProcess"
-PROGRAMS = "/ncDealProcess/GetAll"
-THIRD = "/ncThird/PostOne"
-THIRD_BY_KEY = "/ncThird/GetOneByKey"
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
-OK = Reply(json={"success": True})
-FREE = Reply(json={"Result": 0, "MaxRank": 0, "EndDate": None})
 
 
 class FakeSleep:

@@ -34,6 +34,23 @@ class Reply:
 DROP = Reply(action="drop")
 HANG = Reply(action="hang")
 
+# Koban's method paths (under the API prefix) as its documentation spells them, written
+# here rather than taken from `service.koban.wire`, so a wrong path in the client fails;
+# and the two commonest answers.
+LOT_STATUS = "/ncOption/GetLotStatus"
+ADD = "/ncOption/Add"
+PROLONG = "/ncOption/Prolong"
+UNDO = "/ncOption/Undo"
+PRERESV = "/ncPreresv/Add"
+DESIST = "/ncPreresv/Desist"
+UPDATED = "/ncDeal/GetUpdated"
+UPDATED_PROCESS = "/ncDeal/GetUpdatedProcess"
+PROGRAMS = "/ncDealProcess/GetAll"
+THIRD = "/ncThird/PostOne"
+THIRD_BY_KEY = "/ncThird/GetOneByKey"
+OK = Reply(json={"success": True})
+FREE = Reply(json={"Result": 0, "MaxRank": 0, "EndDate": None})
+
 
 @dataclass
 class Seen:
