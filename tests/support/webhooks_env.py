@@ -108,11 +108,7 @@ def placed(
 ) -> dict[str, str]:
     """A full option-placed form, every field of the doc."""
     return {
-        "Deal_Extcode": extcode,
-        "Deal_Guid": "guid-" + extcode,
-        "Third_Extcode": "ext-" + third,
-        "Third_Guid": third,
-        "Rank": rank,
+        **third_form(third, rank, extcode),
         "ExpDate": str(exp),
         "Third_Name": "Dupont",
         "Third_FirstName": "Anne",
